@@ -1,0 +1,236 @@
+"""The models dit-explore knows by name: aliases, Hugging Face repos, shipped configs, sampling defaults.
+
+Torch-free. The transformer and VAE configs are those the real repositories ship (the facts in
+shared/DESIGN.md); they give layouts without a download and let `--random-weights` build the real-size
+architecture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.layout import Layout, layout_from_config
+
+DEFAULT_MODEL = "tiny-flux"
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What a user of this model would pass to the pipeline if they said nothing."""
+
+    steps: int
+    guidance: float
+    width: int = 1024
+    height: int = 1024
+    max_sequence_length: int | None = None  # passed to encode_prompt where the family takes it
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    alias: str
+    family: str  # "flux" | "sd3" | "auraflow"
+    repo: str | None  # None for the built-in tiny models
+    transformer: Mapping[str, Any]
+    vae: Mapping[str, Any] = field(default_factory=dict)
+    scheduler: Mapping[str, Any] = field(default_factory=dict)
+    defaults: Defaults = Defaults(steps=28, guidance=3.5)
+    description: str = ""
+
+    @property
+    def layout(self) -> Layout:
+        return layout_from_config(self.family, self.transformer)
+
+    @property
+    def tiny(self) -> bool:
+        return self.repo is None
+
+
+def _vae(latent: int, scaling: float, shift: float | None, quant: bool) -> dict[str, Any]:
+    return {
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": latent,
+        "block_out_channels": [128, 256, 512, 512],
+        "down_block_types": ["DownEncoderBlock2D"] * 4,
+        "up_block_types": ["UpDecoderBlock2D"] * 4,
+        "layers_per_block": 2,
+        "norm_num_groups": 32,
+        "act_fn": "silu",
+        "sample_size": 1024,
+        "scaling_factor": scaling,
+        "shift_factor": shift,
+        "use_quant_conv": quant,
+        "use_post_quant_conv": quant,
+        "force_upcast": True,
+    }
+
+
+_FLUX = {
+    "patch_size": 1,
+    "in_channels": 64,
+    "num_layers": 19,
+    "num_single_layers": 38,
+    "attention_head_dim": 128,
+    "num_attention_heads": 24,
+    "joint_attention_dim": 4096,
+    "pooled_projection_dim": 768,
+    "axes_dims_rope": [16, 56, 56],
+}
+_SD3_MEDIUM = {
+    "sample_size": 128,
+    "patch_size": 2,
+    "in_channels": 16,
+    "num_layers": 24,
+    "attention_head_dim": 64,
+    "num_attention_heads": 24,
+    "joint_attention_dim": 4096,
+    "caption_projection_dim": 1536,
+    "pooled_projection_dim": 2048,
+    "out_channels": 16,
+    "pos_embed_max_size": 192,
+}
+_AURAFLOW = {
+    "sample_size": 64,
+    "patch_size": 2,
+    "in_channels": 4,
+    "num_mmdit_layers": 4,
+    "num_single_dit_layers": 32,
+    "attention_head_dim": 256,
+    "num_attention_heads": 12,
+    "joint_attention_dim": 2048,
+    "caption_projection_dim": 3072,
+    "out_channels": 4,
+    "pos_embed_max_size": 9216,
+}
+_FLOW = {"num_train_timesteps": 1000}
+# The parts of the tiny models' configs that resolution needs; engine/tiny.py builds the rest.
+_TINY_VAE = {"block_out_channels": [16, 32, 32]}
+
+MODELS: dict[str, ModelSpec] = {
+    spec.alias: spec
+    for spec in (
+        ModelSpec(
+            "flux-schnell",
+            "flux",
+            "black-forest-labs/FLUX.1-schnell",
+            {**_FLUX, "guidance_embeds": False},
+            _vae(16, 0.3611, 0.1159, quant=False),
+            {**_FLOW, "shift": 1.0, "use_dynamic_shifting": False},
+            Defaults(steps=4, guidance=0.0, max_sequence_length=256),
+            "FLUX.1 [schnell], 12B, 4-step distilled",
+        ),
+        ModelSpec(
+            "flux-dev",
+            "flux",
+            "black-forest-labs/FLUX.1-dev",
+            {**_FLUX, "guidance_embeds": True},
+            _vae(16, 0.3611, 0.1159, quant=False),
+            {
+                **_FLOW,
+                "shift": 3.0,
+                "use_dynamic_shifting": True,
+                "base_shift": 0.5,
+                "max_shift": 1.15,
+                "base_image_seq_len": 256,
+                "max_image_seq_len": 4096,
+            },
+            Defaults(steps=28, guidance=3.5, max_sequence_length=512),
+            "FLUX.1 [dev], 12B, guidance-distilled (gated repo)",
+        ),
+        ModelSpec(
+            "sd3-medium",
+            "sd3",
+            "stabilityai/stable-diffusion-3-medium-diffusers",
+            _SD3_MEDIUM,
+            _vae(16, 1.5305, 0.0609, quant=False),
+            {**_FLOW, "shift": 3.0},
+            Defaults(steps=28, guidance=7.0, max_sequence_length=256),
+            "Stable Diffusion 3 Medium, 2B MMDiT (gated repo)",
+        ),
+        ModelSpec(
+            "sd3.5-large",
+            "sd3",
+            "stabilityai/stable-diffusion-3.5-large",
+            {
+                **_SD3_MEDIUM,
+                "num_layers": 38,
+                "num_attention_heads": 38,
+                "caption_projection_dim": 2432,
+                "qk_norm": "rms_norm",
+            },
+            _vae(16, 1.5305, 0.0609, quant=False),
+            {**_FLOW, "shift": 3.0},
+            Defaults(steps=28, guidance=3.5, max_sequence_length=256),
+            "Stable Diffusion 3.5 Large, 8B MMDiT (gated repo)",
+        ),
+        ModelSpec(
+            "auraflow",
+            "auraflow",
+            "fal/AuraFlow-v0.3",
+            _AURAFLOW,
+            _vae(4, 0.13025, None, quant=True),
+            {**_FLOW, "shift": 1.73},
+            Defaults(steps=50, guidance=3.5, max_sequence_length=256),
+            "AuraFlow v0.3, 6.8B",
+        ),
+        ModelSpec(
+            "auraflow-v0.2",
+            "auraflow",
+            "fal/AuraFlow-v0.2",
+            {**_AURAFLOW, "pos_embed_max_size": 1024},
+            _vae(4, 0.13025, None, quant=True),
+            {**_FLOW, "shift": 1.73},
+            Defaults(steps=50, guidance=3.5, max_sequence_length=256),
+            "AuraFlow v0.2, 6.8B",
+        ),
+        # Built-in tiny models: random weights of the real classes, built locally (engine/tiny.py).
+        ModelSpec(
+            "tiny-flux",
+            "flux",
+            None,
+            {"num_layers": 4, "num_single_layers": 8},
+            _TINY_VAE,
+            defaults=Defaults(steps=2, guidance=0.0, width=64, height=64, max_sequence_length=32),
+            description="built-in tiny Flux (random weights, CPU-fast)",
+        ),
+        ModelSpec(
+            "tiny-sd3",
+            "sd3",
+            None,
+            {"num_layers": 6, "patch_size": 2, "pos_embed_max_size": 32},
+            _TINY_VAE,
+            defaults=Defaults(steps=2, guidance=7.0, width=64, height=64, max_sequence_length=32),
+            description="built-in tiny SD3 (random weights, CPU-fast)",
+        ),
+        ModelSpec(
+            "tiny-auraflow",
+            "auraflow",
+            None,
+            {"num_mmdit_layers": 2, "num_single_dit_layers": 6, "patch_size": 2, "pos_embed_max_size": 256},
+            _TINY_VAE,
+            defaults=Defaults(steps=2, guidance=3.5, width=64, height=64, max_sequence_length=32),
+            description="built-in tiny AuraFlow (random weights, CPU-fast)",
+        ),
+    )
+}
+
+# Diffusers pipeline class name (model_index.json "_class_name") -> family.
+PIPELINE_FAMILIES = {
+    "FluxPipeline": "flux",
+    "StableDiffusion3Pipeline": "sd3",
+    "AuraFlowPipeline": "auraflow",
+}
+FAMILY_DEFAULTS = {
+    "flux": Defaults(steps=28, guidance=3.5, max_sequence_length=512),
+    "sd3": Defaults(steps=28, guidance=7.0, max_sequence_length=256),
+    "auraflow": Defaults(steps=50, guidance=3.5, max_sequence_length=256),
+}
+
+
+def spec_for_repo(repo: str) -> ModelSpec | None:
+    for spec in MODELS.values():
+        if spec.repo == repo:
+            return spec
+    return None

@@ -1,0 +1,281 @@
+"""The one generation code path: prompt -> embeddings (cached) -> denoise under a plan -> decode.
+
+`dit-explore run`, the engine process and the benchmarks all call `Generator.generate`. The pipeline is
+called with precomputed embeddings and `output_type="latent"`, so text encoding, the denoising loop and
+the VAE decode are timed separately and a prompt is never encoded twice; everything else is the
+pipeline's own code, so the identity plan reproduces plain diffusers bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+from engine.executor import Check, applied
+from engine.models import Loaded
+from engine.plan import Plan, Sampling, executions
+from engine.resolve import ModelSource
+from engine.timing import Intervals, sync
+
+EMBEDDING_CACHE_SIZE = 32
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sampling parameters of one image, fully resolved."""
+
+    seed: int
+    steps: int
+    width: int
+    height: int
+    guidance: float
+    max_sequence_length: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "steps": self.steps,
+            "width": self.width,
+            "height": self.height,
+            "guidance": self.guidance,
+            "max_sequence_length": self.max_sequence_length,
+        }
+
+
+def resolve_settings(source: ModelSource, *layers: Sampling) -> Settings:
+    """Model defaults, overridden by each of `layers` in turn (plan file, then command line)."""
+    merged = Sampling()
+    for layer in layers:
+        merged = merged.merged(layer)
+    d = source.defaults
+    return Settings(
+        seed=merged.seed if merged.seed is not None else 0,
+        steps=merged.steps if merged.steps is not None else d.steps,
+        width=merged.width if merged.width is not None else d.width,
+        height=merged.height if merged.height is not None else d.height,
+        guidance=merged.guidance if merged.guidance is not None else d.guidance,
+        max_sequence_length=d.max_sequence_length,
+    )
+
+
+def block_runs(plan: Plan, source: ModelSource, steps: int) -> dict[str, Any]:
+    """Block executions per step and stack under `plan`, next to the full model's."""
+    full = {s.name: s.blocks for s in source.layout.stacks}
+    orders = plan.resolved(source.layout)
+    planned = {name: executions(order) for name, order in orders.items()}
+    per_step = [planned if plan.applies_at(step) else full for step in range(steps)]
+    return {
+        "full_per_step": full,
+        "per_step": per_step,
+        "total": sum(sum(s.values()) for s in per_step),
+        "full_total": sum(full.values()) * steps,
+    }
+
+
+@dataclass
+class Generation:
+    """One image and what it cost."""
+
+    prompt: str
+    settings: Settings
+    image: Image.Image
+    latents: torch.Tensor  # final latents as the pipeline returned them (packed for Flux)
+    text_encode: float  # seconds; 0.0 when the embeddings came from the cache
+    encode_cached: bool
+    transformer_steps: list[float]  # seconds of transformer forward per denoising step
+    decode: float
+    total: float
+    block_runs: dict[str, Any] = field(default_factory=dict)
+
+    def timing_json(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "text_encode": self.text_encode,
+            "text_encode_cached": self.encode_cached,
+            "transformer_steps": self.transformer_steps,
+            "transformer_total": sum(self.transformer_steps),
+            "decode": self.decode,
+        }
+
+
+StepCallback = Callable[[int, int, torch.Tensor], None]  # (steps done, total steps, latents)
+
+
+class Generator:
+    """Generates images from a loaded pipeline; keeps the text embeddings of recent prompts."""
+
+    def __init__(self, loaded: Loaded) -> None:
+        self.loaded = loaded
+        self._embeddings: OrderedDict[tuple[Any, ...], dict[str, torch.Tensor]] = OrderedDict()
+
+    @property
+    def pipe(self) -> Any:
+        return self.loaded.pipe
+
+    def _cfg(self, settings: Settings) -> bool:
+        return self.loaded.family != "flux" and settings.guidance > 1.0
+
+    def embeddings(self, prompt: str, settings: Settings) -> tuple[dict[str, torch.Tensor], float, bool]:
+        """Pipeline keyword arguments for `prompt`, the seconds spent encoding, and whether cached."""
+        key = (prompt, self._cfg(settings), settings.max_sequence_length)
+        cached = self._embeddings.get(key)
+        if cached is not None:
+            self._embeddings.move_to_end(key)
+            return cached, 0.0, True
+        start = time.perf_counter()
+        with torch.inference_mode():
+            if self.loaded.random_weights:
+                embeds = _pseudo_embeddings(self.loaded, prompt, self._cfg(settings), settings.max_sequence_length)
+            else:
+                embeds = _encode(self.pipe, self.loaded.family, prompt, self._cfg(settings), settings, self.loaded.device)
+        sync(self.loaded.device)
+        seconds = time.perf_counter() - start
+        self._embeddings[key] = embeds
+        while len(self._embeddings) > EMBEDDING_CACHE_SIZE:
+            self._embeddings.popitem(last=False)
+        return embeds, seconds, False
+
+    def generate(
+        self,
+        prompt: str,
+        settings: Settings,
+        plan: Plan,
+        *,
+        check: Check = lambda: None,
+        on_step: StepCallback | None = None,
+    ) -> Generation:
+        """One image of `prompt` under `plan`. `check` runs between block executions (raise to cancel);
+        the transformer's own block lists are restored whatever happens."""
+        device = self.loaded.device
+        start = time.perf_counter()
+        embeds, encode_seconds, cached = self.embeddings(prompt, settings)
+        transformer = self.loaded.transformer
+        intervals = Intervals(device)
+        step = [0]
+        hooks = [
+            transformer.register_forward_pre_hook(lambda _m, _a: intervals.start(step[0])),
+            transformer.register_forward_hook(lambda _m, _a, _o: intervals.stop()),
+        ]
+        try:
+            with applied(transformer, self.loaded.layout, plan, check) as handle:
+
+                def on_step_end(_pipe: Any, index: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+                    step[0] = index + 1
+                    handle.at_step(index + 1)
+                    if on_step is not None:
+                        on_step(index + 1, settings.steps, kwargs["latents"])
+                    return {}
+
+                latents = self.pipe(
+                    **embeds,
+                    num_inference_steps=settings.steps,
+                    width=settings.width,
+                    height=settings.height,
+                    guidance_scale=settings.guidance,
+                    generator=torch.Generator("cpu").manual_seed(settings.seed),
+                    output_type="latent",
+                    callback_on_step_end=on_step_end,
+                ).images
+        finally:
+            for hook in hooks:
+                hook.remove()
+        check()
+        decode_start = time.perf_counter()
+        image = self.decode(latents, settings)
+        sync(device)
+        end = time.perf_counter()
+        per_step = intervals.seconds_by_key()
+        return Generation(
+            prompt=prompt,
+            settings=settings,
+            image=image,
+            latents=latents,
+            text_encode=encode_seconds,
+            encode_cached=cached,
+            transformer_steps=[per_step.get(i, 0.0) for i in range(settings.steps)],
+            decode=end - decode_start,
+            total=end - start,
+            block_runs=block_runs(plan, self.loaded.source, settings.steps),
+        )
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor, settings: Settings) -> Image.Image:
+        """The VAE decode each pipeline does after its loop (same arithmetic, so results match)."""
+        pipe = self.pipe
+        vae = pipe.vae
+        family = self.loaded.family
+        if family == "flux":
+            latents = pipe._unpack_latents(latents, settings.height, settings.width, pipe.vae_scale_factor)
+            latents = latents / vae.config.scaling_factor + vae.config.shift_factor
+        elif family == "sd3":
+            latents = latents / vae.config.scaling_factor + vae.config.shift_factor
+        else:
+            if vae.dtype == torch.float16 and vae.config.force_upcast:
+                pipe.upcast_vae()
+                vae = pipe.vae
+            latents = latents.to(vae.dtype) / vae.config.scaling_factor
+        image = vae.decode(latents, return_dict=False)[0]
+        return pipe.image_processor.postprocess(image, output_type="pil")[0]
+
+
+def _encode(
+    pipe: Any, family: str, prompt: str, cfg: bool, settings: Settings, device: torch.device
+) -> dict[str, torch.Tensor]:
+    max_len = settings.max_sequence_length
+    if family == "flux":
+        kwargs = {"max_sequence_length": max_len} if max_len else {}
+        embeds, pooled, _ids = pipe.encode_prompt(prompt=prompt, prompt_2=None, device=device, **kwargs)
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+    if family == "sd3":
+        kwargs = {"max_sequence_length": max_len} if max_len else {}
+        embeds, neg, pooled, neg_pooled = pipe.encode_prompt(
+            prompt=prompt, prompt_2=None, prompt_3=None, device=device, do_classifier_free_guidance=cfg, **kwargs
+        )
+        out = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+        if cfg:
+            out.update(negative_prompt_embeds=neg, negative_pooled_prompt_embeds=neg_pooled)
+        return out
+    kwargs = {"max_sequence_length": max_len} if max_len else {}
+    embeds, mask, neg, neg_mask = pipe.encode_prompt(
+        prompt=prompt, do_classifier_free_guidance=cfg, device=device, **kwargs
+    )
+    out = {"prompt_embeds": embeds, "prompt_attention_mask": mask}
+    if cfg:
+        out.update(negative_prompt_embeds=neg, negative_prompt_attention_mask=neg_mask)
+    return out
+
+
+def _pseudo_embeddings(loaded: Loaded, prompt: str, cfg: bool, max_len: int | None) -> dict[str, torch.Tensor]:
+    """Deterministic stand-ins of the text encoders' outputs, shaped as the real ones, for --random-weights
+    (no text encoder is loaded there; the transformer's cost does not depend on the values)."""
+    config = loaded.source.transformer_config
+    seq = max_len or 256
+    joint = int(config["joint_attention_dim"])
+    pooled_dim = int(config.get("pooled_projection_dim", 0))
+    seed = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "little")
+    gen = torch.Generator("cpu").manual_seed(seed)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen).to(loaded.device, loaded.dtype)
+
+    family = loaded.family
+    if family == "flux":
+        return {"prompt_embeds": rand(1, seq, joint), "pooled_prompt_embeds": rand(1, pooled_dim)}
+    if family == "sd3":
+        tokens = 77 + seq  # CLIP's 77 tokens, then T5's
+        out = {"prompt_embeds": rand(1, tokens, joint), "pooled_prompt_embeds": rand(1, pooled_dim)}
+        if cfg:
+            out.update(negative_prompt_embeds=rand(1, tokens, joint), negative_pooled_prompt_embeds=rand(1, pooled_dim))
+        return out
+    mask = torch.ones(1, seq, joint, device=loaded.device, dtype=torch.int64)
+    out = {"prompt_embeds": rand(1, seq, joint), "prompt_attention_mask": mask}
+    if cfg:
+        out.update(negative_prompt_embeds=rand(1, seq, joint), negative_prompt_attention_mask=mask)
+    return out

@@ -1,0 +1,196 @@
+"""Load a resolved model into a diffusers pipeline on a device.
+
+Three ways in, one way out (a `Loaded`):
+- built-in tiny models: built once with a fixed seed into the cache folder, then loaded from disk like
+  any checkpoint (so the real loading code is what the tests exercise);
+- aliases, hub repos and local folders: `from_pretrained(..., use_safetensors=True)`, never remote code;
+- `--random-weights`: the real-size transformer and VAE built from their shipped configs directly on
+  the device, with no text encoders (the generation code feeds deterministic pseudo-embeddings).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine.layout import Layout
+from engine.resolve import ModelError, ModelSource, cache_dir
+
+TINY_BUILD_VERSION = 1  # bump when engine/tiny.py changes what it builds
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+_PIPELINES = {"flux": "FluxPipeline", "sd3": "StableDiffusion3Pipeline", "auraflow": "AuraFlowPipeline"}
+_TRANSFORMERS = {
+    "flux": "FluxTransformer2DModel",
+    "sd3": "SD3Transformer2DModel",
+    "auraflow": "AuraFlowTransformer2DModel",
+}
+
+
+@dataclass
+class Loaded:
+    """A pipeline ready to generate, with what the executor and the generation code need to know."""
+
+    source: ModelSource
+    pipe: object  # a diffusers pipeline of source.family
+    device: torch.device
+    dtype: torch.dtype
+    random_weights: bool
+    load_seconds: float
+
+    @property
+    def layout(self) -> Layout:
+        return self.source.layout
+
+    @property
+    def family(self) -> str:
+        return self.source.family
+
+    @property
+    def transformer(self) -> torch.nn.Module:
+        return self.pipe.transformer  # type: ignore[attr-defined]
+
+
+def quiet_libraries() -> None:
+    """Keep diffusers/transformers chatter (progress bars, hub and optional-dependency warnings) off the
+    user's terminal; real errors still raise."""
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for name in ("diffusers", "transformers", "huggingface_hub", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"--device {requested}: no CUDA device is available here (try --device cpu)")
+    try:
+        return torch.device(requested)
+    except RuntimeError:
+        raise ModelError(f"--device {requested}: not a device (cpu, cuda, cuda:1, auto)") from None
+
+
+def pick_dtype(requested: str | None, device: torch.device) -> torch.dtype:
+    """bfloat16 on CUDA, float32 elsewhere, unless asked."""
+    if requested is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if requested not in DTYPES:
+        raise ModelError(f"--dtype {requested}: choose one of {', '.join(DTYPES)}")
+    return DTYPES[requested]
+
+
+def tiny_path(name: str) -> Path:
+    """The folder of a built-in tiny model, built (atomically, once) if missing."""
+    from engine.tiny import build_tiny_pipeline
+
+    target = cache_dir() / "tiny" / f"{name}-v{TINY_BUILD_VERSION}"
+    if (target / "model_index.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        build_tiny_pipeline(name, staging / "pipe")
+        try:
+            os.replace(staging / "pipe", target)
+        except OSError:
+            if not (target / "model_index.json").exists():  # not a concurrent builder winning the race
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_random(source: ModelSource, device: torch.device, dtype: torch.dtype) -> object:
+    """The real-size transformer and VAE from their configs, initialised on the device (no download, no
+    host copy), in a pipeline without text encoders."""
+    import diffusers
+
+    transformer_cls = getattr(diffusers, _TRANSFORMERS[source.family])
+    pipeline_cls = getattr(diffusers, _PIPELINES[source.family])
+    torch.manual_seed(0)
+    with torch.device(device), _default_dtype(dtype):
+        transformer = transformer_cls.from_config(dict(source.transformer_config))
+        vae = diffusers.AutoencoderKL.from_config(dict(source.vae_config))
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(dict(source.scheduler_config))
+    components: dict[str, object] = {"transformer": transformer.eval(), "vae": vae.eval(), "scheduler": scheduler}
+    text_slots = {
+        "flux": ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"),
+        "sd3": ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3"),
+        "auraflow": ("text_encoder", "tokenizer"),
+    }[source.family]
+    components.update({slot: None for slot in text_slots})
+    return pipeline_cls(**components)
+
+
+def load(
+    source: ModelSource,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    random_weights: bool = False,
+    on_status: Callable[[str], None] = lambda _msg: None,
+) -> Loaded:
+    """Load `source` onto `device`; raises ModelError with one actionable line when it cannot."""
+    import time
+
+    quiet_libraries()
+    start = time.perf_counter()
+    if random_weights and source.kind != "tiny":
+        if not source.scheduler_config and source.kind != "alias":
+            on_status("no scheduler config known: using diffusers' defaults")
+        on_status(f"building random {source.name} weights on {device}")
+        pipe = build_random(source, device, dtype)
+    else:
+        location = str(tiny_path(source.location)) if source.kind == "tiny" else source.location
+        on_status(f"loading {source.name}")
+        pipe = _from_pretrained(source, location, dtype)
+        pipe.to(device)  # type: ignore[attr-defined]
+    pipe.set_progress_bar_config(disable=True)  # type: ignore[attr-defined]
+    return Loaded(source, pipe, device, dtype, random_weights and source.kind != "tiny", time.perf_counter() - start)
+
+
+def _from_pretrained(source: ModelSource, location: str, dtype: torch.dtype) -> object:
+    import diffusers
+
+    cls = getattr(diffusers, _PIPELINES[source.family])
+    try:
+        return cls.from_pretrained(location, dtype=dtype, use_safetensors=True)
+    except (OSError, ValueError) as exc:  # hub errors (offline, missing files) are OSError/ValueError kin
+        if source.kind in ("alias", "repo"):
+            raise ModelError(
+                f"{source.name}: weights are not available here ({_first_line(exc)}). Download them with "
+                f"`hf download {source.location}` (gated repos need `hf auth login` first), or explore the "
+                f"architecture with --random-weights"
+            ) from None
+        raise ModelError(f"{source.name}: cannot load: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,197 @@
+"""Turn a MODEL argument into what we know about it before loading any weights.
+
+MODEL is an alias (`flux-schnell`, `tiny-flux`, ...), a local diffusers folder, or a Hugging Face repo
+id. Resolution reads only small JSON files (shipped configs, model_index.json, transformer/config.json),
+so plans can be validated, sizes checked and the layer grid drawn while a 12B model is still loading.
+
+Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.catalog import FAMILY_DEFAULTS, MODELS, PIPELINE_FAMILIES, Defaults, ModelSpec, spec_for_repo
+from engine.layout import Layout, layout_from_config
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class ModelError(ValueError):
+    """The MODEL argument cannot be used; the message is one line saying what to do."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    name: str  # what the user typed, for display and run.json
+    kind: str  # "tiny" | "alias" | "repo" | "local"
+    family: str
+    location: str  # tiny name, repo id or folder path
+    layout: Layout
+    defaults: Defaults
+    transformer_config: Mapping[str, Any]
+    vae_config: Mapping[str, Any]
+    scheduler_config: Mapping[str, Any]
+
+    @property
+    def size_multiple(self) -> int:
+        """Width and height must be multiples of this: VAE downsampling times the patch size (Flux
+        packs 2x2 latents into one token)."""
+        vae_scale = 2 ** (len(self.vae_config.get("block_out_channels", [0] * 4)) - 1)
+        patch = 2 if self.family == "flux" else int(self.transformer_config.get("patch_size", 2))
+        return vae_scale * patch
+
+    @property
+    def max_side(self) -> int | None:
+        """Largest width or height the positional embedding covers (SD3, AuraFlow); None if unbounded."""
+        pos = self.transformer_config.get("pos_embed_max_size")
+        if pos is None or self.family == "flux":
+            return None
+        patches = int(pos) if self.family == "sd3" else math.isqrt(int(pos))  # AuraFlow: a square grid
+        return patches * self.size_multiple
+
+    def check_size(self, width: int, height: int) -> None:
+        m = self.size_multiple
+        for label, value in (("width", width), ("height", height)):
+            if value % m:
+                raise ModelError(
+                    f"{label} {value} is not a multiple of {m} ({self.name} works on {m}-pixel patches); "
+                    f"try {max(m, round(value / m) * m)}"
+                )
+            if self.max_side is not None and value > self.max_side:
+                raise ModelError(f"{label} {value} is larger than {self.name} supports ({self.max_side})")
+
+
+def resolve(model: str) -> ModelSource:
+    """What MODEL names, from shipped or small local/hub JSON files; raises ModelError."""
+    spec = MODELS.get(model)
+    if spec is not None:
+        return _from_spec(model, spec)
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return _from_folder(model, path)
+    if _REPO_ID.match(model) and not path.exists():
+        known = spec_for_repo(model)
+        if known is not None:
+            return _from_spec(model, known)
+        return _from_hub(model)
+    raise ModelError(
+        f"unknown model '{model}': not an alias (see `dit-explore models`), a local diffusers folder "
+        f"(with model_index.json), or a Hugging Face repo id (owner/name)"
+    )
+
+
+def _from_spec(name: str, spec: ModelSpec) -> ModelSource:
+    return ModelSource(
+        name=name,
+        kind="tiny" if spec.tiny else "alias",
+        family=spec.family,
+        location=spec.alias if spec.tiny else str(spec.repo),
+        layout=spec.layout,
+        defaults=spec.defaults,
+        transformer_config=spec.transformer,
+        vae_config=spec.vae,
+        scheduler_config=spec.scheduler,
+    )
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{path.parent}: no {path.name} ({what}); is this a diffusers folder?") from None
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: cannot read {what}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: {what} is not a JSON object")
+    return data
+
+
+def _family(index: Mapping[str, Any], where: str) -> str:
+    cls = index.get("_class_name")
+    family = PIPELINE_FAMILIES.get(str(cls))
+    if family is None:
+        raise ModelError(
+            f"{where}: unsupported pipeline {cls!r}; dit-explore supports {', '.join(PIPELINE_FAMILIES)}"
+        )
+    return family
+
+
+def _from_folder(name: str, root: Path) -> ModelSource:
+    index = _read_json(root / "model_index.json", "the pipeline index")
+    family = _family(index, str(root))
+    transformer = _read_json(root / "transformer" / "config.json", "the transformer config")
+    vae = _read_json(root / "vae" / "config.json", "the VAE config")
+    scheduler_path = root / "scheduler" / "scheduler_config.json"
+    scheduler = _read_json(scheduler_path, "the scheduler config") if scheduler_path.exists() else {}
+    return ModelSource(
+        name=name,
+        kind="local",
+        family=family,
+        location=str(root.resolve()),
+        layout=layout_from_config(family, transformer),
+        defaults=FAMILY_DEFAULTS[family],
+        transformer_config=transformer,
+        vae_config=vae,
+        scheduler_config=scheduler,
+    )
+
+
+def _from_hub(repo: str) -> ModelSource:
+    """Read the repo's small config files from the local Hugging Face cache, downloading them if needed."""
+    files = {}
+    for key, filename in (
+        ("index", "model_index.json"),
+        ("transformer", "transformer/config.json"),
+        ("vae", "vae/config.json"),
+    ):
+        files[key] = _hub_json(repo, filename)
+    family = _family(files["index"], repo)
+    return ModelSource(
+        name=repo,
+        kind="repo",
+        family=family,
+        location=repo,
+        layout=layout_from_config(family, files["transformer"]),
+        defaults=FAMILY_DEFAULTS[family],
+        transformer_config=files["transformer"],
+        vae_config=files["vae"],
+        scheduler_config={},
+    )
+
+
+def _hub_json(repo: str, filename: str) -> dict[str, Any]:
+    from huggingface_hub import hf_hub_download  # light, but only needed for hub repos
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        path = hf_hub_download(repo, filename)
+    except GatedRepoError:
+        raise ModelError(
+            f"{repo} is gated: accept its license on huggingface.co, then `hf auth login`"
+        ) from None
+    except RepositoryNotFoundError:
+        raise ModelError(f"{repo}: no such Hugging Face repo (or it is private: `hf auth login`)") from None
+    except Exception as exc:  # offline, proxy, missing file: all end the same way for the user
+        raise ModelError(
+            f"{repo}: cannot fetch {filename} ({type(exc).__name__}); download it with "
+            f"`hf download {repo}` or use --random-weights with an alias"
+        ) from None
+    return _read_json(Path(path), filename)
+
+
+def cache_dir() -> Path:
+    """Where dit-explore keeps built tiny models and analysis results (DIT_EXPLORE_CACHE overrides)."""
+    override = os.environ.get("DIT_EXPLORE_CACHE")
+    if override:
+        return Path(override)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("dit-explore"))

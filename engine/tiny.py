@@ -1,0 +1,343 @@
+"""Tiny random-weight diffusers pipelines of the real classes, built fully offline.
+
+The explorer needs real pipelines (the real transformer classes, block layouts and
+call paths) to test against, but no checkpoint can be downloaded.  So every component
+(tokenizers included) is constructed here from a config, with weights drawn from a
+fixed seed, and the pipeline is written with ``save_pretrained``.  The resulting folder
+loads back with ``DiffusionPipeline.from_pretrained(folder, use_safetensors=True)``
+exactly like a hub checkpoint, and a 64x64, 2-step generation runs on CPU in well
+under a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pathlib
+import string
+from collections.abc import Callable, Iterator
+
+import torch
+from diffusers import (
+    AuraFlowPipeline,
+    AuraFlowTransformer2DModel,
+    AutoencoderKL,
+    DiffusionPipeline,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+)
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
+    UMT5Config,
+    UMT5EncoderModel,
+)
+from transformers.utils import logging as transformers_logging
+
+TINY_FAMILIES: dict[str, str] = {"tiny-flux": "flux", "tiny-sd3": "sd3", "tiny-auraflow": "auraflow"}
+
+# Re-seeding before every component makes each component's weights independent of
+# how many random numbers the components built before it consumed.
+_SEED = 0
+
+# Real CLIP text encoders use 77 positions; the pipelines pad prompts to this length.
+_CLIP_MAX_LENGTH = 77
+
+# Shared shape of every tiny text encoder: two layers of two 16-wide heads.
+_TEXT_LAYERS = 2
+_TEXT_HEADS = 2
+_TEXT_HEAD_DIM = 16
+
+
+# --- tokenizers -------------------------------------------------------------------
+
+
+def _clip_tokenizer() -> CLIPTokenizer:
+    """A byte-level BPE tokenizer with no merges, so every character is its own token.
+
+    The vocabulary is every byte-level character, alone and with the end-of-word
+    suffix ``</w>`` that CLIP's BPE appends to the last piece of a word, plus the two
+    special tokens; any prompt therefore tokenizes without unknowns.
+    ``model_max_length`` must be set, otherwise truncation to it has no effect and
+    long prompts overflow the 77 position embeddings.
+    """
+    chars = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokens = chars + [char + "</w>" for char in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: index for index, token in enumerate(tokens)}
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=_CLIP_MAX_LENGTH)
+
+
+def _t5_tokenizer() -> T5TokenizerFast:
+    """A SentencePiece-like Unigram tokenizer over ASCII, shaped like T5's.
+
+    Unigram is what ``T5TokenizerFast`` is built around; a WordLevel model does not
+    survive save/load.  Ids 0/1/2 are pad/eos/unk as in real T5, and the
+    post-processor appends ``</s>`` as T5 does.  Word-initial lowercase letters get
+    their own slightly cheaper pieces so segmentation is not purely per character.
+    """
+    pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [(char, -3.0) for char in string.ascii_letters + string.digits + string.punctuation]
+    pieces += [("▁" + char, -2.5) for char in string.ascii_lowercase]
+    backend = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
+    backend.normalizer = normalizers.NFKC()
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    backend.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
+    return T5TokenizerFast(
+        tokenizer_object=backend,
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        extra_ids=0,
+        model_max_length=512,
+    )
+
+
+# --- text encoders ----------------------------------------------------------------
+
+
+def _clip_config(tokenizer: CLIPTokenizer, hidden_size: int, projection_dim: int) -> CLIPTextConfig:
+    """CLIP text config matched to the tokenizer.
+
+    The special-token ids must be the tokenizer's: CLIP pools the hidden state at the
+    first ``eos_token_id`` position, so a wrong id silently pools the wrong token.
+    """
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        projection_dim=projection_dim,
+        num_hidden_layers=_TEXT_LAYERS,
+        num_attention_heads=hidden_size // _TEXT_HEAD_DIM,
+        max_position_embeddings=_CLIP_MAX_LENGTH,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _clip_text_model(tokenizer: CLIPTokenizer, hidden_size: int) -> CLIPTextModel:
+    """Flux's CLIP encoder: its pooled output (width ``hidden_size``) conditions the transformer."""
+    torch.manual_seed(_SEED)
+    return CLIPTextModel(_clip_config(tokenizer, hidden_size, projection_dim=hidden_size)).eval()
+
+
+def _clip_text_model_with_projection(
+    tokenizer: CLIPTokenizer, hidden_size: int, projection_dim: int
+) -> CLIPTextModelWithProjection:
+    """SD3's CLIP encoders: their projected pooled outputs are concatenated into one vector."""
+    torch.manual_seed(_SEED)
+    return CLIPTextModelWithProjection(_clip_config(tokenizer, hidden_size, projection_dim)).eval()
+
+
+def _t5_kwargs(tokenizer: T5TokenizerFast, d_model: int) -> dict[str, int]:
+    """Shared T5/UMT5 config values; the special-token ids mirror the tokenizer's layout."""
+    return {
+        "vocab_size": len(tokenizer),
+        "d_model": d_model,
+        "d_kv": _TEXT_HEAD_DIM,
+        "d_ff": 2 * d_model,
+        "num_layers": _TEXT_LAYERS,
+        "num_heads": _TEXT_HEADS,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "decoder_start_token_id": tokenizer.pad_token_id,
+    }
+
+
+def _t5_encoder(tokenizer: T5TokenizerFast, d_model: int) -> T5EncoderModel:
+    """T5 encoder whose ``d_model`` is the transformer's ``joint_attention_dim``."""
+    torch.manual_seed(_SEED)
+    return T5EncoderModel(T5Config(**_t5_kwargs(tokenizer, d_model))).eval()
+
+
+def _umt5_encoder(tokenizer: T5TokenizerFast, d_model: int) -> UMT5EncoderModel:
+    """UMT5 encoder, the class AuraFlow's pipeline is typed against."""
+    torch.manual_seed(_SEED)
+    return UMT5EncoderModel(UMT5Config(**_t5_kwargs(tokenizer, d_model))).eval()
+
+
+# --- VAE and scheduler -------------------------------------------------------------
+
+
+def _vae(scaling_factor: float, shift_factor: float | None) -> AutoencoderKL:
+    """A 3-level AutoencoderKL with 4 latent channels.
+
+    Three blocks give ``vae_scale_factor`` 4 (the pipelines derive it from
+    ``len(block_out_channels)``), so a 64x64 image is a 16x16 latent.  The quant convs
+    are dropped as in Flux/SD3; scaling and shift follow the family being imitated.
+    """
+    torch.manual_seed(_SEED)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+        scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    ).eval()
+
+
+def _scheduler(shift: float) -> FlowMatchEulerDiscreteScheduler:
+    """Flow-matching Euler scheduler with a static shift (no resolution-dependent shift)."""
+    return FlowMatchEulerDiscreteScheduler(shift=shift, use_dynamic_shifting=False)
+
+
+# --- families -----------------------------------------------------------------------
+
+
+def _build_flux() -> FluxPipeline:
+    """Flux (schnell-like): CLIP pooled vector + T5 sequence into a double/single-stream MMDiT.
+
+    ``in_channels`` is 4x the VAE's latent channels because Flux packs 2x2 latent
+    patches into tokens itself (hence ``patch_size`` 1), and the RoPE axes must sum
+    to the head dimension.
+    """
+    clip_tokenizer = _clip_tokenizer()
+    t5_tokenizer = _t5_tokenizer()
+    torch.manual_seed(_SEED)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=4,
+        num_single_layers=8,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=False,
+        axes_dims_rope=(4, 6, 6),
+    ).eval()
+    return FluxPipeline(
+        scheduler=_scheduler(shift=1.0),
+        vae=_vae(scaling_factor=0.3611, shift_factor=0.1159),
+        text_encoder=_clip_text_model(clip_tokenizer, hidden_size=32),
+        tokenizer=clip_tokenizer,
+        text_encoder_2=_t5_encoder(t5_tokenizer, d_model=32),
+        tokenizer_2=t5_tokenizer,
+        transformer=transformer,
+    )
+
+
+def _build_sd3() -> StableDiffusion3Pipeline:
+    """SD3: two CLIPs + T5 into an MMDiT.
+
+    The two CLIP hidden states are concatenated (32 + 32) and zero-padded up to the T5
+    width, so ``joint_attention_dim`` (64) must be at least their sum; the pooled
+    vector is the concatenation of the two CLIP projections (32 + 32 = 64).
+    """
+    clip_tokenizer = _clip_tokenizer()
+    clip_tokenizer_2 = _clip_tokenizer()
+    t5_tokenizer = _t5_tokenizer()
+    torch.manual_seed(_SEED)
+    transformer = SD3Transformer2DModel(
+        sample_size=16,
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=6,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=64,
+        caption_projection_dim=32,
+        pooled_projection_dim=64,
+        pos_embed_max_size=32,
+    ).eval()
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=_scheduler(shift=3.0),
+        vae=_vae(scaling_factor=1.5305, shift_factor=0.0609),
+        text_encoder=_clip_text_model_with_projection(clip_tokenizer, hidden_size=32, projection_dim=32),
+        tokenizer=clip_tokenizer,
+        text_encoder_2=_clip_text_model_with_projection(clip_tokenizer_2, hidden_size=32, projection_dim=32),
+        tokenizer_2=clip_tokenizer_2,
+        text_encoder_3=_t5_encoder(t5_tokenizer, d_model=64),
+        tokenizer_3=t5_tokenizer,
+    )
+
+
+def _build_auraflow() -> AuraFlowPipeline:
+    """AuraFlow: a UMT5 sequence into MMDiT blocks followed by single DiT blocks.
+
+    ``caption_projection_dim`` equals the transformer width (2 heads x 16) because the
+    projected captions enter the joint blocks directly.
+    """
+    tokenizer = _t5_tokenizer()
+    torch.manual_seed(_SEED)
+    transformer = AuraFlowTransformer2DModel(
+        sample_size=16,
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_mmdit_layers=2,
+        num_single_dit_layers=6,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        caption_projection_dim=32,
+        pos_embed_max_size=256,
+    ).eval()
+    return AuraFlowPipeline(
+        tokenizer=tokenizer,
+        text_encoder=_umt5_encoder(tokenizer, d_model=32),
+        vae=_vae(scaling_factor=0.13025, shift_factor=None),
+        transformer=transformer,
+        scheduler=_scheduler(shift=1.73),
+    )
+
+
+@contextlib.contextmanager
+def _without_transformers_progress_bars() -> Iterator[None]:
+    """Hide transformers' per-component "Writing model shards" bars while saving.
+
+    Each tiny component is one small shard, so the bars carry no information and only
+    clutter stderr; the caller's previous setting is restored afterwards.
+    """
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()
+
+
+_BUILDERS: dict[str, Callable[[], DiffusionPipeline]] = {
+    "flux": _build_flux,
+    "sd3": _build_sd3,
+    "auraflow": _build_auraflow,
+}
+
+
+def build_tiny_pipeline(name: str, out_dir: pathlib.Path) -> None:
+    """Build tiny pipeline `name` (a key of TINY_FAMILIES) and save_pretrained it into out_dir.
+
+    ``out_dir`` must not exist yet; it is created here, so a half-written folder from
+    another run is never silently mixed in.  Deterministic: same bytes of weights every
+    time (torch.manual_seed before each component).
+    """
+    if name not in TINY_FAMILIES:
+        raise ValueError(f"unknown tiny pipeline {name!r}; expected one of {sorted(TINY_FAMILIES)}")
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} already exists")
+    pipeline = _BUILDERS[TINY_FAMILIES[name]]()
+    out_dir.mkdir(parents=True)
+    with _without_transformers_progress_bars():
+        pipeline.save_pretrained(out_dir, safe_serialization=True)
