@@ -96,7 +96,11 @@ class Plan:
 
     def resolved(self, layout: Layout) -> dict[str, Order]:
         """Every stack of `layout` with the order it runs (the identity where the plan is silent)."""
-        return {s.name: self.order(s.name) or identity_order(s.blocks) for s in layout.stacks}
+        out = {}
+        for s in layout.stacks:
+            order = self.order(s.name)
+            out[s.name] = identity_order(s.blocks) if order is None else order  # () runs no block
+        return out
 
     def is_identity(self, layout: Layout) -> bool:
         return all(order == identity_order(layout.stack(name).blocks) for name, order in self.orders)
@@ -481,7 +485,7 @@ def from_mapping(data: Mapping[str, Any], source: str) -> Plan:
         else:
             values[key] = float(value) if key == "guidance" else value
     try:
-        sampling = check_sampling(Sampling(**values), f"{source}: sampling")
+        sampling = check_sampling(Sampling(**values), f"{source}: sampling.")
     except PlanError as exc:
         problems.extend(exc.problems)
 
@@ -497,19 +501,20 @@ def from_mapping(data: Mapping[str, Any], source: str) -> Plan:
     )
 
 
-def check_sampling(sampling: Sampling, where: str) -> Sampling:
-    """Range checks that need no model: positive sizes and steps, finite guidance, a non-empty prompt."""
+def check_sampling(sampling: Sampling, prefix: str) -> Sampling:
+    """Range checks that need no model: positive sizes and steps, finite guidance, a non-empty prompt.
+    Problems are named `{prefix}{field}` ("plan.toml: sampling.steps", "--steps")."""
     problems = []
     for key in ("steps", "width", "height"):
         value = getattr(sampling, key)
         if value is not None and value < 1:
-            problems.append(f"{where}.{key}: must be at least 1 at '{value}'")
+            problems.append(f"{prefix}{key}: must be at least 1 at '{value}'")
     if sampling.seed is not None and not 0 <= sampling.seed < 2**63:
-        problems.append(f"{where}.seed: must be in 0..2**63-1 at '{sampling.seed}'")
+        problems.append(f"{prefix}seed: must be in 0..2**63-1 at '{sampling.seed}'")
     if sampling.guidance is not None and not (math.isfinite(sampling.guidance) and sampling.guidance >= 0):
-        problems.append(f"{where}.guidance: must be a finite number >= 0 at '{sampling.guidance}'")
+        problems.append(f"{prefix}guidance: must be a finite number >= 0 at '{sampling.guidance}'")
     if sampling.prompt is not None and not sampling.prompt.strip():
-        problems.append(f"{where}.prompt: must not be empty")
+        problems.append(f"{prefix}prompt: must not be empty")
     if problems:
         raise PlanError(problems)
     return sampling

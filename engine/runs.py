@@ -1,0 +1,95 @@
+"""Run directories: one PNG per prompt plus `run.json`, written atomically.
+
+A run directory is assembled in a hidden staging folder beside its destination and renamed into place
+when complete, so an interrupted run never leaves a half-written DIR. Each PNG carries its plan file
+(with the sampling filled in) in a text chunk, so `--plan image.png` replays it exactly.
+
+Torch-free (pillow only): the TUI reads run directories too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import replace
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from engine import plan as plans
+
+RUN_JSON = "run.json"
+RUN_FORMAT = 1
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("dit-explore", "torch", "diffusers", "transformers"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def image_plan(plan: plans.Plan, model: str, sampling: plans.Sampling) -> plans.Plan:
+    """The plan an image was made with, carrying the sampling that reproduces it."""
+    return replace(plan, model=model, sampling=sampling)
+
+
+def check_destination(out: Path, overwrite: bool) -> None:
+    """Refuse to clobber a non-empty directory unless asked; raise ValueError with one line."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"--out {out}: directory is not empty (choose another, or pass --overwrite)")
+
+
+class RunWriter:
+    """Collects images in a staging folder; `commit` moves the finished run to `out` in one rename."""
+
+    def __init__(self, out: Path, overwrite: bool = False) -> None:
+        check_destination(out, overwrite)
+        self.out = out
+        self.overwrite = overwrite
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        self.staging.chmod(0o777 & ~umask)  # mkdtemp makes 0700; a run directory is an ordinary folder
+        self.images: list[str] = []
+
+    def add_image(self, image: Image.Image, plan_for_image: plans.Plan, comment: str | None = None) -> str:
+        name = f"{len(self.images):03d}.png"
+        info = PngInfo()
+        info.add_itxt(plans.PNG_PLAN_KEY, plans.dumps(plan_for_image, comment))
+        image.save(self.staging / name, pnginfo=info)
+        self.images.append(name)
+        return name
+
+    def commit(self, run: Mapping[str, Any]) -> Path:
+        record = {"format": RUN_FORMAT, "images": list(self.images), **run}
+        (self.staging / RUN_JSON).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        if self.out.exists():
+            # Move the old run aside first, so at every instant `out` is either the old or the new run.
+            trash = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent))
+            os.replace(self.out, trash / "run")
+            os.replace(self.staging, self.out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(self.staging, self.out)
+        return self.out
+
+    def abort(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def read_run(path: Path) -> dict[str, Any]:
+    return json.loads((path / RUN_JSON).read_text(encoding="utf-8"))

@@ -1,0 +1,275 @@
+"""The executor against independent references, on the tiny models of all three families.
+
+Expected block sequences are written out by hand; the parallel-group reference is a separate averaging
+module written here (torch.stack(...).mean), swapped in without the executor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from engine.executor import Cancelled, PlanList, applied
+from engine.generate import Generator, Settings
+from engine.models import Loaded
+from engine.plan import Plan, parse_order, parse_steps
+
+FAMILIES = ["tiny-flux", "tiny-sd3", "tiny-auraflow"]
+PROMPT = "a red cube"
+
+
+def settings_for(loaded: Loaded, steps: int = 2, seed: int = 0) -> Settings:
+    d = loaded.source.defaults
+    return Settings(seed=seed, steps=steps, width=64, height=64, guidance=d.guidance,
+                    max_sequence_length=d.max_sequence_length)
+
+
+def plan_of(**orders: str) -> Plan:
+    plan = Plan()
+    for stack, text in orders.items():
+        plan = plan.with_order(stack, parse_order(text))
+    return plan
+
+
+@contextmanager
+def block_trace(loaded: Loaded) -> Iterator[list[tuple[str, int, float]]]:
+    """Record (stack, original index, checksum of the image-stream input) for every block call."""
+    trace: list[tuple[str, int, float]] = []
+    handles = []
+    for stack in loaded.layout.stacks:
+        for index, block in enumerate(getattr(loaded.transformer, stack.attr)):
+
+            def hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], *, s: str = stack.name, i: int = index) -> None:
+                hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+                trace.append((s, i, float(hidden.double().sum())))
+
+            handles.append(block.register_forward_pre_hook(hook, with_kwargs=True))
+    try:
+        yield trace
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def originals(loaded: Loaded) -> dict[str, nn.ModuleList]:
+    return {s.attr: getattr(loaded.transformer, s.attr) for s in loaded.layout.stacks}
+
+
+# Hand-expanded execution sequences (stack, text, expected block indices of that stack, in order).
+SEQUENCES = [
+    ("tiny-flux", "single", "0-2, 7", [0, 1, 2, 7]),  # skip 3-6
+    ("tiny-flux", "single", "0-1, 4*3, 6-7", [0, 1, 4, 4, 4, 6, 7]),  # middle repeat
+    ("tiny-flux", "single", "0, 6-1, 7", [0, 6, 5, 4, 3, 2, 1, 7]),  # reverse
+    ("tiny-flux", "double", "0, [1-2]x2, 3", [0, 1, 2, 1, 2, 3]),  # looped parallel
+    ("tiny-flux", "single", "", []),  # run no single block
+    ("tiny-sd3", "double", "0-1, 3-2, 4*2, 5", [0, 1, 3, 2, 4, 4, 5]),
+    ("tiny-sd3", "double", "0-4", [0, 1, 2, 3, 4]),  # context-pre-only last block skipped
+    ("tiny-auraflow", "single", "0, [1-4]x3, 5", [0] + [1, 2, 3, 4] * 3 + [5]),
+    ("tiny-auraflow", "double", "1, 0", [1, 0]),
+    ("tiny-auraflow", "single", "", []),
+]
+
+
+@pytest.mark.parametrize(("model", "stack", "text", "expected"), SEQUENCES)
+def test_blocks_run_in_the_planned_order(tiny_generator: Callable[[str], Generator], model: str, stack: str,
+                                         text: str, expected: list[int]) -> None:
+    gen = tiny_generator(model)
+    with block_trace(gen.loaded) as trace:
+        gen.generate(PROMPT, settings_for(gen.loaded, steps=1), plan_of(**{stack: text}))
+    for s in gen.loaded.layout.stacks:
+        ran = [i for name, i, _ in trace if name == s.name]
+        assert ran == (expected if s.name == stack else list(range(s.blocks)))
+
+
+def test_parallel_members_share_input_and_loops_feed_back(tiny_generator: Callable[[str], Generator]) -> None:
+    gen = tiny_generator("tiny-flux")
+    with block_trace(gen.loaded) as trace:
+        gen.generate(PROMPT, settings_for(gen.loaded, steps=1), plan_of(single="0, [1-3]x2, 4-7"))
+    calls = [(i, c) for name, i, c in trace if name == "single"]
+    assert [i for i, _ in calls] == [0, 1, 2, 3, 1, 2, 3, 4, 5, 6, 7]
+    first_loop = {c for i, c in calls[1:4]}
+    second_loop = {c for i, c in calls[4:7]}
+    assert len(first_loop) == 1 and len(second_loop) == 1  # every member got the same input
+    assert first_loop != second_loop  # the second loop got the averaged output of the first
+
+
+class HandAverage(nn.Module):
+    """Reference parallel group, written independently of engine.executor."""
+
+    def __init__(self, blocks: list[nn.Module], loops: int) -> None:
+        super().__init__()
+        self.blocks = blocks  # plain list: not registered, like a view
+        self.loops = loops
+
+    def forward(self, **kw: Any) -> Any:
+        out: Any = None
+        for _ in range(self.loops):
+            outs = [b(**kw) for b in self.blocks]
+            if isinstance(outs[0], tuple):
+                enc = torch.stack([o[0] for o in outs]).mean(0)
+                hid = torch.stack([o[1] for o in outs]).mean(0)
+                kw = {**kw, "hidden_states": hid, "encoder_hidden_states": enc}
+                out = (enc, hid)
+            else:
+                out = torch.stack(outs).mean(0)
+                kw = {**kw, "hidden_states": out}
+        return out
+
+
+def reference_latents(gen: Generator, lists: dict[str, list[nn.Module]], settings: Settings) -> torch.Tensor:
+    """Latents with hand-built block lists swapped in directly (no executor)."""
+    transformer = gen.loaded.transformer
+    saved = originals(gen.loaded)
+    embeds, _, _ = gen.embeddings(PROMPT, settings)
+    try:
+        for attr, modules in lists.items():
+            setattr(transformer, attr, nn.ModuleList(modules))
+        return gen.pipe(**embeds, num_inference_steps=settings.steps, width=settings.width, height=settings.height,
+                        guidance_scale=settings.guidance, generator=torch.Generator("cpu").manual_seed(settings.seed),
+                        output_type="latent").images
+    finally:
+        for attr, module_list in saved.items():
+            setattr(transformer, attr, module_list)
+
+
+@pytest.mark.parametrize(
+    ("model", "attr", "text", "build"),
+    [
+        ("tiny-flux", "single_transformer_blocks", "0, [2-5]x3, 7",
+         lambda b: [b[0], HandAverage([b[2], b[3], b[4], b[5]], 3), b[7]]),
+        ("tiny-flux", "transformer_blocks", "[0-3]", lambda b: [HandAverage(list(b), 1)]),
+        ("tiny-sd3", "transformer_blocks", "0, [1-4]x2, 5", lambda b: [b[0], HandAverage([b[1], b[2], b[3], b[4]], 2), b[5]]),
+        ("tiny-auraflow", "single_transformer_blocks", "[0-5]x2", lambda b: [HandAverage(list(b), 2)]),
+        ("tiny-auraflow", "joint_transformer_blocks", "[0-1]x4", lambda b: [HandAverage(list(b), 4)]),
+    ],
+)
+def test_parallel_groups_match_a_hand_written_average(tiny_generator: Callable[[str], Generator], model: str,
+                                                      attr: str, text: str, build: Callable[[Any], list[nn.Module]]) -> None:
+    gen = tiny_generator(model)
+    settings = settings_for(gen.loaded)
+    stack = next(s.name for s in gen.loaded.layout.stacks if s.attr == attr)
+    blocks = list(getattr(gen.loaded.transformer, attr))
+    expected = reference_latents(gen, {attr: build(blocks)}, settings)
+    got = gen.generate(PROMPT, settings, plan_of(**{stack: text})).latents
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    baseline = gen.generate(PROMPT, settings, Plan()).latents
+    assert not torch.allclose(got, baseline, atol=1e-4)  # the group changed something
+
+
+@pytest.mark.parametrize("model", FAMILIES)
+def test_identity_plan_is_bit_identical_to_plain_diffusers(tiny_generator: Callable[[str], Generator], model: str) -> None:
+    gen = tiny_generator(model)
+    settings = settings_for(gen.loaded, seed=3)
+    ours = gen.generate(PROMPT, settings, Plan())
+    explicit = gen.generate(PROMPT, settings, Plan(orders=tuple(
+        (s.name, tuple(range(s.blocks))) for s in gen.loaded.layout.stacks)))
+    plain = gen.pipe(prompt=PROMPT, num_inference_steps=settings.steps, width=64, height=64,
+                     guidance_scale=settings.guidance, generator=torch.Generator("cpu").manual_seed(3),
+                     max_sequence_length=settings.max_sequence_length).images[0]
+    assert np.array_equal(np.asarray(ours.image), np.asarray(plain))
+    assert np.array_equal(np.asarray(explicit.image), np.asarray(plain))
+
+
+def test_sd3_skip_plan_equals_sd3_skip_layers(load_tiny: Callable[[str], Loaded]) -> None:
+    loaded = load_tiny("tiny-sd3")
+    transformer = loaded.transformer
+    gen = torch.Generator("cpu").manual_seed(1)
+    inputs = {
+        "hidden_states": torch.randn(2, 4, 16, 16, generator=gen),
+        "encoder_hidden_states": torch.randn(2, 77 + 32, 64, generator=gen),
+        "pooled_projections": torch.randn(2, 64, generator=gen),
+        "timestep": torch.tensor([500.0, 500.0]),
+    }
+    with torch.inference_mode():
+        reference = transformer(**inputs, skip_layers=[1, 3, 5]).sample
+        with applied(transformer, loaded.layout, plan_of(double="0, 2, 4")):
+            ours = transformer(**inputs).sample
+        full = transformer(**inputs).sample
+    assert torch.equal(ours, reference)
+    assert not torch.equal(ours, full)
+
+
+@pytest.mark.parametrize("model", FAMILIES)
+def test_block_lists_are_restored_after_an_exception_mid_run(tiny_generator: Callable[[str], Generator], model: str) -> None:
+    gen = tiny_generator(model)
+    before = originals(gen.loaded)
+    settings = settings_for(gen.loaded)
+    baseline = gen.generate(PROMPT, settings, Plan())
+    calls = [0]
+
+    def fail_on_fifth() -> None:
+        calls[0] += 1
+        if calls[0] == 5:
+            raise RuntimeError("boom")
+
+    last_stack = gen.loaded.layout.stacks[-1]
+    with pytest.raises(RuntimeError, match="boom"):
+        gen.generate(PROMPT, settings, plan_of(**{last_stack.name: f"[0-1]x2, {last_stack.blocks - 2}"}), check=fail_on_fifth)
+    assert calls[0] == 5
+    after = originals(gen.loaded)
+    assert all(after[attr] is before[attr] for attr in before)
+    assert not any(isinstance(m, PlanList) for m in gen.loaded.transformer.modules())
+    again = gen.generate(PROMPT, settings, Plan())
+    assert np.array_equal(np.asarray(again.image), np.asarray(baseline.image))
+
+
+def test_block_lists_are_restored_when_a_block_raises(tiny_generator: Callable[[str], Generator],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    gen = tiny_generator("tiny-flux")
+    before = originals(gen.loaded)
+    victim = gen.loaded.transformer.single_transformer_blocks[2]
+
+    def explode(*_a: Any, **_k: Any) -> Any:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(victim, "forward", explode)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        gen.generate(PROMPT, settings_for(gen.loaded), plan_of(single="7-0"))
+    assert all(getattr(gen.loaded.transformer, a) is m for a, m in before.items())
+
+
+def test_cancel_lands_between_blocks(tiny_generator: Callable[[str], Generator]) -> None:
+    gen = tiny_generator("tiny-flux")
+    executed: list[int] = []
+    budget = [6]
+
+    def check() -> None:
+        if len(executed) >= budget[0]:
+            raise Cancelled()
+
+    with block_trace(gen.loaded) as trace:
+        def counting_check() -> None:
+            executed[:] = trace  # blocks started so far
+            check()
+
+        with pytest.raises(Cancelled):
+            gen.generate(PROMPT, settings_for(gen.loaded), Plan(), check=counting_check)
+    assert len(trace) == 6  # stopped right before the 7th block execution
+
+
+def test_active_steps_switch_between_plan_and_full_model(tiny_generator: Callable[[str], Generator]) -> None:
+    gen = tiny_generator("tiny-flux")
+    plan = plan_of(single="0, 7")
+    plan = Plan(orders=plan.orders, active_steps=parse_steps("1, 3"))
+    with block_trace(gen.loaded) as trace:
+        gen.generate(PROMPT, settings_for(gen.loaded, steps=4), plan)
+    singles = [i for name, i, _ in trace if name == "single"]
+    full = list(range(8))
+    assert singles == full + [0, 7] + full + [0, 7]
+    doubles = [i for name, i, _ in trace if name == "double"]
+    assert doubles == list(range(4)) * 4
+
+
+def test_nested_application_is_refused(load_tiny: Callable[[str], Loaded]) -> None:
+    loaded = load_tiny("tiny-flux")
+    with applied(loaded.transformer, loaded.layout, plan_of(single="0")):
+        with pytest.raises(RuntimeError, match="left applied"):
+            with applied(loaded.transformer, loaded.layout, Plan()):
+                pass
+    assert type(loaded.transformer.single_transformer_blocks) is nn.ModuleList

@@ -1,0 +1,110 @@
+"""The `dit-explore` command line.
+
+Import-light on purpose: nothing heavy (torch, diffusers, textual) is imported until a subcommand
+needs it, so `dit-explore models` and `--help` answer instantly. Bad input is one line on stderr and
+exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from engine.catalog import DEFAULT_MODEL
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (the usage block is one `--help` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_sampling(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the model's usual)")
+    p.add_argument("--width", type=int, help="image width in pixels")
+    p.add_argument("--height", type=int, help="image height in pixels")
+    p.add_argument("--guidance", type=float, help="guidance scale (default: the model's usual)")
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                   help="default: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--random-weights", action="store_true",
+                   help="build the real-size architecture with random weights (no download)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="dit-explore",
+        description="Explore what the layers of a diffusion transformer do: skip, repeat, reverse and "
+        "parallelize blocks of Flux, SD3 and AuraFlow, and compare the images.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
+
+    run = sub.add_parser("run", help="run a plan headless and write images + run.json",
+                         description="Run an execution plan headless; writes one PNG per prompt and run.json to --out.")
+    run.add_argument("model", metavar="MODEL", nargs="?", default=DEFAULT_MODEL,
+                     help=f"alias, Hugging Face repo id or local diffusers folder (default {DEFAULT_MODEL})")
+    run.add_argument("--plan", metavar="FILE", help="a .plan.toml file, or a PNG written by dit-explore (replay)")
+    run.add_argument("--prompt", action="append", metavar="TEXT", help="a prompt; repeat for several images")
+    run.add_argument("--prompts", metavar="FILE", help="a file with one prompt per line")
+    _add_sampling(run)
+    _add_device(run)
+    run.add_argument("--out", metavar="DIR", required=True, type=Path, help="output directory (created atomically)")
+    run.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
+
+    sub.add_parser("models", help="list the models dit-explore knows by name",
+                   description="List model aliases with their block stacks.")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from engine.headless import UsageError
+
+    try:
+        return _dispatch(args)
+    except UsageError as exc:
+        for line in str(exc).splitlines():
+            print(f"dit-explore {args.command}: error: {line}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"dit-explore {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from engine import headless
+    from engine.plan import Sampling
+
+    if args.command == "models":
+        return headless.models_command()
+    if args.command == "run":
+        return headless.run_command(
+            headless.RunRequest(
+                model=args.model,
+                out=args.out,
+                plan=args.plan,
+                prompts=tuple(args.prompt or ()),
+                prompts_file=args.prompts,
+                sampling=Sampling(seed=args.seed, steps=args.steps, width=args.width, height=args.height,
+                                  guidance=args.guidance),
+                device=args.device,
+                dtype=args.dtype,
+                random_weights=args.random_weights,
+                overwrite=args.overwrite,
+            )
+        )
+    raise AssertionError(args.command)
+
+
+def entry() -> NoReturn:
+    sys.exit(main())
