@@ -371,9 +371,10 @@ def validate(plan: Plan, layout: Layout, source: str = "plan") -> None:
             continue
         stack = layout.stack(stack_name)
         bad = sorted({b for b in blocks_in(order) if b >= stack.blocks})
-        for b in bad:
+        if bad:
+            tokens = ",".join(_span_text(a, b) for a, b in _runs(bad))
             problems.append(
-                f"{where}: block index out of range at '{b}' "
+                f"{where}: block index out of range at '{tokens}' "
                 f"('{stack_name}' has {stack.blocks} blocks: 0-{stack.last})"
             )
         if stack.pre_only_last and not bad:
@@ -404,7 +405,8 @@ def validate_steps(plan: Plan, steps: int, source: str = "plan") -> None:
     bad = [s for s in plan.active_steps if s >= steps]
     if bad:
         raise PlanError(
-            [f"{source}: active_steps: step out of range at '{bad[0]}' (this run has {steps} steps: 0-{steps - 1})"]
+            [f"{source}: active_steps: step out of range at '{format_steps(tuple(bad))}' "
+             f"(this run has {steps} steps: 0-{steps - 1})"]
         )
 
 
