@@ -184,9 +184,9 @@ def _from_pretrained(source: ModelSource, location: str, dtype: torch.dtype) -> 
     except (OSError, ValueError) as exc:  # hub errors (offline, missing files) are OSError/ValueError kin
         if source.kind in ("alias", "repo"):
             raise ModelError(
-                f"{source.name}: weights are not available here ({_first_line(exc)}). Download them with "
-                f"`hf download {source.location}` (gated repos need `hf auth login` first), or explore the "
-                f"architecture with --random-weights"
+                f"{source.name}: the weights of {source.location} are not in the local Hugging Face cache and "
+                f"could not be downloaded; get them with `hf download {source.location}` (gated repos need "
+                f"`hf auth login` first), or explore the architecture with --random-weights"
             ) from None
         raise ModelError(f"{source.name}: cannot load: {_first_line(exc)}") from None
 

@@ -168,21 +168,26 @@ def _from_hub(repo: str) -> ModelSource:
 
 
 def _hub_json(repo: str, filename: str) -> dict[str, Any]:
-    from huggingface_hub import hf_hub_download  # light, but only needed for hub repos
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    """A small file of a hub repo: from the local cache if there, else downloaded (a few KB)."""
+    import logging
 
+    from huggingface_hub import hf_hub_download  # light, but only needed for hub repos
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # retries would print warnings
     try:
-        path = hf_hub_download(repo, filename)
+        try:
+            path = hf_hub_download(repo, filename, local_files_only=True)
+        except LocalEntryNotFoundError:
+            path = hf_hub_download(repo, filename)
     except GatedRepoError:
-        raise ModelError(
-            f"{repo} is gated: accept its license on huggingface.co, then `hf auth login`"
-        ) from None
+        raise ModelError(f"{repo} is gated: accept its license on huggingface.co, then `hf auth login`") from None
     except RepositoryNotFoundError:
         raise ModelError(f"{repo}: no such Hugging Face repo (or it is private: `hf auth login`)") from None
     except Exception as exc:  # offline, proxy, missing file: all end the same way for the user
         raise ModelError(
-            f"{repo}: cannot fetch {filename} ({type(exc).__name__}); download it with "
-            f"`hf download {repo}` or use --random-weights with an alias"
+            f"{repo}: cannot fetch {filename} ({type(exc).__name__}); download the model with "
+            f"`hf download {repo}`, or use an alias with --random-weights"
         ) from None
     return _read_json(Path(path), filename)
 
