@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
@@ -243,7 +244,8 @@ def _normalize(units: list[Unit]) -> Order:
     out: list[Unit] = []
     for unit in units:
         prev = out[-1] if out else None
-        if isinstance(unit, Group) and isinstance(prev, Group) and prev.members == unit.members:
+        if (isinstance(unit, Group) and isinstance(prev, Group) and prev.members == unit.members
+                and prev.loops + unit.loops <= MAX_COUNT):
             out[-1] = Group(unit.members, prev.loops + unit.loops)
         else:
             out.append(unit)
@@ -253,9 +255,6 @@ def _normalize(units: list[Unit]) -> Order:
 def parse_order(text: str, where: str = "order") -> Order:
     """Parse one order string; raises PlanError naming `where` and the offending token."""
     order = _normalize(_Parser(text, where).order())
-    for unit in order:
-        if isinstance(unit, Group) and unit.loops > MAX_COUNT:
-            raise PlanError([f"{where}: loop count must be at most {MAX_COUNT} at '{format_unit(unit)}'"])
     if executions(order) > MAX_EXECUTIONS:
         raise PlanError([f"{where}: {executions(order)} block executions per step (at most {MAX_EXECUTIONS})"])
     return order
@@ -312,7 +311,7 @@ def _single_tokens(seq: list[int]) -> list[str]:
     i = 0
     while i < len(seq):
         r = 1
-        while i + r < len(seq) and seq[i + r] == seq[i]:
+        while i + r < len(seq) and seq[i + r] == seq[i] and r < MAX_COUNT:
             r += 1
         if r > 1:
             tokens.append(f"{seq[i]}*{r}")
@@ -347,7 +346,7 @@ def format_order(order: Order) -> str:
     k = 0
     while k < len(tokens):
         n = 1
-        while k + n < len(tokens) and tokens[k + n] == tokens[k] and not tokens[k].startswith("["):
+        while k + n < len(tokens) and tokens[k + n] == tokens[k] and tokens[k][0] != "[" and "*" not in tokens[k] and n < MAX_COUNT:
             n += 1
         out.append(tokens[k] + (f"*{n}" if n > 1 else ""))
         k += n
@@ -370,7 +369,7 @@ def validate(plan: Plan, layout: Layout, source: str = "plan") -> None:
             problems.append(f"{where}: unknown stack '{stack_name}' (this model has: {', '.join(layout.names)})")
             continue
         stack = layout.stack(stack_name)
-        bad = sorted({b for b in blocks_in(order) if b >= stack.blocks})
+        bad = sorted({b for b in blocks_in(order) if not 0 <= b < stack.blocks})
         if bad:
             tokens = ",".join(_span_text(a, b) for a, b in _runs(bad))
             problems.append(
@@ -440,7 +439,7 @@ def from_mapping(data: Mapping[str, Any], source: str) -> Plan:
     version = data.get("version")
     if version is None:
         problems.append(f"{source}: version: missing (this dit-explore reads version = {PLAN_VERSION})")
-    elif version != PLAN_VERSION or isinstance(version, bool):
+    elif type(version) is not int or version != PLAN_VERSION:
         problems.append(f"{source}: version: unsupported version at '{version}' (this dit-explore reads {PLAN_VERSION})")
 
     texts: dict[str, str | None] = {}
@@ -461,7 +460,7 @@ def from_mapping(data: Mapping[str, Any], source: str) -> Plan:
     orders: list[tuple[str, Order]] = []
     raw_orders = data.get("order", {})
     if not isinstance(raw_orders, dict):
-        problems.append(f"{source}: order: expected a table like [order] single = \"0-37\"")
+        problems.append(f"{source}: order: expected a table like [order] single = \"0-37\", got '{raw_orders}'")
         raw_orders = {}
     for stack_name, text in raw_orders.items():
         if not isinstance(text, str):
@@ -475,7 +474,7 @@ def from_mapping(data: Mapping[str, Any], source: str) -> Plan:
     sampling = Sampling()
     raw_sampling = data.get("sampling", {})
     if not isinstance(raw_sampling, dict):
-        problems.append(f"{source}: sampling: expected a table")
+        problems.append(f"{source}: sampling: expected a table, got '{raw_sampling}'")
         raw_sampling = {}
     values: dict[str, Any] = {}
     for key, value in raw_sampling.items():
@@ -522,9 +521,18 @@ def check_sampling(sampling: Sampling, prefix: str) -> Sampling:
     return sampling
 
 
+def _toml_string(text: str) -> str:
+    # A JSON string is a TOML basic string, except that TOML also forbids a raw DEL.
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_string(key)
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
+        return _toml_string(value)
     if isinstance(value, float):
         return repr(value)
     return str(value)
@@ -532,7 +540,8 @@ def _toml_value(value: Any) -> str:
 
 def dumps(plan: Plan, comment: str | None = None) -> str:
     """The `.plan.toml` text of a plan, orders in canonical form. `comment` lines go on top as `# ...`."""
-    lines = [f"# {line}".rstrip() for line in (comment or "").splitlines()]
+    printable = "".join(ch if ch.isprintable() or ch == "\n" else " " for ch in comment or "")
+    lines = [f"# {line}".rstrip() for line in printable.splitlines()]
     lines.append(f"version = {PLAN_VERSION}")
     for key in ("model", "name", "note"):
         if getattr(plan, key) is not None:
@@ -540,7 +549,7 @@ def dumps(plan: Plan, comment: str | None = None) -> str:
     if plan.active_steps is not None:
         lines.append(f"active_steps = {_toml_value(format_steps(plan.active_steps))}")
     lines += ["", "[order]"]
-    lines += [f"{name} = {_toml_value(format_order(order))}" for name, order in plan.orders]
+    lines += [f"{_toml_key(name)} = {_toml_value(format_order(order))}" for name, order in plan.orders]
     sampling = {k: v for k, v in asdict(plan.sampling).items() if v is not None}
     if sampling:
         lines += ["", "[sampling]"]
