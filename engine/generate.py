@@ -228,24 +228,21 @@ class Generator:
 def _encode(
     pipe: Any, family: str, prompt: str, cfg: bool, settings: Settings, device: torch.device
 ) -> dict[str, torch.Tensor]:
+    """The pipeline's own encode_prompt, returning the keyword arguments its __call__ takes."""
     max_len = settings.max_sequence_length
+    kwargs: dict[str, Any] = {"device": device, **({"max_sequence_length": max_len} if max_len else {})}
     if family == "flux":
-        kwargs = {"max_sequence_length": max_len} if max_len else {}
-        embeds, pooled, _ids = pipe.encode_prompt(prompt=prompt, prompt_2=None, device=device, **kwargs)
+        embeds, pooled, _ids = pipe.encode_prompt(prompt=prompt, prompt_2=None, **kwargs)
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
     if family == "sd3":
-        kwargs = {"max_sequence_length": max_len} if max_len else {}
         embeds, neg, pooled, neg_pooled = pipe.encode_prompt(
-            prompt=prompt, prompt_2=None, prompt_3=None, device=device, do_classifier_free_guidance=cfg, **kwargs
+            prompt=prompt, prompt_2=None, prompt_3=None, do_classifier_free_guidance=cfg, **kwargs
         )
         out = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
         if cfg:
             out.update(negative_prompt_embeds=neg, negative_pooled_prompt_embeds=neg_pooled)
         return out
-    kwargs = {"max_sequence_length": max_len} if max_len else {}
-    embeds, mask, neg, neg_mask = pipe.encode_prompt(
-        prompt=prompt, do_classifier_free_guidance=cfg, device=device, **kwargs
-    )
+    embeds, mask, neg, neg_mask = pipe.encode_prompt(prompt=prompt, do_classifier_free_guidance=cfg, **kwargs)
     out = {"prompt_embeds": embeds, "prompt_attention_mask": mask}
     if cfg:
         out.update(negative_prompt_embeds=neg, negative_prompt_attention_mask=neg_mask)

@@ -22,13 +22,14 @@ import os
 import re
 import tempfile
 import tomllib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from engine.layout import Layout
 
+T = TypeVar("T")
 PLAN_VERSION = 1
 PLAN_SUFFIX = ".plan.toml"
 PNG_PLAN_KEY = "dit-explore"  # PNG text chunk holding the plan file of the image
@@ -205,17 +206,19 @@ class _Parser:
         step = 1 if last >= first else -1
         return list(range(first, last + step, step))
 
-    def order(self) -> list[Unit]:
-        units: list[Unit] = []
-        if self.peek() is None:
-            return units
+    def comma_list(self, element: Callable[[], list[T]]) -> list[T]:
+        """`element ("," element)*` up to the end of the text."""
+        out: list[T] = []
         while True:
-            units.extend(self.item())
+            out.extend(element())
             if self.accept(",") is None:
                 break
         if self.peek() is not None:
             raise self.error("syntax error: expected ',' or the end")
-        return units
+        return out
+
+    def order(self) -> list[Unit]:
+        return [] if self.peek() is None else self.comma_list(self.item)
 
     def item(self) -> list[Unit]:
         bracket = self.accept("[")
@@ -263,16 +266,9 @@ def parse_order(text: str, where: str = "order") -> Order:
 def parse_steps(text: str, where: str = "active_steps") -> tuple[int, ...]:
     """Step indices in span syntax ("0-1", "0,2,4-6"), as a sorted set."""
     parser = _Parser(text, where)
-    steps: set[int] = set()
     if parser.peek() is None:
         raise parser.error("syntax error: expected a step index")
-    while True:
-        steps.update(parser.span())
-        if parser.accept(",") is None:
-            break
-    if parser.peek() is not None:
-        raise parser.error("syntax error: expected ',' or the end")
-    return tuple(sorted(steps))
+    return tuple(sorted(set(parser.comma_list(parser.span))))
 
 
 # ------------------------------------------------------------------------------------------- printing
