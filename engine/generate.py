@@ -20,63 +20,12 @@ from PIL import Image
 
 from engine.executor import Check, applied
 from engine.models import Loaded
-from engine.plan import Plan, Sampling, executions
-from engine.resolve import ModelSource
+from engine.plan import Plan, dumps, format_order, format_steps
+from engine.sampling import Settings, block_runs
+from engine.runs import versions
 from engine.timing import Intervals, sync
 
 EMBEDDING_CACHE_SIZE = 32
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Sampling parameters of one image, fully resolved."""
-
-    seed: int
-    steps: int
-    width: int
-    height: int
-    guidance: float
-    max_sequence_length: int | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "seed": self.seed,
-            "steps": self.steps,
-            "width": self.width,
-            "height": self.height,
-            "guidance": self.guidance,
-            "max_sequence_length": self.max_sequence_length,
-        }
-
-
-def resolve_settings(source: ModelSource, *layers: Sampling) -> Settings:
-    """Model defaults, overridden by each of `layers` in turn (plan file, then command line)."""
-    merged = Sampling()
-    for layer in layers:
-        merged = merged.merged(layer)
-    d = source.defaults
-    return Settings(
-        seed=merged.seed if merged.seed is not None else 0,
-        steps=merged.steps if merged.steps is not None else d.steps,
-        width=merged.width if merged.width is not None else d.width,
-        height=merged.height if merged.height is not None else d.height,
-        guidance=merged.guidance if merged.guidance is not None else d.guidance,
-        max_sequence_length=d.max_sequence_length,
-    )
-
-
-def block_runs(plan: Plan, source: ModelSource, steps: int) -> dict[str, Any]:
-    """Block executions per step and stack under `plan`, next to the full model's."""
-    full = {s.name: s.blocks for s in source.layout.stacks}
-    orders = plan.resolved(source.layout)
-    planned = {name: executions(order) for name, order in orders.items()}
-    per_step = [planned if plan.applies_at(step) else full for step in range(steps)]
-    return {
-        "full_per_step": full,
-        "per_step": per_step,
-        "total": sum(sum(s.values()) for s in per_step),
-        "full_total": sum(full.values()) * steps,
-    }
 
 
 @dataclass
@@ -106,6 +55,38 @@ class Generation:
 
 
 StepCallback = Callable[[int, int, torch.Tensor], None]  # (steps done, total steps, latents)
+
+
+def run_record(loaded: Loaded, plan: Plan, plan_source: str | None, prompts: list[str], settings: Settings) -> dict[str, Any]:
+    """The run.json fields that describe a run before any image exists (the same for `dit-explore run`
+    and the engine process); callers add images, timing and block_runs."""
+    source = loaded.source
+    return {
+        "model": {
+            "name": source.name,
+            "location": source.location,
+            "kind": source.kind,
+            "random_weights": loaded.random_weights,
+            "layout": source.layout.to_json(),
+        },
+        "plan": {
+            "name": plan.name,
+            "source": plan_source,
+            "orders": {n: format_order(o) for n, o in plan.resolved(source.layout).items()},
+            "active_steps": format_steps(plan.active_steps) if plan.active_steps else None,
+            "identity": plan.is_identity(source.layout),
+            "text": dumps(plan),
+        },
+        "prompts": list(prompts),
+        "sampling": settings.to_json(),
+        "device": str(loaded.device),
+        "dtype": dtype_name(loaded.dtype),
+        "versions": versions(),
+    }
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 class Generator:

@@ -10,11 +10,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from engine import plan as plans
 from engine.catalog import MODELS
 from engine.resolve import ModelError, ModelSource, resolve
+from engine.sampling import Settings, resolve_settings
 
 DEFAULT_PROMPT = "a lighthouse on a rocky coast at dusk, waves breaking, warm light in the window"
 EXIT_USAGE = 2
@@ -95,8 +95,6 @@ def run_command(req: RunRequest) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
-    from engine.generate import resolve_settings  # torch from here on
-
     settings = resolve_settings(source, plan.sampling, cli)
     try:
         source.check_size(settings.width, settings.height)
@@ -106,10 +104,10 @@ def run_command(req: RunRequest) -> int:
     return _generate_all(req, source, plan, prompts, settings)
 
 
-def _generate_all(req: RunRequest, source: ModelSource, plan: plans.Plan, prompts: list[str], settings: Any) -> int:
-    from engine.generate import Generator
+def _generate_all(req: RunRequest, source: ModelSource, plan: plans.Plan, prompts: list[str], settings: Settings) -> int:
+    from engine.generate import Generator, dtype_name, run_record
     from engine.models import load, pick_device, pick_dtype
-    from engine.runs import RunWriter, image_plan, versions
+    from engine.runs import RunWriter, image_plan
 
     try:
         device = pick_device(req.device)
@@ -117,8 +115,7 @@ def _generate_all(req: RunRequest, source: ModelSource, plan: plans.Plan, prompt
         loaded = load(source, device, dtype, random_weights=req.random_weights, on_status=lambda m: _say(f"{m}…"))
     except ModelError as exc:
         raise UsageError(str(exc)) from None
-    dtype_name = str(dtype).removeprefix("torch.")
-    _say(f"{source.name} ready in {loaded.load_seconds:.1f} s ({device}, {dtype_name}); {source.layout.describe()}")
+    _say(f"{source.name} ready in {loaded.load_seconds:.1f} s ({device}, {dtype_name(dtype)}); {source.layout.describe()}")
 
     generator = Generator(loaded)
     writer = RunWriter(req.out, req.overwrite)
@@ -127,42 +124,18 @@ def _generate_all(req: RunRequest, source: ModelSource, plan: plans.Plan, prompt
     try:
         for i, prompt in enumerate(prompts):
             result = generator.generate(prompt, settings, plan)
-            sampling = plans.Sampling(
-                prompt=prompt,
-                seed=settings.seed,
-                steps=settings.steps,
-                width=settings.width,
-                height=settings.height,
-                guidance=settings.guidance,
-            )
-            writer.add_image(result.image, image_plan(plan, source.name, sampling))
+            writer.add_image(result.image, image_plan(plan, source.name, settings.for_prompt(prompt)))
             results.append(result)
             _say(f"[{i + 1}/{len(prompts)}] {result.total:.2f} s  {prompt}")
-        record = {
-            "model": {"name": source.name, "location": source.location, "kind": source.kind,
-                      "random_weights": loaded.random_weights, "layout": source.layout.to_json()},
-            "plan": {
-                "name": plan.name,
-                "source": req.plan,
-                "orders": {n: plans.format_order(o) for n, o in plan.resolved(source.layout).items()},
-                "active_steps": plans.format_steps(plan.active_steps) if plan.active_steps else None,
-                "identity": plan.is_identity(source.layout),
-                "text": plans.dumps(plan),
-            },
-            "prompts": prompts,
-            "sampling": settings.to_json(),
-            "device": str(device),
-            "dtype": dtype_name,
-            "versions": versions(),
-            "timing": {
-                "total": time.perf_counter() - started,
-                "load": loaded.load_seconds,
-                "text_encode": sum(r.text_encode for r in results),
-                "decode": sum(r.decode for r in results),
-                "per_image": [r.timing_json() for r in results],
-            },
-            "block_runs": results[0].block_runs,
+        record = run_record(loaded, plan, req.plan, prompts, settings)
+        record["timing"] = {
+            "total": time.perf_counter() - started,
+            "load": loaded.load_seconds,
+            "text_encode": sum(r.text_encode for r in results),
+            "decode": sum(r.decode for r in results),
+            "per_image": [r.timing_json() for r in results],
         }
+        record["block_runs"] = results[0].block_runs
         out = writer.commit(record)
     except BaseException:
         writer.abort()

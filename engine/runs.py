@@ -9,6 +9,7 @@ Torch-free (pillow only): the TUI reads run directories too.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
@@ -66,17 +67,15 @@ class RunWriter:
         self.staging.chmod(0o777 & ~umask)  # mkdtemp makes 0700; a run directory is an ordinary folder
         self.images: list[str] = []
 
-    def add_image(self, image: Image.Image, plan_for_image: plans.Plan, comment: str | None = None) -> str:
+    def add_image(self, image: Image.Image, plan_for_image: plans.Plan) -> str:
         name = f"{len(self.images):03d}.png"
-        info = PngInfo()
-        info.add_itxt(plans.PNG_PLAN_KEY, plans.dumps(plan_for_image, comment))
-        image.save(self.staging / name, pnginfo=info)
+        write_atomic(self.staging / name, png_bytes(image, plan_for_image))
         self.images.append(name)
         return name
 
     def commit(self, run: Mapping[str, Any]) -> Path:
-        record = {"format": RUN_FORMAT, "images": list(self.images), **run}
-        (self.staging / RUN_JSON).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        record = {"format": RUN_FORMAT, "status": "ok", "images": list(self.images), **run}
+        _write_json(self.staging / RUN_JSON, record)
         if self.out.exists():
             # Move the old run aside first, so at every instant `out` is either the old or the new run.
             trash = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent))
@@ -89,6 +88,50 @@ class RunWriter:
 
     def abort(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
+
+
+class LiveRun:
+    """A run directory written as results arrive (the engine process): every PNG and run.json is
+    replaced atomically, so after any crash the folder holds each finished image and a run.json that
+    lists exactly those. Plan images are 000.png, 001.png, ...; baselines baseline-000.png, ..."""
+
+    def __init__(self, out: Path, record: Mapping[str, Any]) -> None:
+        out.mkdir(parents=True, exist_ok=False)
+        self.out = out
+        self.record: dict[str, Any] = {"format": RUN_FORMAT, "status": "running", "images": [],
+                                       "baseline_images": [], **record}
+        _write_json(out / RUN_JSON, self.record)
+
+    def add_png(self, png: bytes, index: int, baseline: bool = False) -> str:
+        key = "baseline_images" if baseline else "images"
+        name = f"{'baseline-' if baseline else ''}{index:03d}.png"
+        write_atomic(self.out / name, png)
+        self.record[key] = [*self.record[key], name]
+        _write_json(self.out / RUN_JSON, self.record)
+        return name
+
+    def update(self, **fields: Any) -> None:
+        self.record.update(fields)
+        _write_json(self.out / RUN_JSON, self.record)
+
+
+def png_bytes(image: Image.Image, plan_for_image: plans.Plan) -> bytes:
+    """PNG bytes carrying the image's plan file (sampling filled in), for replay with --plan."""
+    info = PngInfo()
+    info.add_itxt(plans.PNG_PLAN_KEY, plans.dumps(plan_for_image))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info, compress_level=4)
+    return buffer.getvalue()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, record: Mapping[str, Any]) -> None:
+    write_atomic(path, (json.dumps(record, indent=2) + "\n").encode())
 
 
 def read_run(path: Path) -> dict[str, Any]:

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LIGHT = ["engine", "engine.plan", "engine.layout", "engine.catalog", "engine.resolve", "engine.runs", "tui.cli"]
+LIGHT = ["engine", "engine.plan", "engine.layout", "engine.catalog", "engine.resolve", "engine.runs", "engine.sampling",
+         "engine.protocol", "tui.cli"]
 HEAVY = ["torch", "diffusers", "transformers", "textual"]
 
 

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from engine.executor import Cancelled, PlanList, applied
-from engine.generate import Generator, Settings
+from engine.generate import Generator
+from engine.sampling import Settings
 from engine.models import Loaded
 from engine.plan import Plan, parse_order, parse_steps
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from engine.catalog import MODELS
-from engine.generate import Generator, Settings
+from engine.generate import Generator
+from engine.sampling import Settings
 from engine.layout import Stack
 from engine.models import Loaded, load, pick_device, pick_dtype, tiny_path
 from engine.plan import Plan
