@@ -112,7 +112,7 @@ def _generate_all(req: RunRequest, source: ModelSource, plan: plans.Plan, prompt
     try:
         device = pick_device(req.device)
         dtype = pick_dtype(req.dtype, device)
-        loaded = load(source, device, dtype, random_weights=req.random_weights, on_status=lambda m: _say(f"{m}…"))
+        loaded = load(source, device, dtype, random_weights=req.random_weights, on_status=lambda stage, _f: _say(f"{stage}…"))
     except ModelError as exc:
         raise UsageError(str(exc)) from None
     _say(f"{source.name} ready in {loaded.load_seconds:.1f} s ({device}, {dtype_name(dtype)}); {source.layout.describe()}")

@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -95,12 +96,20 @@ def pick_dtype(requested: str | None, device: torch.device) -> torch.dtype:
     return DTYPES[requested]
 
 
+def _tiny_target(name: str) -> Path:
+    return cache_dir() / "tiny" / f"{name}-v{TINY_BUILD_VERSION}"
+
+
+def tiny_built(name: str) -> bool:
+    return (_tiny_target(name) / "model_index.json").exists()
+
+
 def tiny_path(name: str) -> Path:
     """The folder of a built-in tiny model, built (atomically, once) if missing."""
     from engine.tiny import build_tiny_pipeline
 
-    target = cache_dir() / "tiny" / f"{name}-v{TINY_BUILD_VERSION}"
-    if (target / "model_index.json").exists():
+    target = _tiny_target(name)
+    if tiny_built(name):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
@@ -114,6 +123,38 @@ def tiny_path(name: str) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+@contextlib.contextmanager
+def _component_progress(report: Callable[[str, float | None], None]) -> Iterator[None]:
+    """Report each pipeline component as diffusers loads it. diffusers walks the components through
+    `diffusers.utils.logging.tqdm`; wrapping that iterable (for the duration of one load) turns its
+    progress bar into (stage, fraction) reports. Without that hook, loading still works, unreported."""
+    import diffusers.utils.logging as dlog
+
+    original = getattr(dlog, "tqdm", None)
+    if original is None:
+        yield
+        return
+
+    def tracking(iterable: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if iterable is None:
+            return original(*args, **kwargs)
+        items = list(iterable)
+
+        def walk() -> Iterator[Any]:
+            for i, item in enumerate(items):
+                name = item[0] if isinstance(item, tuple) else str(item)
+                report(f"loading {name}", i / max(1, len(items)))
+                yield item
+
+        return walk()
+
+    dlog.tqdm = tracking
+    try:
+        yield
+    finally:
+        dlog.tqdm = original
 
 
 @contextlib.contextmanager
@@ -154,22 +195,27 @@ def load(
     dtype: torch.dtype,
     *,
     random_weights: bool = False,
-    on_status: Callable[[str], None] = lambda _msg: None,
+    on_status: Callable[[str, float | None], None] = lambda _stage, _fraction: None,
 ) -> Loaded:
-    """Load `source` onto `device`; raises ModelError with one actionable line when it cannot."""
+    """Load `source` onto `device`; raises ModelError with one actionable line when it cannot.
+    `on_status(stage, fraction)` reports progress (fraction in [0, 1], or None when unknown)."""
     import time
 
     quiet_libraries()
     start = time.perf_counter()
     if random_weights and source.kind != "tiny":
-        if not source.scheduler_config and source.kind != "alias":
-            on_status("no scheduler config known: using diffusers' defaults")
-        on_status(f"building random {source.name} weights on {device}")
+        on_status(f"building random {source.name} weights on {device}", None)
         pipe = build_random(source, device, dtype)
     else:
-        location = str(tiny_path(source.location)) if source.kind == "tiny" else source.location
-        on_status(f"loading {source.name}")
-        pipe = _from_pretrained(source, location, dtype)
+        if source.kind == "tiny":
+            on_status(f"building {source.name} (first use only)" if not tiny_built(source.location) else
+                      f"loading {source.name}", None)
+            location = str(tiny_path(source.location))
+        else:
+            location = source.location
+        with _component_progress(on_status):
+            pipe = _from_pretrained(source, location, dtype)
+        on_status(f"moving {source.name} to {device}", 1.0)
         pipe.to(device)  # type: ignore[attr-defined]
     pipe.set_progress_bar_config(disable=True)  # type: ignore[attr-defined]
     return Loaded(source, pipe, device, dtype, random_weights and source.kind != "tiny", time.perf_counter() - start)

@@ -1,0 +1,326 @@
+"""Async client of the engine process: start it, send requests, receive events, notice when it dies.
+
+The TUI drives the engine only through this class, and tests drive it directly. It never imports
+torch: the TUI process stays light and starts instantly.
+
+Events are `protocol.Event`s from the engine (hello, loading, ready, progress, image, done, error;
+pongs are kept as `last_pong`) plus those the client makes itself: `stopped` (after `shutdown()`),
+`crashed` (the process exited unexpectedly: exit code and the tail of its log), `unresponsive` (no
+pong for a while) and `responsive` (pongs again).
+Events of jobs older than the latest submitted one are dropped: the latest request wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from engine import protocol
+from engine.protocol import Event
+
+# Engine states, in words the TUI shows.
+STARTING, LOADING, READY, BUSY, CRASHED, UNRESPONSIVE, STOPPED = (
+    "starting", "loading", "ready", "busy", "crashed", "unresponsive", "stopped")
+_JOB_EVENTS = ("progress", "image", "done")
+
+
+class EngineError(RuntimeError):
+    """The engine could not be started or has stopped; the message is one line for the user."""
+
+
+def default_log_path() -> Path:
+    from engine.resolve import cache_dir
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return cache_dir() / "logs" / f"engine-{stamp}-{os.getpid()}.log"
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class EngineClient:
+    def __init__(
+        self,
+        model: str,
+        *,
+        device: str = "auto",
+        dtype: str | None = None,
+        random_weights: bool = False,
+        log_path: Path | None = None,
+        heartbeat: float = 1.0,
+        unresponsive_after: float = 5.0,
+        env: Mapping[str, str] | None = None,
+        module: str = "engine",
+    ) -> None:
+        self.model = model
+        self.device = device
+        self.dtype = dtype
+        self.random_weights = random_weights
+        self.log_path = log_path or default_log_path()
+        self.heartbeat = heartbeat
+        self.unresponsive_after = unresponsive_after
+        self._env = dict(env or {})
+        self._module = module  # `python -m MODULE`; tests substitute an engine with injected faults
+        self.state = STOPPED
+        self.hello: Event | None = None
+        self.ready: Event | None = None
+        self.exit_code: int | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._latest_job = 0
+        self._running_job: int | None = None
+        self._last_pong = 0.0
+        self._stopping = False
+        self._pongs: deque[Event] = deque(maxlen=8)
+        self._hello_seen, self._ready_seen, self._ended = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        self._end_message = ""
+
+    # ------------------------------------------------------------------------------- lifecycle
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    async def start(self, timeout: float = 60.0) -> Event:
+        """Start the engine and wait for its `hello` (it comes before the weights load)."""
+        if self.alive:
+            raise EngineError("the engine is already running")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it from here
+        args = [sys.executable, "-m", self._module, self.model, "--device", self.device, "--log", str(self.log_path)]
+        if self.dtype:
+            args += ["--dtype", self.dtype]
+        if self.random_weights:
+            args.append("--random-weights")
+        env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", **self._env}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[1]),
+                                                        env.get("PYTHONPATH", "")) if p)
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
+                env=env, start_new_session=True)  # own process group: the TUI's ^C is not the engine's
+        finally:
+            log.close()
+        self.state, self.hello, self.ready, self.exit_code = STARTING, None, None, None
+        self._stopping = False
+        self._running_job = None
+        self._events = asyncio.Queue()
+        self._hello_seen, self._ready_seen, self._ended = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        self._end_message = ""
+        self._last_pong = time.monotonic()
+        self._tasks = [asyncio.create_task(self._read_events(self._proc)),
+                       asyncio.create_task(self._heartbeat(self._proc))]
+        try:
+            await self._until(self._hello_seen, timeout)
+        except TimeoutError:
+            await self.shutdown()
+            raise EngineError(f"the engine sent no hello within {timeout:.0f} s; log: {self.log_path}") from None
+        assert self.hello is not None
+        return self.hello
+
+    async def _until(self, flag: asyncio.Event, timeout: float | None) -> None:
+        """Wait for `flag`; raise EngineError if the engine ends first. Events stay queued for events()."""
+        waits = [asyncio.create_task(flag.wait()), asyncio.create_task(self._ended.wait())]
+        try:
+            done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if not done:
+            raise TimeoutError
+        if not flag.is_set():
+            raise EngineError(self._end_message)
+
+    async def wait_ready(self, timeout: float | None = None) -> Event:
+        """Wait until the weights are loaded."""
+        await self._until(self._ready_seen, timeout)
+        assert self.ready is not None
+        return self.ready
+
+    async def shutdown(self, timeout: float = 5.0) -> int | None:
+        """Ask the engine to exit, close its stdin, and make sure it is gone."""
+        proc = self._proc
+        self._stopping = True
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(Exception):
+                await self._send({"type": "shutdown"})
+            with contextlib.suppress(Exception):
+                proc.stdin.close()  # type: ignore[union-attr]
+            try:
+                await asyncio.wait_for(proc.wait(), timeout)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        self.state = STOPPED
+        if proc is not None:
+            self.exit_code = proc.returncode
+        return self.exit_code
+
+    async def restart(self, timeout: float = 60.0) -> Event:
+        await self.shutdown()
+        return await self.start(timeout)
+
+    # ---------------------------------------------------------------------------------- requests
+
+    async def _send(self, message: Mapping[str, Any]) -> None:
+        proc = self._proc
+        if proc is None or proc.returncode is not None or proc.stdin is None:
+            raise EngineError(f"the engine is not running ({self.state}); log: {self.log_path}")
+        try:
+            proc.stdin.write(protocol.encode(message))
+            await proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise EngineError(f"the engine is gone ({exc}); log: {self.log_path}") from None
+
+    async def run(
+        self,
+        plan_text: str,
+        prompts: list[str],
+        sampling: Mapping[str, Any] | None = None,
+        *,
+        baseline: bool = True,
+        previews: bool = True,
+        out_dir: Path | None = None,
+        plan_source: str | None = None,
+    ) -> int:
+        """Submit a run; returns its job id. A run in flight is cancelled by the engine (latest wins)."""
+        self._latest_job += 1
+        job = self._latest_job
+        await self._send({"type": "run", "job": job, "plan": plan_text, "prompts": list(prompts),
+                          "sampling": dict(sampling or {}), "baseline": baseline, "previews": previews,
+                          "out_dir": str(out_dir) if out_dir else None, "plan_source": plan_source})
+        self._running_job = job
+        if self.state in (READY, BUSY):
+            self.state = BUSY
+        return job
+
+    async def cancel(self, job: int | None = None) -> None:
+        await self._send({"type": "cancel", "job": job if job is not None else self._running_job})
+
+    async def ping(self, ident: int = 0) -> None:
+        await self._send({"type": "ping", "id": ident})
+
+    async def send_raw(self, data: bytes) -> None:
+        """Bytes as they are (tests of the engine's handling of malformed input)."""
+        assert self._proc is not None and self._proc.stdin is not None
+        self._proc.stdin.write(data)
+        await self._proc.stdin.drain()
+
+    # ------------------------------------------------------------------------------------ events
+
+    async def next_event(self, timeout: float | None = None) -> Event:
+        return await asyncio.wait_for(self._events.get(), timeout)
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Every event until the engine stops (a `crashed` event is the last one after a crash)."""
+        while True:
+            event = await self._events.get()
+            yield event
+            if event.type in ("crashed", "stopped"):
+                return
+
+    def _deliver(self, event: Event) -> None:
+        job = event.job
+        if event.type in _JOB_EVENTS or (event.type == "error" and job is not None):
+            if job is not None and job < self._latest_job:
+                return  # stale: a newer run has been submitted
+        if event.type == "hello":
+            self.hello, self.state = event, LOADING
+            self._hello_seen.set()
+        elif event.type == "ready":
+            self.ready, self.state = event, READY
+            self._ready_seen.set()
+        elif event.type == "done" and job == self._running_job:
+            self._running_job = None
+            self.state = READY
+        elif event.type == "error" and event.get("fatal"):
+            self._end(CRASHED, str(event.get("message")))
+        self._events.put_nowait(event)
+
+    def _end(self, state: str, message: str) -> None:
+        self.state = state
+        if not self._ended.is_set():
+            self._end_message = message
+            self._ended.set()
+
+    async def _read_events(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        reader = proc.stdout
+        try:
+            while True:
+                header = await reader.readexactly(protocol.HEADER.size)
+                json_len, bin_len = protocol.parse_header(header)
+                message = protocol.parse_payload(await reader.readexactly(json_len))
+                binary = await reader.readexactly(bin_len) if bin_len else b""
+                event = protocol.event_from_frame(message, binary)
+                if event.type == "pong":
+                    self._on_pong(event)  # heartbeats stay inside the client: see last_pong
+                else:
+                    self._deliver(event)
+        except asyncio.IncompleteReadError:
+            pass  # end of stream: the process is exiting
+        except protocol.ProtocolError as exc:
+            self._deliver(Event("error", {"job": None, "message": f"engine protocol error: {exc}",
+                                          "log": str(self.log_path), "fatal": True}))
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        code = await proc.wait()
+        self.exit_code = code
+        if self._stopping:
+            self._end(STOPPED, "the engine was stopped")
+            self._events.put_nowait(Event("stopped", {"exit_code": code}))
+            return
+        tail = log_tail(self.log_path)
+        self._end(CRASHED, f"the engine exited with code {code}; log: {self.log_path}")
+        self._events.put_nowait(Event("crashed", {"exit_code": code, "log": str(self.log_path), "log_tail": tail}))
+
+    def _on_pong(self, event: Event) -> None:
+        self._last_pong = time.monotonic()
+        self._pongs.append(event)
+        if self.state == UNRESPONSIVE:
+            self.state = BUSY if self._running_job is not None else (READY if self.ready else LOADING)
+            self._events.put_nowait(Event("responsive", {}))
+
+    @property
+    def last_pong(self) -> Event | None:
+        return self._pongs[-1] if self._pongs else None
+
+    async def _heartbeat(self, proc: asyncio.subprocess.Process) -> None:
+        ident = 0
+        while proc.returncode is None:
+            await asyncio.sleep(self.heartbeat)
+            ident += 1
+            with contextlib.suppress(EngineError):
+                await self.ping(ident)
+            silent = time.monotonic() - self._last_pong
+            if silent > self.unresponsive_after and self.state not in (UNRESPONSIVE, CRASHED, STOPPED):
+                self.state = UNRESPONSIVE
+                self._events.put_nowait(Event("unresponsive", {"seconds": silent}))
