@@ -427,9 +427,15 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     log.info("engine pid %s for %s", os.getpid(), args.model)
+    code = 0
     try:
-        return engine.serve(sys.stdin.buffer)
+        code = engine.serve(sys.stdin.buffer)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0
     except KeyboardInterrupt:
-        return 130
-    finally:
-        log.info("engine exiting")
+        code = 130
+    log.info("engine exiting with code %s", code)
+    logging.shutdown()
+    # Exit now: the request reader is a daemon thread blocked in stdin.read(), and a normal interpreter
+    # shutdown would abort on the stdin buffer's lock. Everything worth keeping is already written.
+    os._exit(code)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LIGHT = ["engine", "engine.plan", "engine.layout", "engine.catalog", "engine.resolve", "engine.runs", "engine.sampling",
-         "engine.protocol", "tui.cli"]
+         "engine.protocol", "engine.client", "tui.cli"]
 HEAVY = ["torch", "diffusers", "transformers", "textual"]
 
 
