@@ -8,6 +8,7 @@ exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,8 +45,10 @@ def _add_device(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="dit-explore",
+        usage="dit-explore [MODEL] [options]  |  dit-explore COMMAND ...",
         description="Explore what the layers of a diffusion transformer do: skip, repeat, reverse and "
-        "parallelize blocks of Flux, SD3 and AuraFlow, and compare the images.",
+        "parallelize blocks of Flux, SD3 and AuraFlow, and compare the images. Without a COMMAND, "
+        "opens the interactive explorer on MODEL (see dit-explore MODEL --help).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
 
@@ -66,7 +69,67 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SUBCOMMANDS = ("run", "models")
+
+
+def build_tui_parser() -> argparse.ArgumentParser:
+    from tui.config import GRAPHICS
+
+    p = _Parser(prog="dit-explore", description="Open the layer explorer on MODEL (default: the built-in "
+                f"{DEFAULT_MODEL}). Other commands: {', '.join(SUBCOMMANDS)} (dit-explore COMMAND --help).")
+    p.add_argument("model", metavar="MODEL", nargs="?", default=DEFAULT_MODEL,
+                   help="alias, Hugging Face repo id or local diffusers folder")
+    p.add_argument("--plan", metavar="FILE", help="open with a plan loaded (.plan.toml or a dit-explore PNG)")
+    p.add_argument("--graphics", choices=GRAPHICS, help="image protocol (default: config, else detected)")
+    p.add_argument("--plans-dir", type=Path, default=Path("saved_plans"), help="where ctrl+s saves plans")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs are written as they arrive")
+    p.add_argument("--theme", help="color theme (default: config, else dit-dark)")
+    _add_device(p)
+    return p
+
+
+def tui_main(argv: list[str]) -> int:
+    """Check everything the explorer needs (model, plan, config, theme) before any screen appears."""
+    args = build_tui_parser().parse_args(argv)
+    from engine import plan as plans
+    from engine.resolve import ModelError, resolve
+    from tui.config import ConfigError, load_config
+    from tui.themes import DEFAULT_THEME, ThemeError, available_themes
+
+    def fail(message: str) -> int:
+        for line in message.splitlines():
+            print(f"dit-explore: error: {line}", file=sys.stderr)
+        return EXIT_USAGE
+
+    try:
+        source = resolve(args.model)
+        config = load_config()
+        themes = available_themes()
+        plan = plans.load(args.plan) if args.plan else plans.Plan()
+        if args.plan:
+            plans.validate(plan, source.layout, source=args.plan)
+    except (ModelError, ConfigError, ThemeError, plans.PlanError) as exc:
+        return fail(str(exc))
+    theme = args.theme or config.theme or DEFAULT_THEME
+    if theme not in themes:
+        return fail(f"--theme {theme}: no such theme (available: {', '.join(sorted(themes))})")
+    graphics = args.graphics or config.graphics or "auto"
+    if graphics == "tgp":
+        os.environ["COLORTERM"] = "truecolor"  # Kitty placeholders need truecolor; plain ssh often drops it
+    import textual_image.widget  # noqa: F401 - probes the terminal once, before Textual takes it over
+
+    from tui.app import ExplorerApp
+
+    app = ExplorerApp(source, plan=plan, graphics=graphics, plans_dir=args.plans_dir, runs_dir=args.runs_dir,
+                      theme=theme, keymap=config.keymap, device=args.device, dtype=args.dtype,
+                      random_weights=args.random_weights)
+    return app.run() or 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")):
+        return tui_main(argv)
     args = build_parser().parse_args(argv)
     from engine.headless import UsageError
 

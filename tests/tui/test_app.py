@@ -1,0 +1,209 @@
+"""The explorer app driven by keys (Textual's Pilot) against a real engine process on tiny-flux."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+import textual_image.widget  # noqa: F401 - the CLI imports it before the app runs; so do the tests
+from textual.pilot import Pilot
+from textual.widgets import Input, Static
+
+from engine import plan as plans
+from engine.client import CRASHED, READY
+from engine.resolve import resolve
+from tui.app import ExplorerApp
+from tui.screens.dialogs import AskDialog, OpenDialog
+from tui.widgets.image_pane import ImageSlot
+from tui.widgets.layer_grid import LayerGrid
+
+SIZE = (140, 44)
+
+
+def make_app(tmp_path: Path, **kwargs: Any) -> ExplorerApp:
+    return ExplorerApp(resolve("tiny-flux"), graphics="halfcell", plans_dir=tmp_path / "plans",
+                       runs_dir=tmp_path / "runs", **kwargs)
+
+
+async def until(pilot: Pilot[Any], condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await pilot.pause(0.05)
+
+
+def drive(app: ExplorerApp, scenario: Callable[[Pilot[Any]], Coroutine[Any, Any, None]]) -> None:
+    async def main() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            try:
+                await scenario(pilot)
+            finally:
+                if app.client is not None:
+                    await app.client.shutdown()
+
+    asyncio.run(main())
+
+
+def orders(app: ExplorerApp) -> dict[str, str]:
+    return {name: plans.format_order(order) for name, order in app.plan.orders}
+
+
+def static_text(app: ExplorerApp, selector: str) -> str:
+    return str(app.query_one(selector, Static).render())
+
+
+def test_grid_has_focus_with_the_cursor_on_block_0(tmp_path: Path) -> None:
+    async def scenario(pilot: Pilot[Any]) -> None:
+        grid = pilot.app.query_one(LayerGrid)
+        assert pilot.app.focused is grid
+        assert grid.selection == ("double", 0, 0)
+
+    drive(make_app(tmp_path), scenario)
+
+
+def test_edit_keys_give_the_expected_canonical_plans_with_undo_and_redo(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+
+    async def scenario(pilot: Pilot[Any]) -> None:
+        await pilot.press("down", "right", "right", "shift+right", "shift+right", "shift+right")
+        assert app.query_one(LayerGrid).selection == ("single", 2, 5)
+        await pilot.press("s")
+        assert orders(app) == {"single": "0-1, 6-7"}
+        await pilot.press("u")
+        assert orders(app) == {}
+        await pilot.press("ctrl+r")
+        assert orders(app) == {"single": "0-1, 6-7"}
+        await pilot.press("d")  # restore the selection
+        assert orders(app) == {}
+        await pilot.press("m")  # center block (2+5)//2 = 3, four times
+        assert orders(app) == {"single": "0-1, 3*4, 6-7"}
+        await pilot.press("c")
+        assert orders(app) == {}
+        await pilot.press("r")
+        assert orders(app) == {"single": "0-1, 5-2, 6-7"}
+        await pilot.press("p")
+        assert orders(app) == {"single": "0-1, [2-5], 6-7"}
+        await pilot.press("x")
+        await until(pilot, lambda: isinstance(app.screen, AskDialog))
+        await pilot.press("backspace", "0", "enter")  # 0 loops is refused, the dialog stays
+        assert isinstance(app.screen, AskDialog)
+        await pilot.press("backspace", "4", "enter")
+        await until(pilot, lambda: not isinstance(app.screen, AskDialog))
+        assert orders(app) == {"single": "0-1, [2-5]x4, 6-7"}
+        await pilot.press("escape", "up", "s")  # clear the selection; up from single 5 lands on double 3
+        assert orders(app) == {"double": "0-2", "single": "0-1, [2-5]x4, 6-7"}
+        await pilot.press("u", "u", "u")
+        assert orders(app) == {"single": "0-1, 5-2, 6-7"}
+        plan_bar = static_text(app, "#plan-bar")
+        assert "0-1, 5-2, 6-7" in plan_bar and "8 / 12" not in plan_bar and "12 / 12" in plan_bar
+
+    drive(app, scenario)
+
+
+def test_run_shows_plan_baseline_difference_and_timing(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+
+    async def scenario(pilot: Pilot[Any]) -> None:
+        await pilot.press("down", "right", "right", "shift+right", "shift+right", "shift+right", "s", "enter")
+        await until(pilot, lambda: any(r.status == "ok" for r in app.records.values()))
+        record = next(iter(app.records.values()))
+        assert record.image is not None and record.baseline is not None and record.image.size == (64, 64)
+        slots = app.query(ImageSlot)
+        assert [s.image is not None for s in slots] == [True, True]
+        assert "PSNR" in static_text(app, "#difference")
+        timing = static_text(app, "#timing")
+        assert "total" in timing and "ms/step" in timing and "predicted 1.50×" in timing
+        run = json.loads((record.path / "run.json").read_text())
+        assert run["status"] == "ok" and run["plan"]["orders"]["single"] == "0-1, 6-7"
+        assert run["images"] == ["000.png"] and run["baseline_images"] == ["baseline-000.png"]
+
+    drive(app, scenario)
+
+
+def test_escape_cancels_a_running_job(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+
+    async def scenario(pilot: Pilot[Any]) -> None:
+        await until(pilot, lambda: app.client is not None and app.client.state == READY)
+        app.query_one("#steps", Input).value = "1000"
+        await pilot.press("enter")
+        await until(pilot, lambda: "step" in static_text(app, "#engine-state"))
+        await pilot.press("escape")
+        await until(pilot, lambda: any(r.status == "cancelled" for r in app.records.values()))
+        assert app.client is not None and app.client.state == READY
+
+    drive(app, scenario)
+
+
+def test_save_and_open_round_trip(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+
+    async def scenario(pilot: Pilot[Any]) -> None:
+        await pilot.press("down", "v", "right", "right", "right", "p")
+        assert orders(app) == {"single": "[0-3], 4-7"}
+        await pilot.press("ctrl+s")
+        saved = list((tmp_path / "plans").glob("*.plan.toml"))
+        assert len(saved) == 1 and saved[0].name.startswith("tiny-flux-")
+        stored = plans.load(saved[0])
+        assert stored.model == "tiny-flux" and stored.order("single") == plans.parse_order("[0-3], 4-7")
+        assert stored.sampling.steps == 2 and stored.sampling.prompt
+        await pilot.press("c")
+        assert orders(app) == {}
+        await pilot.press("ctrl+o")
+        await until(pilot, lambda: isinstance(app.screen, OpenDialog))
+        await pilot.press("tab")  # to the path field
+        app.screen.query_one("#path", Input).value = str(saved[0])
+        await pilot.press("enter")
+        await until(pilot, lambda: not isinstance(app.screen, OpenDialog))
+        assert orders(app) == {"single": "[0-3], 4-7"} and app.plan.name == stored.name
+
+    drive(app, scenario)
+
+
+def test_open_refuses_a_plan_that_does_not_fit_the_model(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.plan.toml"
+    bad.write_text('version = 1\n[order]\nsingle = "0-30"\n')
+    app = make_app(tmp_path)
+
+    async def scenario(pilot: Pilot[Any]) -> None:
+        app._open(str(bad))
+        await pilot.pause()
+        assert orders(app) == {}
+
+    drive(app, scenario)
+
+
+def test_engine_kill_shows_crashed_and_enter_restarts_it(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+
+    async def scenario(pilot: Pilot[Any]) -> None:
+        await until(pilot, lambda: app.client is not None and app.client.state == READY)
+        assert app.client is not None
+        old = app.client
+        os.kill(old.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        await until(pilot, lambda: old.state == CRASHED and "crashed" in static_text(app, "#engine-state"))
+        await pilot.press("enter")
+        await until(pilot, lambda: any(r.status == "ok" for r in app.records.values()))
+        assert app.client is not old and app.client.state == READY
+
+    drive(app, scenario)
+
+
+@pytest.mark.parametrize("theme", ["dit-dark", "dit-light"])
+def test_themes_provide_the_group_colors(tmp_path: Path, theme: str) -> None:
+    app = make_app(tmp_path, theme=theme)
+
+    async def scenario(pilot: Pilot[Any]) -> None:
+        variables = app.theme_variables
+        assert app.theme == theme
+        assert variables["group-first"] == "#D55E00" and variables["stack-single"] == "#56B4E9"
+
+    drive(app, scenario)

@@ -1,0 +1,64 @@
+"""Every keyboard action of the explorer in one table: binding id, default keys, what it does.
+
+The app and the layer grid build their bindings from it, the help screen and the README list it, and
+the config file's [keys] table may rebind any id (validated against it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.binding import Binding
+
+
+@dataclass(frozen=True)
+class Key:
+    id: str
+    keys: str  # Textual key names, comma separated
+    action: str
+    description: str  # short, for the footer
+    help: str  # one line, for the help screen and the palette
+    show: bool = True
+
+
+GRID_KEYS = (
+    Key("grid.left", "left,h", "move(-1, 0)", "left", "move the cursor left", show=False),
+    Key("grid.right", "right,l", "move(1, 0)", "right", "move the cursor right", show=False),
+    Key("grid.up", "up,k", "move(0, -1)", "up", "move the cursor up a row", show=False),
+    Key("grid.down", "down,j", "move(0, 1)", "down", "move the cursor down a row", show=False),
+    Key("grid.extend-left", "shift+left,H", "move(-1, 0, True)", "select", "extend the selection left", show=False),
+    Key("grid.extend-right", "shift+right,L", "move(1, 0, True)", "select", "extend the selection right", show=False),
+    Key("grid.extend-up", "shift+up,K", "move(0, -1, True)", "select", "extend the selection up a row", show=False),
+    Key("grid.extend-down", "shift+down,J", "move(0, 1, True)", "select", "extend the selection down a row", show=False),
+    Key("grid.visual", "v", "visual", "select", "start (or stop) selecting: moves then extend the selection"),
+)
+
+EDIT_KEYS = (
+    Key("skip", "s", "edit('skip')", "skip", "skip the selected blocks"),
+    Key("middle-repeat", "m", "edit('middle_repeat')", "repeat", "run the selection's center block once per selected block"),
+    Key("reverse", "r", "edit('reverse')", "reverse", "run the selected blocks in reverse order"),
+    Key("parallel", "p", "edit('parallel')", "parallel", "run the selected blocks in parallel (outputs averaged)"),
+    # "l" moves right (vim keys), so looped parallel takes "x", as in the plan grammar's "[10-28]x3".
+    Key("looped-parallel", "x", "looped", "loop", "looped parallel: the parallel group runs N times (asks N)"),
+    Key("restore", "d", "edit('restore')", "restore", "restore the selected blocks to normal"),
+)
+
+APP_KEYS = (
+    Key("run", "enter", "run", "run", "run the plan (and its baseline) on the engine"),
+    Key("cancel", "escape", "cancel", "cancel", "cancel the running job, or clear the selection"),
+    Key("clear", "c", "clear_plan", "clear", "clear the plan: every block runs normally"),
+    Key("undo", "u", "undo", "undo", "undo the last plan change"),
+    Key("redo", "ctrl+r", "redo", "redo", "redo"),
+    Key("edit-prompt", "e", "edit_prompt", "prompt", "edit the prompt (enter runs, escape returns to the grid)"),
+    Key("save", "ctrl+s", "save", "save", "save the plan to the plans folder"),
+    Key("open", "ctrl+o", "open", "open", "open a plan file (or a PNG written by dit-explore)"),
+    Key("help", "f1,question_mark", "help", "help", "show the keys and what the grid shows"),
+    Key("quit", "ctrl+q", "quit", "quit", "quit (the engine process exits too)"),
+)
+
+ALL_KEYS = GRID_KEYS + EDIT_KEYS + APP_KEYS
+IDS = {k.id for k in ALL_KEYS}
+
+
+def bindings(keys: tuple[Key, ...]) -> list[Binding]:
+    return [Binding(k.keys, k.action, k.description, show=k.show, tooltip=k.help, id=k.id) for k in keys]

@@ -1,0 +1,65 @@
+"""The help screen: every key (with the user's rebindings), what the grid shows, the plan grammar."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+from tui.keys import APP_KEYS, EDIT_KEYS, GRID_KEYS, Key
+from tui.widgets.layer_grid import LEGEND
+
+GRAMMAR = """\
+Each stack's order:  0-9, [10-28]x3, 29-37
+  3-7     blocks 3 to 7          28-10   blocks 28 down to 10 (reversed)
+  15*19   block 15, 19 times     [10-28] parallel: same input, outputs averaged
+  [a-b]xK parallel, looped K times (the average is fed back in)
+Cells:  letter = similarity group (F first, 1-4 middle, L last; D/S = stack until analyzed)"""
+
+
+def key_table(keymap: dict[str, str]) -> Table:
+    table = Table(box=None, show_header=False, padding=(0, 2, 0, 0))
+    table.add_column(style="bold")
+    table.add_column()
+    sections: tuple[tuple[str, tuple[Key, ...]], ...] = (
+        ("layer grid", GRID_KEYS), ("plan edits (on the selection)", EDIT_KEYS), ("everywhere", APP_KEYS))
+    for title, keys in sections:
+        table.add_row(Text(title, style="underline"), "")
+        for key in keys:
+            shown = keymap.get(key.id, key.keys).replace(",", " / ")
+            table.add_row(shown, key.help)
+        table.add_row("", "")
+    table.add_row("ctrl+p", "command palette: every action, by name")
+    return table
+
+
+class HelpScreen(ModalScreen[None]):
+    DEFAULT_CSS = """
+    HelpScreen {
+        align: center middle;
+    }
+    HelpScreen > VerticalScroll {
+        width: 96;
+        max-width: 95%;
+        height: 90%;
+        border: thick $primary;
+        background: $surface;
+        padding: 1 2;
+    }
+    """
+    BINDINGS = [Binding("escape,f1,question_mark,q", "dismiss", "close")]
+
+    def __init__(self, keymap: dict[str, str]) -> None:
+        super().__init__()
+        self._keymap = keymap
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll():
+            yield Static(Text("dit-explore keys", style="bold"))
+            yield Static(key_table(self._keymap))
+            yield Static(Text(GRAMMAR + "\n        " + LEGEND))
+

@@ -1,0 +1,352 @@
+"""The layer grid: every block of every stack as a cell, colored by similarity group, with the cursor,
+the selection, and what the plan does to each block.
+
+Drawn line by line (`render_line`) from a small strip cache, so moving the cursor over 57 blocks costs
+a few strips, not a re-layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.color import Color
+from rich.segment import Segment
+from rich.style import Style
+from textual.events import Click
+from textual.geometry import Region, Size
+from textual.message import Message
+from textual.strip import Strip
+from textual.widget import Widget
+
+from engine.layout import Layout
+from engine.plan import Plan
+from tui.editing import CellState, annotate
+from tui.keys import EDIT_KEYS, GRID_KEYS, bindings
+
+CELL = 7  # "F12×3" plus padding: glyph, index, marker, gap
+LEGEND = "×N repeated  ∥ parallel  ∥K looped K times  ↺ reversed  – skipped"
+
+
+@dataclass(frozen=True)
+class Cursor:
+    stack: int  # index into layout.stacks
+    block: int
+
+
+@dataclass(frozen=True)
+class Row:
+    kind: str  # "label", "cells", "blank", "legend"
+    stack: int = -1
+    start: int = 0  # first block of a cells row
+
+
+class LayerGrid(Widget, can_focus=True):
+    DEFAULT_CSS = """
+    LayerGrid {
+        height: auto;
+        padding: 0 1;
+    }
+    LayerGrid:focus {
+        background: $boost;
+    }
+    """
+    BINDINGS = bindings(GRID_KEYS + EDIT_KEYS)
+
+    class CursorMoved(Message):
+        def __init__(self, stack: str, block: int, selection: tuple[int, int]) -> None:
+            super().__init__()
+            self.stack = stack
+            self.block = block
+            self.selection = selection
+
+    class EditRequested(Message):
+        """A plan edit on a block range of one stack (`op` names a function of tui.editing)."""
+
+        def __init__(self, op: str, stack: str, first: int, last: int) -> None:
+            super().__init__()
+            self.op = op
+            self.stack = stack
+            self.first = first
+            self.last = last
+
+    class LoopedRequested(Message):
+        def __init__(self, stack: str, first: int, last: int) -> None:
+            super().__init__()
+            self.stack = stack
+            self.first = first
+            self.last = last
+
+    def __init__(self, layout: Layout, plan: Plan, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.layout_info = layout
+        self.plan = plan
+        self.groups: dict[str, list[tuple[int, int]]] | None = None
+        self.cursor = Cursor(0, 0)
+        self.anchor: Cursor | None = None
+        self.visual = False
+        self._rows: list[Row] = []
+        self._rows_width = -1
+        self._cells: dict[str, list[CellState]] = {}
+        self._strips: dict[tuple[int, int], Strip] = {}
+        self._annotate()
+
+    # ----------------------------------------------------------------------------- state changes
+
+    def on_mount(self) -> None:
+        self.app.theme_changed_signal.subscribe(self, lambda _theme: self._invalidate())
+
+    def set_plan(self, plan: Plan) -> None:
+        self.plan = plan
+        self._annotate()
+        self._invalidate()
+
+    def set_groups(self, groups: dict[str, list[tuple[int, int]]] | None) -> None:
+        """Similarity groups per stack (contiguous, inclusive ranges); None colors by stack."""
+        self.groups = groups
+        self._invalidate()
+
+    def set_layout(self, layout: Layout) -> None:
+        if layout == self.layout_info:
+            return
+        self.layout_info = layout
+        self.cursor, self.anchor = Cursor(0, 0), None
+        self._annotate()
+        self._rows_width = -1
+        self.refresh(layout=True)
+        self._invalidate()
+
+    def _annotate(self) -> None:
+        self._cells = {s.name: annotate(self.plan, self.layout_info, s.name) for s in self.layout_info.stacks}
+
+    def _invalidate(self) -> None:
+        self._strips.clear()
+        self.refresh()
+
+    @property
+    def stack_name(self) -> str:
+        return self.layout_info.stacks[self.cursor.stack].name
+
+    @property
+    def selection(self) -> tuple[str, int, int]:
+        """(stack, first, last) of the selection, or of the cursor block when nothing is selected."""
+        c, a = self.cursor, self.anchor
+        if a is None or a.stack != c.stack:
+            return self.stack_name, c.block, c.block
+        return self.stack_name, min(a.block, c.block), max(a.block, c.block)
+
+    def has_selection(self) -> bool:
+        return self.anchor is not None
+
+    def clear_selection(self) -> None:
+        self.anchor, self.visual = None, False
+        self._moved()
+
+    def select(self, stack: str, first: int, last: int) -> None:
+        i = self.layout_info.names.index(stack)
+        self.anchor, self.cursor = Cursor(i, first), Cursor(i, last)
+        self._moved()
+
+    # -------------------------------------------------------------------------------- geometry
+
+    def _per_row(self, width: int) -> int:
+        return max(1, (width - 1) // CELL)
+
+    def _layout_rows(self, width: int) -> list[Row]:
+        if width != self._rows_width:
+            per_row = self._per_row(width)
+            rows: list[Row] = []
+            for i, stack in enumerate(self.layout_info.stacks):
+                rows.append(Row("label", i))
+                rows += [Row("cells", i, start) for start in range(0, stack.blocks, per_row)]
+                rows.append(Row("blank"))
+            rows += [Row("legend"), Row("legend", 1)]
+            self._rows, self._rows_width = rows, width
+        return self._rows
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        return len(self._layout_rows(width))
+
+    def _cell_at(self, x: int, y: int) -> Cursor | None:
+        rows = self._layout_rows(self.content_size.width)
+        if not 0 <= y < len(rows) or rows[y].kind != "cells" or x < 0:
+            return None
+        row = rows[y]
+        block = row.start + x // CELL
+        if x % CELL == CELL - 1 or block >= self.layout_info.stacks[row.stack].blocks:
+            return None
+        if block >= row.start + self._per_row(self.content_size.width):
+            return None
+        return Cursor(row.stack, block)
+
+    def _cursor_region(self) -> Region:
+        per_row = self._per_row(self.content_size.width)
+        rows = self._layout_rows(self.content_size.width)
+        for y, row in enumerate(rows):
+            if row.kind == "cells" and row.stack == self.cursor.stack and row.start <= self.cursor.block < row.start + per_row:
+                return Region((self.cursor.block - row.start) * CELL, y, CELL, 1)
+        return Region(0, 0, 1, 1)
+
+    # --------------------------------------------------------------------------------- actions
+
+    def action_move(self, dx: int, dy: int, extend: bool = False) -> None:
+        extend = extend or self.visual
+        if extend and self.anchor is None:
+            self.anchor = self.cursor
+        elif not extend:
+            self.anchor = None
+        stacks = self.layout_info.stacks
+        s, b = self.cursor.stack, self.cursor.block
+        per_row = self._per_row(self.content_size.width or 80)
+        step = dx + dy * per_row
+        target = b + step
+        if 0 <= target < stacks[s].blocks:
+            b = target
+        elif extend:  # a selection stays inside one stack
+            b = max(0, min(stacks[s].blocks - 1, target))
+        elif dy == 0:  # left/right flow into the neighbouring stack
+            if target < 0 and s > 0:
+                s, b = s - 1, stacks[s - 1].blocks - 1
+            elif target >= stacks[s].blocks and s < len(stacks) - 1:
+                s, b = s + 1, 0
+        else:  # up/down: same column in the neighbouring stack's nearest row
+            column = b % per_row
+            if target < 0 and s > 0:
+                last_row_start = ((stacks[s - 1].blocks - 1) // per_row) * per_row
+                s, b = s - 1, min(stacks[s - 1].blocks - 1, last_row_start + column)
+            elif target >= stacks[s].blocks:
+                if s < len(stacks) - 1:
+                    s, b = s + 1, min(stacks[s + 1].blocks - 1, column)
+                else:
+                    b = stacks[s].blocks - 1
+        self.cursor = Cursor(s, b)
+        self._moved()
+
+    def action_visual(self) -> None:
+        self.visual = not self.visual
+        self.anchor = self.cursor if self.visual else None
+        self._moved()
+
+    def action_edit(self, op: str) -> None:
+        stack, first, last = self.selection
+        self.post_message(self.EditRequested(op, stack, first, last))
+
+    def action_looped(self) -> None:
+        stack, first, last = self.selection
+        self.post_message(self.LoopedRequested(stack, first, last))
+
+    def _moved(self) -> None:
+        self._invalidate()
+        parent = self.parent
+        if isinstance(parent, Widget) and parent.is_scrollable:  # keep the cursor in view
+            offset = self.virtual_region.offset + (self.gutter.left, self.gutter.top)
+            parent.scroll_to_region(self._cursor_region().translate(offset), animate=False)
+        stack, first, last = self.selection
+        self.post_message(self.CursorMoved(stack, self.cursor.block, (first, last)))
+
+    def on_click(self, event: Click) -> None:
+        cell = self._cell_at(event.x - self.gutter.left, event.y - self.gutter.top)
+        if cell is None:
+            return
+        if event.shift and cell.stack == self.cursor.stack:
+            self.anchor = self.anchor or self.cursor
+        else:
+            self.anchor = None
+        self.cursor = cell
+        self.focus()
+        self._moved()
+
+    # ------------------------------------------------------------------------------- rendering
+
+    def _var(self, name: str, fallback: str) -> Color:
+        value = self.app.theme_variables.get(name, fallback)
+        try:
+            return Color.parse(value)
+        except Exception:  # noqa: BLE001 - a bad theme value falls back, it never breaks drawing
+            return Color.parse(fallback)
+
+    def group_of(self, stack: str, block: int) -> tuple[str, str]:
+        """(glyph, theme variable) of a block: its similarity group, or its stack until groups are known."""
+        ranges = (self.groups or {}).get(stack)
+        if not ranges:
+            return stack[0].upper(), f"stack-{stack}" if stack in ("double", "single") else "stack-single"
+        for i, (a, b) in enumerate(ranges):
+            if a <= block <= b:
+                if i == 0:
+                    return "F", "group-first"
+                if i == len(ranges) - 1:
+                    return "L", "group-last"
+                k = min(i, 4)
+                return str(i), f"group-middle-{k}"
+        return "?", "stack-single"
+
+    def render_line(self, y: int) -> Strip:
+        width = self.content_size.width
+        strip = self._strips.get((y, width))
+        if strip is None:
+            strip = self._render_row(y).crop_extend(0, width, self.rich_style)
+            self._strips[(y, width)] = strip
+        return strip
+
+    def _render_row(self, y: int) -> Strip:
+        rows = self._layout_rows(self.content_size.width)
+        if y >= len(rows):
+            return Strip.blank(self.content_size.width)
+        row = rows[y]
+        base = self.rich_style
+        if row.kind == "blank":
+            return Strip([])
+        if row.kind == "legend":
+            return Strip(self._legend(row.stack == 1))
+        stack = self.layout_info.stacks[row.stack]
+        if row.kind == "label":
+            order = self.plan.order(stack.name)
+            note = "unchanged" if order is None else "edited"
+            return Strip([Segment(f"{stack.name}", base + Style(bold=True)),
+                          Segment(f"  {stack.blocks} blocks · {note}", base + Style(dim=True))])
+        per_row = self._per_row(self.content_size.width)
+        segments = []
+        cells = self._cells[stack.name]
+        _, first, last = self.selection
+        for block in range(row.start, min(stack.blocks, row.start + per_row)):
+            segments.append(self._cell(stack.name, row.stack, block, cells[block], first, last))
+            segments.append(Segment(" ", base))
+        return Strip(segments)
+
+    def _cell(self, stack: str, stack_index: int, block: int, state: CellState, first: int, last: int) -> Segment:
+        glyph, var = self.group_of(stack, block)
+        color = self._var(var, "#56B4E9")
+        text_color = self._var("cell-text", "#000000")
+        is_cursor = self.cursor == Cursor(stack_index, block)
+        in_selection = stack_index == self.cursor.stack and first <= block <= last and self.anchor is not None
+        if state.skipped:
+            style = Style(color=color, bgcolor=self._var("cell-skipped", "#3A3F4B"), dim=True, strike=True)
+        else:
+            style = Style(color=text_color, bgcolor=color)
+        if in_selection:
+            selected = self._var("cell-selected", "#F0E442")
+            light = sum(selected.get_truecolor()) > 382
+            style = Style(color=Color.parse("#000000" if light else "#FFFFFF"), bgcolor=selected, bold=True)
+        if is_cursor:
+            style += Style(reverse=True, bold=True, underline=True)
+        text = f"{glyph}{block:>2}{state.label():<3}"
+        return Segment(text[: CELL - 1].ljust(CELL - 1), style)
+
+    def _legend(self, markers: bool) -> list[Segment]:
+        base = self.rich_style
+        if markers:
+            return [Segment(LEGEND, base + Style(dim=True))]
+        segments: list[Segment] = []
+        entries: list[tuple[str, str, str]]
+        if self.groups:
+            longest = max(len(r) for r in self.groups.values())
+            entries = [("F", "group-first", "first")]
+            entries += [(str(i), f"group-middle-{min(i, 4)}", f"middle {i}") for i in range(1, longest - 1)]
+            entries.append(("L", "group-last", "last"))
+        else:
+            entries = [(s.name[0].upper(), f"stack-{s.name}", f"{s.name} (groups not analyzed yet)")
+                       for s in self.layout_info.stacks]
+        for glyph, var, words in entries:
+            color = self._var(var, "#56B4E9")
+            segments += [Segment(f" {glyph} ", Style(color=self._var("cell-text", "#000000"), bgcolor=color)),
+                         Segment(f" {words}   ", base)]
+        return segments

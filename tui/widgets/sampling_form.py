@@ -1,0 +1,90 @@
+"""Prompt and sampling settings: prompt, seed, steps, width × height, guidance."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import Input, Label
+
+_NUMBERS = {"seed": "integer", "steps": "integer", "width": "integer", "height": "integer", "guidance": "number"}
+
+
+class SamplingForm(Vertical):
+    DEFAULT_CSS = """
+    SamplingForm {
+        height: auto;
+        padding: 0 1;
+        border-top: solid $panel;
+    }
+    SamplingForm Horizontal {
+        height: auto;
+    }
+    SamplingForm Label {
+        padding: 0 1 0 0;
+    }
+    SamplingForm Input {
+        height: 1;
+        border: none;
+        padding: 0 1;
+        margin: 0 1 0 0;
+        background: $boost;
+    }
+    SamplingForm Input:focus {
+        background: $primary 25%;
+    }
+    SamplingForm #prompt {
+        width: 1fr;
+    }
+    SamplingForm .number {
+        width: 10;
+    }
+    SamplingForm #guidance {
+        width: 9;
+    }
+    """
+
+    class Submitted(Message):
+        """Enter in any field: run."""
+
+    def __init__(self, prompt: str, values: dict[str, Any], *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self._prompt = prompt
+        self._values = values
+
+    def compose(self) -> ComposeResult:
+        with Horizontal():
+            yield Label("prompt")
+            yield Input(self._prompt, id="prompt", placeholder="what to draw")
+        with Horizontal():
+            for key in ("seed", "steps", "width", "height", "guidance"):
+                yield Label({"width": "size", "height": "×"}.get(key, key))
+                yield Input(str(self._values[key]), id=key, type=_NUMBERS[key],
+                            classes="number" if key != "guidance" else "")
+
+    @property
+    def prompt(self) -> str:
+        return self.query_one("#prompt", Input).value.strip()
+
+    def set_prompt(self, prompt: str) -> None:
+        self.query_one("#prompt", Input).value = prompt
+
+    def sampling(self) -> dict[str, Any]:
+        """The numeric fields that hold a value (empty ones fall back to the model's defaults)."""
+        out: dict[str, Any] = {}
+        for key, kind in _NUMBERS.items():
+            text = self.query_one(f"#{key}", Input).value.strip()
+            if text:
+                out[key] = float(text) if kind == "number" else int(text)
+        return out
+
+    def set_values(self, values: dict[str, Any]) -> None:
+        for key, value in values.items():
+            if key in _NUMBERS and value is not None:
+                self.query_one(f"#{key}", Input).value = str(value)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.post_message(self.Submitted())
