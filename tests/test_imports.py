@@ -29,3 +29,10 @@ def test_models_command_runs_without_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "flux-schnell" in out.stdout and "double 19 + single 38" in out.stdout
+
+
+def test_the_explorer_app_stays_light() -> None:
+    """The TUI process imports Textual, never torch/diffusers/transformers: it starts instantly."""
+    code = "import sys, tui.app, tui.cli\nprint(','.join(h for h in ('torch', 'diffusers', 'transformers') if h in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

@@ -250,7 +250,7 @@ class ExplorerApp(App[int]):
         kind = " · random weights" if event.get("random_weights") else ""
         status.show_state(f"ready on {event.get('device')} ({event.get('dtype')}{kind}), "
                           f"loaded in {event.get('load_seconds', 0):.1f} s", "green")
-        status.show_progress(0, 1)
+        status.show_progress(0, 0)
 
     def _engine_progress(self, event: Event, status: StatusPanel) -> None:
         step, steps, role = event.get("step"), event.get("steps"), event.get("role")
@@ -288,7 +288,7 @@ class ExplorerApp(App[int]):
             self.notify("run cancelled", timeout=3)
         if self.client is not None and self.client.state == READY:
             status.show_state(f"ready — last run {event.get('status')} in {event.get('seconds', 0):.2f} s", "green")
-        status.show_progress(0, 1)
+        status.show_progress(0, 0)
 
     def _engine_error(self, event: Event, status: StatusPanel) -> None:
         self.notify(f"{event.get('message')}\nlog: {event.get('log')}", title="engine error", severity="error",
@@ -298,7 +298,7 @@ class ExplorerApp(App[int]):
 
     def _engine_crashed(self, event: Event, status: StatusPanel) -> None:
         status.show_state(f"crashed (exit code {event.get('exit_code')}) — enter restarts it", "bold red")
-        status.show_progress(0, 1)
+        status.show_progress(0, 0)
         for record in self.records.values():
             if record.status == "running":
                 record.status = "crashed"

@@ -1,7 +1,7 @@
 """The user's config file, `~/.config/dit-explore/config.toml` (or $DIT_EXPLORE_CONFIG), strictly checked.
 
 ```toml
-[keys]                 # rebind any action by its id (see `dit-explore --help-keys` or the help screen)
+[keys]                 # rebind any action by its id (the help screen, f1, lists them)
 skip = "s"
 looped-parallel = "x,ctrl+l"
 

@@ -23,14 +23,14 @@ Cells:  letter = similarity group (F first, 1-4 middle, L last; D/S = stack unti
 
 def key_table(keymap: dict[str, str]) -> Table:
     table = Table(box=None, show_header=False, padding=(0, 2, 0, 0))
-    table.add_column(style="bold")
+    table.add_column(style="bold", width=22, no_wrap=True)
     table.add_column()
     sections: tuple[tuple[str, tuple[Key, ...]], ...] = (
         ("layer grid", GRID_KEYS), ("plan edits (on the selection)", EDIT_KEYS), ("everywhere", APP_KEYS))
     for title, keys in sections:
         table.add_row(Text(title, style="underline"), "")
         for key in keys:
-            shown = keymap.get(key.id, key.keys).replace(",", " / ")
+            shown = keymap.get(key.id, key.keys).replace(",", " / ").replace("question_mark", "?")
             table.add_row(shown, key.help)
         table.add_row("", "")
     table.add_row("ctrl+p", "command palette: every action, by name")

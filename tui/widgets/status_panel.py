@@ -60,7 +60,7 @@ class StatusPanel(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Static("engine: starting", id="engine-state")
-        yield ProgressBar(total=None, show_eta=False, id="progress")
+        yield ProgressBar(total=None, show_eta=False, id="progress")  # indeterminate while starting
         yield Static(timing_text(None, None, None), id="timing")
 
     def show_state(self, words: str, style: str = "") -> None:
@@ -69,7 +69,10 @@ class StatusPanel(Vertical):
         self.query_one("#engine-state", Static).update(text)
 
     def show_progress(self, done: float, total: float | None) -> None:
-        self.query_one("#progress", ProgressBar).update(total=total, progress=done)
+        """Progress of the work in flight; `total == 0` hides the bar (nothing running)."""
+        bar = self.query_one("#progress", ProgressBar)
+        bar.display = total != 0
+        bar.update(total=total, progress=done)
 
     def show_timing(self, plan: dict[str, Any] | None, baseline: dict[str, Any] | None,
                     block_runs: dict[str, Any] | None) -> None:
