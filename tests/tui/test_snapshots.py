@@ -46,3 +46,41 @@ def test_plan_with_every_operation(snap_compare: Any, tmp_path: Path) -> None:
     # the cursor on single 12, a selection 10-14 (shown in the selection color)
     keys = ["down", "down", "down", "right", "right", "right", "shift+right", "_"]
     assert snap_compare(flux_app(tmp_path, plan), terminal_size=SIZE, press=keys)
+
+
+def test_palette_offers_actions_by_category(tmp_path: Path) -> None:
+    """ctrl+p lists every applicable action as "category: Verb" (undo only once there is something to undo)."""
+    import asyncio
+
+    from textual.command import CommandPalette
+    from textual.widgets import OptionList
+
+    app = flux_app(tmp_path)
+
+    async def titles(pilot: Any, query: str) -> list[str]:
+        await pilot.press("ctrl+p")
+        await pilot.pause(0.2)
+        await pilot.press(*query)
+        await pilot.pause(0.5)
+        palette = app.screen
+        assert isinstance(palette, CommandPalette)
+        options = palette.query_one(OptionList)
+        found = [str(options.get_option_at_index(i).prompt) for i in range(options.option_count)]
+        await pilot.press("escape")
+        await pilot.pause(0.1)
+        return found
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            found = " | ".join(await titles(pilot, "plan"))
+            assert "plan: Skip selection (double 0)" in found and "plan: Looped parallel" in found
+            assert "plan: Undo" not in found
+            await pilot.press("s")
+            found = " | ".join(await titles(pilot, "plan"))
+            assert "plan: Undo" in found and "plan: Clear" in found
+            found = " | ".join(await titles(pilot, "engine"))
+            assert "engine: Restart" in found and "engine: Run plan" in found and "engine: Cancel run" not in found
+            found = " | ".join(await titles(pilot, "file"))
+            assert "file: Save plan as…" in found and "file: Open plan…" in found
+
+    asyncio.run(scenario())

@@ -25,10 +25,13 @@ def key_table(keymap: dict[str, str]) -> Table:
     table = Table(box=None, show_header=False, padding=(0, 2, 0, 0))
     table.add_column(style="bold", width=22, no_wrap=True)
     table.add_column()
-    sections: tuple[tuple[str, tuple[Key, ...]], ...] = (
-        ("layer grid", GRID_KEYS), ("plan edits (on the selection)", EDIT_KEYS), ("everywhere", APP_KEYS))
-    for title, keys in sections:
-        table.add_row(Text(title, style="underline"), "")
+    sections: tuple[tuple[str, str, tuple[Key, ...]], ...] = (
+        ("layer grid", "", GRID_KEYS),
+        ("plan edits", "on the selection, or on the cursor's block", EDIT_KEYS),
+        ("everywhere", "", APP_KEYS),
+    )
+    for title, note, keys in sections:
+        table.add_row(Text(title, style="underline"), Text(note, style="dim"))
         for key in keys:
             shown = keymap.get(key.id, key.keys).replace(",", " / ").replace("question_mark", "?")
             table.add_row(shown, key.help)
@@ -61,5 +64,5 @@ class HelpScreen(ModalScreen[None]):
         with VerticalScroll():
             yield Static(Text("dit-explore keys", style="bold"))
             yield Static(key_table(self._keymap))
-            yield Static(Text(GRAMMAR + "\n        " + LEGEND))
+            yield Static(Text("\n" + GRAMMAR + "\n        " + LEGEND))
 
