@@ -113,13 +113,19 @@ class PlanList(nn.ModuleList):
             yield module  # type: ignore[misc]
 
 
-def build_list(blocks: nn.ModuleList, order: Order, check: Check = _no_check) -> PlanList:
+Wrap = Callable[[str, int, nn.Module], nn.Module]  # (stack, block index, block) -> module run in its place
+
+
+def build_list(blocks: nn.ModuleList, order: Order, check: Check = _no_check, stack: str = "",
+               wrap: Wrap | None = None) -> PlanList:
+    """The ModuleList of one stack under `order`. `wrap`, if given, stands in for each plain block
+    (the similarity analysis records outputs that way, without hooks on compiled blocks)."""
     modules: list[nn.Module] = []
     for unit in order:
         if isinstance(unit, Group):
             modules.append(ParallelGroup([blocks[m] for m in unit.members], unit.loops, check))
         else:
-            modules.append(blocks[unit])
+            modules.append(wrap(stack, unit, blocks[unit]) if wrap else blocks[unit])
     return PlanList(modules, check)
 
 
@@ -127,14 +133,17 @@ class AppliedPlan:
     """Handle of a plan applied to a transformer: `at_step(i)` switches between the plan's lists and the
     full model's lists, for plans with `active_steps`."""
 
-    def __init__(self, transformer: nn.Module, originals: Mapping[str, nn.ModuleList], plan: Plan, layout: Layout, check: Check) -> None:
+    def __init__(self, transformer: nn.Module, originals: Mapping[str, nn.ModuleList], plan: Plan, layout: Layout,
+                 check: Check, wrap: Wrap | None = None) -> None:
         self._transformer = transformer
         self._plan = plan
         orders = plan.resolved(layout)
         self._plan_lists = {
-            s.attr: build_list(originals[s.attr], orders[s.name], check) for s in layout.stacks
+            s.attr: build_list(originals[s.attr], orders[s.name], check, s.name, wrap) for s in layout.stacks
         }
-        self._full_lists = {attr: PlanList(list(blocks), check) for attr, blocks in originals.items()}
+        self._full_lists = {
+            s.attr: build_list(originals[s.attr], tuple(range(s.blocks)), check, s.name, wrap) for s in layout.stacks
+        }
         self._active: bool | None = None
 
     def at_step(self, step: int) -> None:
@@ -148,7 +157,8 @@ class AppliedPlan:
 
 
 @contextmanager
-def applied(transformer: nn.Module, layout: Layout, plan: Plan, check: Check = _no_check) -> Iterator[AppliedPlan]:
+def applied(transformer: nn.Module, layout: Layout, plan: Plan, check: Check = _no_check,
+            wrap: Wrap | None = None) -> Iterator[AppliedPlan]:
     """Run the body with `plan` applied at step 0; the original block lists are back afterwards, whatever
     happens inside (exception, cancel, out-of-memory)."""
     originals = {s.attr: getattr(transformer, s.attr) for s in layout.stacks}
@@ -156,7 +166,7 @@ def applied(transformer: nn.Module, layout: Layout, plan: Plan, check: Check = _
         if not isinstance(blocks, nn.ModuleList) or isinstance(blocks, PlanList):
             raise RuntimeError(f"{attr} is not the model's own block list; was a plan left applied?")
     try:
-        handle = AppliedPlan(transformer, originals, plan, layout, check)
+        handle = AppliedPlan(transformer, originals, plan, layout, check, wrap)
         handle.at_step(0)
         yield handle
     finally:

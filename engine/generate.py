@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from engine.executor import Check, applied
+from engine.executor import Check, Wrap, applied
 from engine.models import Loaded
 from engine.plan import Plan, dumps, format_order, format_steps
 from engine.sampling import Settings, block_runs
@@ -34,7 +34,7 @@ class Generation:
 
     prompt: str
     settings: Settings
-    image: Image.Image
+    image: Image.Image | None  # None when generated without decoding (analysis)
     latents: torch.Tensor  # final latents as the pipeline returned them (packed for Flux)
     text_encode: float  # seconds; 0.0 when the embeddings came from the cache
     encode_cached: bool
@@ -131,9 +131,12 @@ class Generator:
         *,
         check: Check = lambda: None,
         on_step: StepCallback | None = None,
+        wrap: Wrap | None = None,
+        decode: bool = True,
     ) -> Generation:
         """One image of `prompt` under `plan`. `check` runs between block executions (raise to cancel);
-        the transformer's own block lists are restored whatever happens."""
+        the transformer's own block lists are restored whatever happens. `wrap` stands in for each
+        plain block (see executor.build_list); without `decode` the image is None (analysis)."""
         device = self.loaded.device
         start = time.perf_counter()
         embeds, encode_seconds, cached = self.embeddings(prompt, settings)
@@ -145,7 +148,7 @@ class Generator:
             transformer.register_forward_hook(lambda _m, _a, _o: intervals.stop()),
         ]
         try:
-            with applied(transformer, self.loaded.layout, plan, check) as handle:
+            with applied(transformer, self.loaded.layout, plan, check, wrap) as handle:
 
                 def on_step_end(_pipe: Any, index: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
                     step[0] = index + 1
@@ -169,7 +172,7 @@ class Generator:
                 hook.remove()
         check()
         decode_start = time.perf_counter()
-        image = self.decode(latents, settings)
+        image = self.decode(latents, settings) if decode else None
         sync(device)
         end = time.perf_counter()
         per_step = intervals.seconds_by_key()

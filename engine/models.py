@@ -25,7 +25,7 @@ import torch
 from engine.layout import Layout
 from engine.resolve import ModelError, ModelSource, cache_dir
 
-TINY_BUILD_VERSION = 1  # bump when engine/tiny.py changes what it builds
+TINY_BUILD_VERSION = 2  # bump when engine/tiny.py changes what it builds
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 _PIPELINES = {"flux": "FluxPipeline", "sd3": "StableDiffusion3Pipeline", "auraflow": "AuraFlowPipeline"}
@@ -46,6 +46,7 @@ class Loaded:
     dtype: torch.dtype
     random_weights: bool
     load_seconds: float
+    revision: str = ""  # what identifies these weights (hub snapshot, tiny build, ...): part of cache keys
 
     @property
     def layout(self) -> Layout:
@@ -218,7 +219,28 @@ def load(
         on_status(f"moving {source.name} to {device}", 1.0)
         pipe.to(device)  # type: ignore[attr-defined]
     pipe.set_progress_bar_config(disable=True)  # type: ignore[attr-defined]
-    return Loaded(source, pipe, device, dtype, random_weights and source.kind != "tiny", time.perf_counter() - start)
+    random = random_weights and source.kind != "tiny"
+    return Loaded(source, pipe, device, dtype, random, time.perf_counter() - start, revision(source, pipe, random))
+
+
+def revision(source: ModelSource, pipe: object, random_weights: bool) -> str:
+    """A string that changes when the weights do, without hashing gigabytes."""
+    if random_weights:
+        return "random-weights-seed0"
+    if source.kind == "tiny":
+        return f"tiny-build-v{TINY_BUILD_VERSION}"
+    where = str(getattr(getattr(pipe, "config", {}), "get", lambda _k, d=None: d)("_name_or_path", "") or "")
+    parts = Path(where).parts
+    if "snapshots" in parts and parts.index("snapshots") + 1 < len(parts):  # a hub cache snapshot folder
+        return parts[parts.index("snapshots") + 1]
+    folder = Path(source.location)
+    if folder.is_dir():  # local folder: its files' sizes and times stand in for their contents
+        stats = sorted((str(p.relative_to(folder)), p.stat().st_size, int(p.stat().st_mtime))
+                       for p in folder.rglob("*") if p.is_file())
+        import hashlib
+
+        return "local-" + hashlib.sha256(repr(stats).encode()).hexdigest()[:16]
+    return "unknown"
 
 
 def _from_pretrained(source: ModelSource, location: str, dtype: torch.dtype) -> object:
