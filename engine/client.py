@@ -29,7 +29,7 @@ from engine.protocol import Event
 # Engine states, in words the TUI shows.
 STARTING, LOADING, READY, BUSY, CRASHED, UNRESPONSIVE, STOPPED = (
     "starting", "loading", "ready", "busy", "crashed", "unresponsive", "stopped")
-_JOB_EVENTS = ("progress", "image", "done")
+_JOB_EVENTS = ("progress", "image", "analysis", "done")
 
 
 class EngineError(RuntimeError):
@@ -217,6 +217,22 @@ class EngineClient:
         await self._send({"type": "run", "job": job, "plan": plan_text, "prompts": list(prompts),
                           "sampling": dict(sampling or {}), "baseline": baseline, "previews": previews,
                           "out_dir": str(out_dir) if out_dir else None, "plan_source": plan_source})
+        self._running_job = job
+        if self.state in (READY, BUSY):
+            self.state = BUSY
+        return job
+
+    async def analyze(self, prompts: list[str] | None = None, sampling: Mapping[str, Any] | None = None, *,
+                      groups: int | None = None, use_cache: bool = True) -> int:
+        """Submit a similarity analysis (default prompts when None); an `analysis` event carries the result.
+        Like a run, it cancels the job in flight."""
+        self._latest_job += 1
+        job = self._latest_job
+        message: dict[str, Any] = {"type": "analyze", "job": job, "sampling": dict(sampling or {}),
+                                   "groups": groups, "use_cache": use_cache}
+        if prompts is not None:
+            message["prompts"] = list(prompts)
+        await self._send(message)
         self._running_job = job
         if self.state in (READY, BUSY):
             self.state = BUSY

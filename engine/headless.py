@@ -136,7 +136,7 @@ def _generate_all(req: RunRequest, source: ModelSource, plan: plans.Plan, prompt
             "per_image": [r.timing_json() for r in results],
         }
         record["block_runs"] = results[0].block_runs
-        out = writer.commit(record)
+        out = writer.commit_run(record)
     except BaseException:
         writer.abort()
         raise
@@ -155,4 +155,124 @@ def models_command() -> int:
         print("  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3])
     print("\nAlso accepted: a Hugging Face repo id of a FluxPipeline, StableDiffusion3Pipeline or AuraFlowPipeline,")
     print("or a local diffusers folder. --random-weights builds a real-size alias without downloading it.")
+    return 0
+
+
+@dataclass(frozen=True)
+class AnalyzeRequest:
+    model: str
+    out: Path
+    prompts: tuple[str, ...] = ()
+    prompts_file: str | None = None
+    sampling: plans.Sampling = plans.Sampling()
+    device: str = "auto"
+    dtype: str | None = None
+    random_weights: bool = False
+    groups: int | None = None
+    use_cache: bool = True
+    overwrite: bool = False
+
+
+def analyze_command(req: AnalyzeRequest) -> int:
+    """`dit-explore analyze`: the block-similarity matrices and groups, as similarity.json and .png."""
+    from engine.resolve import cache_dir
+    from engine.runs import check_destination
+    from engine.similarity import DEFAULT_PROMPTS, SIMILARITY_JSON, SIMILARITY_PNG, cache_key, load_cached, store_cached
+
+    try:
+        source = resolve(req.model)
+        cli = plans.check_sampling(req.sampling, "--")
+        settings = resolve_settings(source, cli)
+        source.check_size(settings.width, settings.height)
+        check_destination(req.out, req.overwrite)
+    except (plans.PlanError, ModelError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    if req.groups is not None and req.groups < 1:
+        raise UsageError(f"--groups {req.groups}: must be at least 1")
+    prompts = read_prompts(list(req.prompts), req.prompts_file, None) if (req.prompts or req.prompts_file) \
+        else list(DEFAULT_PROMPTS)
+
+    from engine.analysis import analyze
+    from engine.generate import Generator, dtype_name
+    from engine.heatmap import save_heatmaps
+    from engine.models import load, pick_device, pick_dtype
+    from engine.runs import StagedDirectory
+
+    try:
+        device = pick_device(req.device)
+        dtype = pick_dtype(req.dtype, device)
+        loaded = load(source, device, dtype, random_weights=req.random_weights, on_status=lambda stage, _f: _say(f"{stage}…"))
+    except ModelError as exc:
+        raise UsageError(str(exc)) from None
+    key = cache_key(model=source.name, revision=loaded.revision, prompts=prompts, steps=settings.steps,
+                    width=settings.width, height=settings.height, seed=settings.seed, dtype=dtype_name(dtype),
+                    guidance=settings.guidance)
+    started = time.perf_counter()
+    result = load_cached(cache_dir(), key) if req.use_cache else None
+    if result is not None:
+        result = result.regroup(req.groups)
+        _say(f"{source.name}: this analysis was cached ({len(prompts)} prompts, {settings.steps} steps)")
+    else:
+        def progress(p: int, count: int, done: int, total: int) -> None:
+            _say(f"[{p + 1}/{count}] step {done}/{total}")
+
+        result = analyze(Generator(loaded), prompts, settings, groups=req.groups, revision=loaded.revision,
+                         on_progress=progress)
+        store_cached(cache_dir(), result)
+    staged = StagedDirectory(req.out, req.overwrite)
+    try:
+        import json
+
+        (staged.staging / SIMILARITY_JSON).write_text(json.dumps(result.to_json(), indent=1) + "\n", encoding="utf-8")
+        save_heatmaps(result, staged.staging / SIMILARITY_PNG)
+        out = staged.commit()
+    except BaseException:
+        staged.abort()
+        raise
+    for name, stack in result.stacks.items():
+        groups = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in stack.groups)
+        _say(f"{name:>7}: {len(stack.groups)} groups: {groups}")
+    _say(f"wrote {out}/ ({SIMILARITY_JSON}, {SIMILARITY_PNG}) in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def plans_command(model: str, from_groups: Path, out: Path | None, overwrite: bool) -> int:
+    """`dit-explore plans`: the study's strategies for each middle group of each stack of an analysis."""
+    from engine.runs import check_destination
+    from engine.similarity import group_names, read_result
+    from engine.study import study_plans
+
+    try:
+        source = resolve(model)
+        result = read_result(from_groups)
+    except ModelError as exc:
+        raise UsageError(str(exc)) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"--from-groups {from_groups}: not a similarity result ({type(exc).__name__}: {exc})") from None
+    measured = {name: s.blocks for name, s in result.stacks.items()}
+    expected = {s.name: s.blocks for s in source.layout.stacks}
+    if measured != expected:
+        raise UsageError(f"--from-groups {from_groups}: measured on stacks {measured}, but {model} has {expected}")
+    folder = out or Path("saved_plans") / model
+    try:
+        if folder.exists() and any(folder.glob(f"*{plans.PLAN_SUFFIX}")) and not overwrite:
+            raise ValueError(f"{folder}: already holds plans (choose --out, or pass --overwrite)")
+        check_destination(folder, True)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    written = []
+    for name, stack in result.stacks.items():
+        names = group_names(len(stack.groups))
+        for k, (first, last) in enumerate(stack.groups):
+            if names[k] in ("first", "last"):
+                continue
+            why = (f"the similarity analysis in {from_groups} found {len(stack.groups)} groups in {name} "
+                   f"({', '.join(f'{n} {a}-{b}' for n, (a, b) in zip(names, stack.groups))}); this is {names[k]}.")
+            tag = names[k].replace(" ", "")
+            for sp in study_plans(model, source.layout, name, first, last, why, prefix=f"{name}-{tag}-"):
+                written.append(sp.save(folder))
+    if not written:
+        _say(f"no middle groups in {from_groups}: every stack has at most a first and a last group; nothing written")
+        return 0
+    _say(f"wrote {len(written)} plans to {folder}/")
     return 0

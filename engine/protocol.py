@@ -23,8 +23,8 @@ MAX_JSON = 4 << 20  # 4 MiB: similarity matrices are the largest JSON payloads
 MAX_BINARY = 256 << 20  # 256 MiB: a PNG of the largest image a model can make
 
 # Requests (client -> engine) and events (engine -> client), by "type".
-REQUESTS = ("run", "cancel", "ping", "shutdown")
-EVENTS = ("hello", "loading", "ready", "progress", "image", "done", "error", "pong")
+REQUESTS = ("run", "analyze", "cancel", "ping", "shutdown")
+EVENTS = ("hello", "loading", "ready", "progress", "image", "analysis", "done", "error", "pong")
 
 
 class ProtocolError(ValueError):

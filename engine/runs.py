@@ -53,33 +53,24 @@ def check_destination(out: Path, overwrite: bool) -> None:
         raise ValueError(f"--out {out}: directory is not empty (choose another, or pass --overwrite)")
 
 
-class RunWriter:
-    """Collects images in a staging folder; `commit` moves the finished run to `out` in one rename."""
+class StagedDirectory:
+    """A folder built in a hidden staging folder beside `out` and renamed into place by `commit`, so
+    `out` is never half-written; `abort` removes the staging folder."""
 
     def __init__(self, out: Path, overwrite: bool = False) -> None:
         check_destination(out, overwrite)
         self.out = out
-        self.overwrite = overwrite
         out.parent.mkdir(parents=True, exist_ok=True)
         self.staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
         umask = os.umask(0)
         os.umask(umask)
-        self.staging.chmod(0o777 & ~umask)  # mkdtemp makes 0700; a run directory is an ordinary folder
-        self.images: list[str] = []
+        self.staging.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the result is an ordinary folder
 
-    def add_image(self, image: Image.Image, plan_for_image: plans.Plan) -> str:
-        name = f"{len(self.images):03d}.png"
-        write_atomic(self.staging / name, png_bytes(image, plan_for_image))
-        self.images.append(name)
-        return name
-
-    def commit(self, run: Mapping[str, Any]) -> Path:
-        record = {"format": RUN_FORMAT, "status": "ok", "images": list(self.images), **run}
-        _write_json(self.staging / RUN_JSON, record)
+    def commit(self) -> Path:
         if self.out.exists():
-            # Move the old run aside first, so at every instant `out` is either the old or the new run.
+            # Move the old folder aside first, so at every instant `out` is either the old or the new one.
             trash = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent))
-            os.replace(self.out, trash / "run")
+            os.replace(self.out, trash / "old")
             os.replace(self.staging, self.out)
             shutil.rmtree(trash, ignore_errors=True)
         else:
@@ -88,6 +79,25 @@ class RunWriter:
 
     def abort(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
+
+
+class RunWriter(StagedDirectory):
+    """A `dit-explore run` directory: images collected while generating, run.json written last."""
+
+    def __init__(self, out: Path, overwrite: bool = False) -> None:
+        super().__init__(out, overwrite)
+        self.images: list[str] = []
+
+    def add_image(self, image: Image.Image, plan_for_image: plans.Plan) -> str:
+        name = f"{len(self.images):03d}.png"
+        write_atomic(self.staging / name, png_bytes(image, plan_for_image))
+        self.images.append(name)
+        return name
+
+    def commit_run(self, run: Mapping[str, Any]) -> Path:
+        record = {"format": RUN_FORMAT, "status": "ok", "images": list(self.images), **run}
+        _write_json(self.staging / RUN_JSON, record)
+        return self.commit()
 
 
 class LiveRun:

@@ -42,10 +42,13 @@ class Job:
     plan: plans.Plan
     prompts: list[str]
     settings: Settings
-    baseline: bool
-    previews: bool
-    out_dir: Path | None
-    plan_source: str | None
+    baseline: bool = True
+    previews: bool = True
+    out_dir: Path | None = None
+    plan_source: str | None = None
+    kind: str = "run"  # or "analyze"
+    groups: int | None = None  # analyze: a fixed number of groups
+    use_cache: bool = True  # analyze: answer from the on-disk cache when it has this analysis
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
@@ -146,7 +149,7 @@ class Engine:
             except RequestError as exc:
                 job = message.get("job") if isinstance(message.get("job"), int) else None
                 self.send_error(str(exc), job=job)
-                if job is not None and message.get("type") == "run":
+                if job is not None and message.get("type") in ("run", "analyze"):
                     self.send("done", job=job, status="error", message=str(exc))
 
     def handle(self, msg: dict[str, Any]) -> None:
@@ -162,6 +165,8 @@ class Engine:
             self._interrupt_loading()
         elif kind == "run":
             self.submit(self.parse_run(msg))
+        elif kind == "analyze":
+            self.submit(self.parse_analyze(msg))
         else:
             raise RequestError(f"unknown request type {kind!r} (known: {', '.join(protocol.REQUESTS)})")
 
@@ -183,6 +188,43 @@ class Engine:
             self._pending = job
             self._jobs.notify_all()
 
+    @staticmethod
+    def _prompts(msg: dict[str, Any], default: list[str] | None = None) -> list[str]:
+        kind = msg["type"]
+        prompts = msg.get("prompts", default)
+        if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+            raise RequestError(f"{kind}: 'prompts' must be a non-empty list of strings")
+        if any(not p.strip() for p in prompts):
+            raise RequestError(f"{kind}: a prompt must not be empty")
+        return [p.strip() for p in prompts]
+
+    def _settings(self, msg: dict[str, Any], plan: plans.Plan, where: str) -> Settings:
+        """The request's sampling over the plan's over the model's defaults, checked like the CLI does."""
+        source = self.source
+        assert source is not None
+        raw = msg.get("sampling") or {}
+        if not isinstance(raw, dict):
+            raise RequestError(f"{msg['type']}: 'sampling' must be an object")
+        try:
+            overrides = plans.from_mapping({"version": plans.PLAN_VERSION, "sampling": raw}, "sampling").sampling
+            settings = resolve_settings(source, plan.sampling, overrides)
+            source.check_size(settings.width, settings.height)
+            plans.validate_steps(plan, settings.steps, where)
+        except (plans.PlanError, ModelError) as exc:
+            raise RequestError(str(exc).replace("\n", "; ")) from None
+        return settings
+
+    def parse_analyze(self, msg: dict[str, Any]) -> Job:
+        from engine.similarity import DEFAULT_PROMPTS
+
+        job_id = _int(msg, "job")
+        groups = msg.get("groups")
+        if groups is not None and (not isinstance(groups, int) or isinstance(groups, bool) or groups < 1):
+            raise RequestError("analyze: 'groups' must be a positive integer or null")
+        plan = plans.Plan()
+        return Job(job_id, plan, self._prompts(msg, list(DEFAULT_PROMPTS)), self._settings(msg, plan, "analyze"),
+                   previews=False, kind="analyze", groups=groups, use_cache=bool(msg.get("use_cache", True)))
+
     def parse_run(self, msg: dict[str, Any]) -> Job:
         job_id = _int(msg, "job")
         source = self.source
@@ -190,28 +232,18 @@ class Engine:
         plan_text = msg.get("plan", "version = 1\n")
         if not isinstance(plan_text, str):
             raise RequestError("run: 'plan' must be the text of a plan file")
-        prompts = msg.get("prompts")
-        if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
-            raise RequestError("run: 'prompts' must be a non-empty list of strings")
-        if any(not p.strip() for p in prompts):
-            raise RequestError("run: a prompt must not be empty")
-        raw = msg.get("sampling") or {}
-        if not isinstance(raw, dict):
-            raise RequestError("run: 'sampling' must be an object")
+        prompts = self._prompts(msg)
         plan_source = msg.get("plan_source") if isinstance(msg.get("plan_source"), str) else None
         try:
             plan = plans.loads(plan_text, plan_source or "plan")
             plans.validate(plan, source.layout, plan_source or "plan")
-            overrides = plans.from_mapping({"version": plans.PLAN_VERSION, "sampling": raw}, "sampling").sampling
-            settings = resolve_settings(source, plan.sampling, overrides)
-            source.check_size(settings.width, settings.height)
-            plans.validate_steps(plan, settings.steps, plan_source or "plan")
-        except (plans.PlanError, ModelError) as exc:
+        except plans.PlanError as exc:
             raise RequestError(str(exc).replace("\n", "; ")) from None
+        settings = self._settings(msg, plan, plan_source or "plan")
         out_dir = msg.get("out_dir")
         if out_dir is not None and not isinstance(out_dir, str):
             raise RequestError("run: 'out_dir' must be a path or null")
-        return Job(job_id, plan, [p.strip() for p in prompts], settings, bool(msg.get("baseline", True)),
+        return Job(job_id, plan, prompts, settings, bool(msg.get("baseline", True)),
                    bool(msg.get("previews", True)), Path(out_dir) if out_dir else None, plan_source)
 
     # -------------------------------------------------------------------------------------- main
@@ -294,12 +326,16 @@ class Engine:
         live = None
         count = 0
         try:
-            if job.out_dir is not None:
-                record = run_record(self.generator.loaded, job.plan, job.plan_source, job.prompts, job.settings)
-                live = LiveRun(job.out_dir, {**record, "timing": {"per_image": []}, "block_runs": None})
-            for index, prompt in enumerate(job.prompts):
-                self.render(job, index, prompt, live)
-                count += 1
+            if job.kind == "analyze":
+                self.analyze(job)
+                count = len(job.prompts)
+            else:
+                if job.out_dir is not None:
+                    record = run_record(self.generator.loaded, job.plan, job.plan_source, job.prompts, job.settings)
+                    live = LiveRun(job.out_dir, {**record, "timing": {"per_image": []}, "block_runs": None})
+                for index, prompt in enumerate(job.prompts):
+                    self.render(job, index, prompt, live)
+                    count += 1
         except Cancelled:
             status = "cancelled"
         except torch.cuda.OutOfMemoryError as exc:
@@ -320,6 +356,34 @@ class Engine:
         self.send("done", job=job.id, status=status, message=message, images=count,
                   seconds=time.perf_counter() - started, blocks_restored=restored,
                   path=str(job.out_dir) if job.out_dir else None)
+
+    def analyze(self, job: Job) -> None:
+        """The similarity analysis: from the on-disk cache when this exact analysis was made before."""
+        from engine.analysis import analyze
+        from engine.generate import dtype_name
+        from engine.resolve import cache_dir
+        from engine.similarity import cache_key, load_cached, store_cached
+
+        loaded = self.generator.loaded
+        settings = job.settings
+        key = cache_key(model=loaded.source.name, revision=loaded.revision, prompts=job.prompts,
+                        steps=settings.steps, width=settings.width, height=settings.height, seed=settings.seed,
+                        dtype=dtype_name(loaded.dtype), guidance=settings.guidance)
+        result = load_cached(cache_dir(), key) if job.use_cache else None
+        cached = result is not None
+        if result is not None:
+            result = result.regroup(job.groups)
+        else:
+            started = time.perf_counter()
+
+            def progress(p: int, prompts: int, done: int, steps: int) -> None:
+                self.send("progress", job=job.id, index=p, role="analyze", step=done, steps=steps, prompts=prompts,
+                          elapsed=time.perf_counter() - started)
+
+            result = analyze(self.generator, job.prompts, settings, groups=job.groups, revision=loaded.revision,
+                             check=self.check(job), on_progress=progress)
+            store_cached(cache_dir(), result)
+        self.send("analysis", job=job.id, cached=cached, result=result.to_json())
 
     def render(self, job: Job, index: int, prompt: str, live: Any) -> None:
         """The plan's image of one prompt, then its baseline (cached, or reused when the plan is the

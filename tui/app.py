@@ -100,6 +100,9 @@ class ExplorerApp(App[int]):
         self.client: Engine | None = None
         self.records: dict[int, RunRecord] = {}
         self._pending_run: tuple[str, list[str], dict[str, Any], RunRecord] | None = None
+        self.similarity: Any = None  # engine.similarity.SimilarityResult once an analysis lands
+        self._analysis_job: int | None = None
+        self._analysis_prompts: list[str] | None = None  # None: the default prompt set
         self.sub_title = f"{source.name} · {source.family} · {source.layout.describe()}"
 
     # ------------------------------------------------------------------------------- building
@@ -251,9 +254,18 @@ class ExplorerApp(App[int]):
         status.show_state(f"ready on {event.get('device')} ({event.get('dtype')}{kind}), "
                           f"loaded in {event.get('load_seconds', 0):.1f} s", "green")
         status.show_progress(0, 0)
+        if self.similarity is None:
+            self._analysis_prompts = None  # the default prompt set; cached on disk after the first time
+            self.call_later(self._submit_analysis)
 
     def _engine_progress(self, event: Event, status: StatusPanel) -> None:
         step, steps, role = event.get("step"), event.get("steps"), event.get("role")
+        if role == "analyze":
+            prompts, index = event.get("prompts", 1), event.get("index", 0)
+            status.show_progress(index * steps + step, prompts * steps)
+            status.show_state(f"analyzing block similarity — prompt {index + 1}/{prompts}, step {step}/{steps}",
+                              "yellow")
+            return
         phases = 2 if role == "baseline" or self._wants_baseline(event.job) else 1
         done = step + (steps if role == "baseline" else 0)
         status.show_progress(done, steps * phases)
@@ -279,6 +291,24 @@ class ExplorerApp(App[int]):
             record.baseline, record.baseline_timing = image, event.get("timing")
         self._show_record(record)
 
+    def _engine_analysis(self, event: Event, status: StatusPanel) -> None:
+        from engine.similarity import SimilarityResult, group_names
+
+        result = SimilarityResult.from_json(event.get("result"))
+        self.similarity = result
+        self.query_one(LayerGrid).set_groups(result.stack_groups())
+        described = "; ".join(
+            f"{name}: " + ", ".join(f"{n} {a}-{b}" if a != b else f"{n} {a}"
+                                    for n, (a, b) in zip(group_names(len(s.groups)), s.groups))
+            for name, s in result.stacks.items())
+        source = "from the cache" if event.get("cached") else f"over {len(result.prompts)} prompts"
+        self.notify(f"similarity groups ({source}): {described}", title="analysis", timeout=8)
+        if self._heatmap_open():  # show the new matrices in place of the old ones
+            from tui.screens.heatmap import HeatmapScreen
+
+            self.pop_screen()
+            self.push_screen(HeatmapScreen(result))
+
     def _engine_done(self, event: Event, status: StatusPanel) -> None:
         record = self.records.get(event.job or -1)
         if record is not None:
@@ -286,9 +316,15 @@ class ExplorerApp(App[int]):
             self.query_one(HistoryList).refresh_record(record)
         if event.get("status") == "cancelled":
             self.notify("run cancelled", timeout=3)
+        is_analysis = event.job is not None and event.job == self._analysis_job
         if self.client is not None and self.client.state == READY:
-            status.show_state(f"ready — last run {event.get('status')} in {event.get('seconds', 0):.2f} s", "green")
+            what = "analysis" if is_analysis else "last run"
+            status.show_state(f"ready — {what} {event.get('status')} in {event.get('seconds', 0):.2f} s", "green")
         status.show_progress(0, 0)
+        if is_analysis:
+            self._analysis_job = None
+        elif self.similarity is None and self._analysis_job is None and event.get("status") == "ok":
+            self.call_later(self._submit_analysis)  # the analysis a run pre-empted: run it now
 
     def _engine_error(self, event: Event, status: StatusPanel) -> None:
         self.notify(f"{event.get('message')}\nlog: {event.get('log')}", title="engine error", severity="error",
@@ -346,6 +382,7 @@ class ExplorerApp(App[int]):
         if client is None or pending is None or client.hello is None or not client.alive:
             return
         self._pending_run = None
+        self._analysis_job = None  # a run pre-empts an analysis in flight (latest wins); it is asked again after
         plan_text, prompts, sampling, record = pending
         out_dir = self.runs_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(record.label)}"
         try:
@@ -358,6 +395,45 @@ class ExplorerApp(App[int]):
         self.records[job] = record
         self.query_one(HistoryList).add(record)
         self.query_one(StatusPanel).show_state("busy — submitted", "yellow")
+
+    async def _submit_analysis(self) -> None:
+        client = self.client
+        if client is None or not client.alive or client.hello is None or self._pending_run is not None:
+            return
+        if client.state == BUSY:
+            return  # a run is in flight; its `done` asks again
+        try:
+            sampling = self.query_one(SamplingForm).sampling()
+            self._analysis_job = await client.analyze(self._analysis_prompts, sampling)
+        except (EngineError, ValueError) as exc:
+            self.notify(f"analysis: {exc}", severity="error")
+
+    async def action_analyze(self) -> None:
+        prompt = self.query_one(SamplingForm).prompt
+        if not prompt:
+            self.notify("the prompt is empty: press e to write one", severity="error")
+            return
+        if self.client is None or not self.client.alive:
+            self.notify("the engine is not running: press enter to start it", severity="error")
+            return
+        self._analysis_prompts = [prompt]
+        self.similarity = None
+        await self._submit_analysis()
+
+    def _heatmap_open(self) -> bool:
+        from tui.screens.heatmap import HeatmapScreen
+
+        return isinstance(self.screen, HeatmapScreen)
+
+    def action_heatmap(self) -> None:
+        from tui.screens.heatmap import HeatmapScreen
+
+        if self._heatmap_open():
+            self.pop_screen()
+        elif self.similarity is None:
+            self.notify("no similarity analysis yet: it runs when the model is ready (or press a)", severity="warning")
+        else:
+            self.push_screen(HeatmapScreen(self.similarity))
 
     async def action_cancel(self) -> None:
         grid = self.query_one(LayerGrid)
@@ -467,6 +543,13 @@ class ExplorerApp(App[int]):
             yield SystemCommand("plan: Undo", "undo the last plan change", self.action_undo)
         if self.redo_stack:
             yield SystemCommand("plan: Redo", "redo", self.action_redo)
+        yield SystemCommand("analysis: Analyze current prompt", "block-similarity matrices; groups recolor the grid",
+                            lambda: self.run_action("analyze"))
+        if self.similarity is not None:
+            yield SystemCommand("analysis: Show heatmap", "the similarity matrices with their groups",
+                                self.action_heatmap)
+            yield SystemCommand("plan: Select group under cursor", "select the cursor's similarity group",
+                                lambda: grid.run_action("select_group"))
         busy = self.client is not None and self.client.state in (BUSY, UNRESPONSIVE)
         yield SystemCommand("engine: Run plan", "run the plan and its baseline", lambda: self.run_action("run"))
         if busy:

@@ -66,10 +66,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list the models dit-explore knows by name",
                    description="List model aliases with their block stacks.")
+
+    analyze = sub.add_parser("analyze", help="measure block-similarity matrices and group the blocks",
+                             description="Cosine similarity of every pair of block outputs (image tokens, "
+                             "conditional row), averaged over prompts and steps; grouped into first / middle / "
+                             "last. Writes similarity.json and similarity.png to --out.")
+    analyze.add_argument("model", metavar="MODEL", nargs="?", default=DEFAULT_MODEL)
+    analyze.add_argument("--prompt", action="append", metavar="TEXT", help="a prompt (repeatable; default: five "
+                         "varied built-in prompts)")
+    analyze.add_argument("--prompts", metavar="FILE", help="a file with one prompt per line")
+    _add_sampling(analyze)
+    _add_device(analyze)
+    analyze.add_argument("--groups", type=int, metavar="K", help="group into exactly K groups (default: automatic)")
+    analyze.add_argument("--no-cache", action="store_true", help="measure again even if this analysis is cached")
+    analyze.add_argument("--out", metavar="DIR", required=True, type=Path)
+    analyze.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
+
+    plan_cmd = sub.add_parser("plans", help="write the study's strategies for each middle group of an analysis",
+                              description="For each middle group of each stack found by `dit-explore analyze`, "
+                              "write the study's strategies (skip first block, skip, middle repeat, reverse, "
+                              "parallel, looped parallel x3) as plan files.")
+    plan_cmd.add_argument("model", metavar="MODEL")
+    plan_cmd.add_argument("--from-groups", metavar="DIR", type=Path, required=True,
+                          help="an analyze output folder (or its similarity.json)")
+    plan_cmd.add_argument("--out", metavar="DIR", type=Path, help="where to write (default saved_plans/MODEL)")
+    plan_cmd.add_argument("--overwrite", action="store_true", help="write into a folder that already holds plans")
     return parser
 
 
-SUBCOMMANDS = ("run", "models")
+SUBCOMMANDS = ("run", "models", "analyze", "plans")
 
 
 def build_tui_parser() -> argparse.ArgumentParser:
@@ -166,6 +191,25 @@ def _dispatch(args: argparse.Namespace) -> int:
                 overwrite=args.overwrite,
             )
         )
+    if args.command == "analyze":
+        return headless.analyze_command(
+            headless.AnalyzeRequest(
+                model=args.model,
+                out=args.out,
+                prompts=tuple(args.prompt or ()),
+                prompts_file=args.prompts,
+                sampling=Sampling(seed=args.seed, steps=args.steps, width=args.width, height=args.height,
+                                  guidance=args.guidance),
+                device=args.device,
+                dtype=args.dtype,
+                random_weights=args.random_weights,
+                groups=args.groups,
+                use_cache=not args.no_cache,
+                overwrite=args.overwrite,
+            )
+        )
+    if args.command == "plans":
+        return headless.plans_command(args.model, args.from_groups, args.out, args.overwrite)
     raise AssertionError(args.command)
 
 

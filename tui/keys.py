@@ -31,6 +31,7 @@ GRID_KEYS = (
     Key("grid.extend-up", "shift+up,K", "move(0, -1, True)", "select", "extend the selection up a row", show=False),
     Key("grid.extend-down", "shift+down,J", "move(0, 1, True)", "select", "extend the selection down a row", show=False),
     Key("grid.visual", "v", "visual", "select", "start (or stop) selecting: moves then extend the selection"),
+    Key("grid.group", "g", "select_group", "group", "select the similarity group under the cursor"),
 )
 
 EDIT_KEYS = (
@@ -50,6 +51,8 @@ APP_KEYS = (
     Key("undo", "u", "undo", "undo", "undo the last plan change"),
     Key("redo", "ctrl+r", "redo", "redo", "redo"),
     Key("edit-prompt", "e", "edit_prompt", "prompt", "edit the prompt (enter runs, escape returns to the grid)"),
+    Key("analyze", "a", "analyze", "analyze", "analyze block similarity for the current prompt (groups recolor the grid)"),
+    Key("heatmap", "t", "heatmap", "heatmap", "show or hide the similarity matrices with their groups"),
     Key("save", "ctrl+s", "save", "save", "save the plan to the plans folder"),
     Key("open", "ctrl+o", "open", "open", "open a plan file (or a PNG written by dit-explore)"),
     Key("help", "f1,question_mark", "help", "help", "show the keys and what the grid shows"),

@@ -377,3 +377,28 @@ def test_preview_shows_the_latent_image(engine: EngineClient, run: Any) -> None:
     assert len(previews) == 3  # steps 1-3; the last step is followed by the real image
     assert all(p.shape == (16, 16, 3) for p in previews)
     assert not np.array_equal(previews[0], previews[-1])  # the latents move between steps
+
+
+def test_analysis_is_served_from_the_disk_cache_when_the_key_matches(engine: EngineClient, run: Any) -> None:
+    from engine.resolve import cache_dir
+
+    drain(engine)
+
+    def analysis(**kwargs: Any) -> Event:
+        events = run(until_done(engine, run(engine.analyze(**kwargs))))
+        assert of(events, "done")[0].get("status") == "ok"
+        return of(events, "analysis")[0]
+
+    first = analysis(prompts=["cache key prompt"], sampling={"steps": 2, "seed": 11})
+    again = analysis(prompts=["cache key prompt"], sampling={"steps": 2, "seed": 11})
+    other_seed = analysis(prompts=["cache key prompt"], sampling={"steps": 2, "seed": 12})
+    forced = analysis(prompts=["cache key prompt"], sampling={"steps": 2, "seed": 11}, use_cache=False)
+    assert [e.get("cached") for e in (first, again, other_seed, forced)] == [False, True, False, False]
+    assert again.get("result")["all"]["matrix"] == first.get("result")["all"]["matrix"]
+    assert other_seed.get("result")["all"]["matrix"] != first.get("result")["all"]["matrix"]
+    regrouped = analysis(prompts=["cache key prompt"], sampling={"steps": 2, "seed": 11}, groups=2)
+    assert regrouped.get("cached") is True and len(regrouped.get("result")["stacks"]["single"]["groups"]) == 2
+    assert len(list((cache_dir() / "similarity").glob("*.json"))) >= 2
+    progress = of(run(until_done(engine, run(engine.analyze(prompts=["p1", "p2"], sampling={"steps": 2})))),
+                  "progress", role="analyze")
+    assert [(e.get("index"), e.get("step")) for e in progress] == [(0, 1), (0, 2), (1, 1), (1, 2)]

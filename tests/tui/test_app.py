@@ -207,3 +207,34 @@ def test_themes_provide_the_group_colors(tmp_path: Path, theme: str) -> None:
         assert variables["group-first"] == "#D55E00" and variables["stack-single"] == "#56B4E9"
 
     drive(app, scenario)
+
+
+def test_grid_recolors_when_the_similarity_analysis_lands(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+
+    async def scenario(pilot: Pilot[Any]) -> None:
+        grid = app.query_one(LayerGrid)
+        assert grid.group_of("single", 0) == ("S", "stack-single")  # colored by stack until analyzed
+        await until(pilot, lambda: app.similarity is not None)  # runs by itself once the model is ready
+        groups = app.similarity.stack_groups()
+        assert grid.groups == groups
+        first, last = groups["single"][0], groups["single"][-1]
+        assert grid.group_of("single", first[0]) == ("F", "group-first")
+        assert grid.group_of("single", last[1]) == ("L", "group-last")
+        assert len(app.similarity.prompts) == 5  # the default prompt set
+        # g selects the group under the cursor; s then skips it
+        await pilot.press("down", "right", "g")
+        stack, a, b = grid.selection
+        group = next(g for g in groups["single"] if g[0] <= 1 <= g[1])
+        assert (stack, a, b) == ("single", group[0], group[1])
+        await pilot.press("s")
+        kept = [i for i in range(8) if not group[0] <= i <= group[1]]
+        assert app.plan.order("single") == tuple(kept)
+        await pilot.press("t")
+        from tui.screens.heatmap import HeatmapScreen
+
+        await until(pilot, lambda: isinstance(app.screen, HeatmapScreen))
+        await pilot.press("t")
+        await until(pilot, lambda: not isinstance(app.screen, HeatmapScreen))
+
+    drive(app, scenario)

@@ -226,6 +226,16 @@ class LayerGrid(Widget, can_focus=True):
         self.anchor = self.cursor if self.visual else None
         self._moved()
 
+    def action_select_group(self) -> None:
+        """Select the similarity group under the cursor: "skip this middle group" is then one key away."""
+        stack = self.stack_name
+        for first, last in (self.groups or {}).get(stack, []):
+            if first <= self.cursor.block <= last:
+                self.select(stack, first, last)
+                return
+        self.notify("no similarity groups yet: they appear when the analysis lands (or press a)",
+                    severity="warning")
+
     def action_edit(self, op: str) -> None:
         stack, first, last = self.selection
         self.post_message(self.EditRequested(op, stack, first, last))
