@@ -272,7 +272,8 @@ class EngineClient:
             self.hello, self.state = event, LOADING
             self._hello_seen.set()
         elif event.type == "ready":
-            self.ready, self.state = event, READY
+            self.ready = event
+            self.state = BUSY if self._running_job is not None else READY  # a run sent while loading waits
             self._ready_seen.set()
         elif event.type == "done" and job == self._running_job:
             self._running_job = None

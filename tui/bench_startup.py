@@ -37,7 +37,7 @@ def _launch_once(model: str, workdir: Path) -> tuple[float, float]:
             now = time.perf_counter() - start
             if math.isnan(grid) and " blocks · " in screen:  # the first time the grid shows
                 grid = now
-            if "ready on" in screen:
+            if "engine  ready" in screen:
                 ready = now
                 break
             time.sleep(0.01)

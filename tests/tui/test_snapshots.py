@@ -84,3 +84,7 @@ def test_palette_offers_actions_by_category(tmp_path: Path) -> None:
             assert "file: Save plan as…" in found and "file: Open plan…" in found
 
     asyncio.run(scenario())
+
+
+def test_heatmap_screen(snap_compare: Any, tmp_path: Path) -> None:
+    assert snap_compare(flux_app(tmp_path), terminal_size=SIZE, press=["_", "t", "_"])

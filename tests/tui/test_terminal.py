@@ -68,9 +68,9 @@ def terminal(tmp_path: Path) -> Iterator[Terminal]:
 
 
 def test_grid_run_image_timing_and_clean_exit(terminal: Terminal) -> None:
-    screen = terminal.wait_for(lambda s: "ready on cpu" in s)
+    screen = terminal.wait_for(lambda s: "engine  ready" in s and "F 0" in s)  # loaded, groups analyzed
     assert "double  4 blocks" in screen and "single  8 blocks" in screen
-    assert "S 0" in screen and "S 7" in screen and "D 3" in screen  # every block is a cell
+    assert "F 0" in screen and "L 7" in screen and "L 3" in screen  # every block is a cell, in its group
     assert terminal.engines(), "no engine process while the explorer runs"
 
     terminal.keys("Down", "Right", "Right", "S-Right", "S-Right", "S-Right", "s")

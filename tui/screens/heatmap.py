@@ -1,5 +1,5 @@
 """The similarity matrices in the terminal: one heatmap per stack, drawn with half-block characters (two
-matrix rows per text line, two columns per block), each similarity group outlined in white."""
+matrix rows per text line, two columns per block), with the similarity groups on rulers alongside."""
 
 from __future__ import annotations
 
@@ -19,34 +19,17 @@ from textual.widgets import Static
 
 from engine.heatmap import color_scale, colormap
 from engine.similarity import SimilarityResult, group_names
+from tui.widgets.layer_grid import group_style
 
-OUTLINE = (255, 255, 255)
-
-
-def pixel_grid(matrix: list[list[float]], groups: list[tuple[int, int]], scale: tuple[float, float]) -> list[list[tuple[int, int, int]]]:
-    """One RGB per matrix cell; the cells on the border of each diagonal group square are the outline."""
+def pixel_grid(matrix: list[list[float]], scale: tuple[float, float]) -> list[list[tuple[int, int, int]]]:
+    """One RGB per matrix cell (the same colormap as similarity.png)."""
     lo, hi = scale
-    n = len(matrix)
-    group_of = {}
-    for a, b in groups:
-        for i in range(a, b + 1):
-            group_of[i] = (a, b)
-    rows = []
-    for i in range(n):
-        row = []
-        for j in range(n):
-            a, b = group_of.get(i, (i, i))
-            if a <= j <= b and (i in (a, b) or j in (a, b)) and b > a:
-                row.append(OUTLINE)
-            else:
-                t = (matrix[i][j] - lo) / (hi - lo) if hi > lo else 1.0
-                row.append(colormap(min(1.0, max(0.0, t))))
-        rows.append(row)
-    return rows
+    return [[colormap(min(1.0, max(0.0, (v - lo) / (hi - lo) if hi > lo else 1.0))) for v in row] for row in matrix]
 
 
 class MatrixView(Widget):
-    """A matrix as half-block cells, two columns per block."""
+    """A matrix as half-block cells (two columns per block), with rulers along the top and the left
+    in the grid's group colors and letters, so groups read without covering any value."""
 
     DEFAULT_CSS = """
     MatrixView {
@@ -55,23 +38,37 @@ class MatrixView(Widget):
     }
     """
 
-    def __init__(self, matrix: list[list[float]], groups: list[tuple[int, int]], scale: tuple[float, float]) -> None:
+    def __init__(self, stack: str, matrix: list[list[float]], groups: list[tuple[int, int]],
+                 scale: tuple[float, float]) -> None:
         super().__init__()
-        self.pixels = pixel_grid(matrix, groups, scale)
+        self.stack = stack
+        self.groups = groups
+        self.pixels = pixel_grid(matrix, scale)
 
     def get_content_width(self, container: Any, viewport: Any) -> int:
-        return 2 * len(self.pixels)
+        return 2 + 2 * len(self.pixels)
 
     def get_content_height(self, container: Any, viewport: Any, width: int) -> int:
-        return (len(self.pixels) + 1) // 2
+        return 1 + (len(self.pixels) + 1) // 2
+
+    def _group(self, block: int) -> tuple[str, Color]:
+        glyph, var = group_style(self.groups, self.stack, block)
+        return glyph, Color.parse(self.app.theme_variables.get(var, "#888888"))
 
     def render_line(self, y: int) -> Strip:
         n = len(self.pixels)
-        top = self.pixels[2 * y] if 2 * y < n else None
-        bottom = self.pixels[2 * y + 1] if 2 * y + 1 < n else None
-        if top is None:
-            return Strip.blank(2 * n)
-        segments = []
+        if y == 0:  # top ruler: each column's group letter on its group color
+            segments = [Segment("  ")]
+            for j in range(n):
+                glyph, color = self._group(j)
+                segments.append(Segment(f"{glyph} ", Style(color=Color.parse("#000000"), bgcolor=color)))
+            return Strip(segments)
+        r = 2 * (y - 1)
+        if r >= n:
+            return Strip.blank(2 + 2 * n)
+        top, bottom = self.pixels[r], self.pixels[r + 1] if r + 1 < n else None
+        left_bottom = self._group(r + 1)[1] if r + 1 < n else None
+        segments = [Segment("▀", Style(color=self._group(r)[1], bgcolor=left_bottom)), Segment(" ")]
         for j in range(n):
             fg = Color.from_rgb(*top[j])
             bg = Color.from_rgb(*bottom[j]) if bottom is not None else None
@@ -123,7 +120,7 @@ class HeatmapScreen(ModalScreen[None]):
             text.append("  ", style=Style(bgcolor=Color.from_rgb(*colormap(k / 8))))
             if k in (0, 4, 8):
                 text.append(f" {value:.2f} ")
-        text.append("   white outline: a similarity group   (t or escape closes)", style="dim")
+        text.append("   rulers: each block's similarity group, as in the grid   (t or escape closes)", style="dim")
         return text
 
     def _panels(self) -> ComposeResult:
@@ -136,4 +133,4 @@ class HeatmapScreen(ModalScreen[None]):
                              style="dim")
                 with VerticalScroll(classes="panel"):  # a tall matrix scrolls on its own
                     yield Static(title)
-                    yield MatrixView(stack.matrix, stack.groups, scale)
+                    yield MatrixView(name, stack.matrix, stack.groups, scale)

@@ -27,6 +27,21 @@ CELL = 7  # "F12×3" plus padding: glyph, index, marker, gap
 LEGEND = "×N repeated  ∥ parallel  ∥K looped K times  ↺ reversed  – skipped"
 
 
+def group_style(ranges: list[tuple[int, int]] | None, stack: str, block: int) -> tuple[str, str]:
+    """(glyph, theme variable) of a block: its similarity group (F first, 1.. middle, L last), or its
+    stack until groups are known. Middle groups past the fourth share the fourth's color, not its digit."""
+    if not ranges:
+        return stack[0].upper(), f"stack-{stack}" if stack in ("double", "single") else "stack-single"
+    for i, (a, b) in enumerate(ranges):
+        if a <= block <= b:
+            if i == 0:
+                return "F", "group-first"
+            if i == len(ranges) - 1:
+                return "L", "group-last"
+            return str(i), f"group-middle-{min(i, 4)}"
+    return "?", "stack-single"
+
+
 @dataclass(frozen=True)
 class Cursor:
     stack: int  # index into layout.stacks
@@ -103,6 +118,8 @@ class LayerGrid(Widget, can_focus=True):
     def set_groups(self, groups: dict[str, list[tuple[int, int]]] | None) -> None:
         """Similarity groups per stack (contiguous, inclusive ranges); None colors by stack."""
         self.groups = groups
+        self._rows_width = -1  # the legend may need more lines
+        self.refresh(layout=True)
         self._invalidate()
 
     def set_layout(self, layout: Layout) -> None:
@@ -159,7 +176,7 @@ class LayerGrid(Widget, can_focus=True):
                 rows.append(Row("label", i))
                 rows += [Row("cells", i, start) for start in range(0, stack.blocks, per_row)]
                 rows.append(Row("blank"))
-            rows += [Row("legend"), Row("legend", 1)]
+            rows += [Row("legend", i) for i in range(len(self._legend_lines(width)))]
             self._rows, self._rows_width = rows, width
         return self._rows
 
@@ -275,19 +292,7 @@ class LayerGrid(Widget, can_focus=True):
             return Color.parse(fallback)
 
     def group_of(self, stack: str, block: int) -> tuple[str, str]:
-        """(glyph, theme variable) of a block: its similarity group, or its stack until groups are known."""
-        ranges = (self.groups or {}).get(stack)
-        if not ranges:
-            return stack[0].upper(), f"stack-{stack}" if stack in ("double", "single") else "stack-single"
-        for i, (a, b) in enumerate(ranges):
-            if a <= block <= b:
-                if i == 0:
-                    return "F", "group-first"
-                if i == len(ranges) - 1:
-                    return "L", "group-last"
-                k = min(i, 4)
-                return str(i), f"group-middle-{k}"
-        return "?", "stack-single"
+        return group_style((self.groups or {}).get(stack), stack, block)
 
     def render_line(self, y: int) -> Strip:
         width = self.content_size.width
@@ -306,7 +311,7 @@ class LayerGrid(Widget, can_focus=True):
         if row.kind == "blank":
             return Strip([])
         if row.kind == "legend":
-            return Strip(self._legend(row.stack == 1))
+            return Strip(self._legend_lines(self.content_size.width)[row.stack])
         stack = self.layout_info.stacks[row.stack]
         if row.kind == "label":
             order = self.plan.order(stack.name)
@@ -341,22 +346,29 @@ class LayerGrid(Widget, can_focus=True):
         text = f"{glyph}{block:>2}{state.label():<3}"
         return Segment(text[: CELL - 1].ljust(CELL - 1), style)
 
-    def _legend(self, markers: bool) -> list[Segment]:
-        base = self.rich_style
-        if markers:
-            return [Segment(LEGEND, base + Style(dim=True))]
-        segments: list[Segment] = []
-        entries: list[tuple[str, str, str]]
+    def _legend_entries(self) -> list[tuple[str, str, str]]:
+        """(glyph, theme variable, words) of each color in use."""
         if self.groups:
             longest = max(len(r) for r in self.groups.values())
-            entries = [("F", "group-first", "first")]
-            entries += [(str(i), f"group-middle-{min(i, 4)}", f"middle {i}") for i in range(1, longest - 1)]
-            entries.append(("L", "group-last", "last"))
-        else:
-            entries = [(s.name[0].upper(), f"stack-{s.name}", f"{s.name} (groups not analyzed yet)")
-                       for s in self.layout_info.stacks]
-        for glyph, var, words in entries:
-            color = self._var(var, "#56B4E9")
-            segments += [Segment(f" {glyph} ", Style(color=self._var("cell-text", "#000000"), bgcolor=color)),
-                         Segment(f" {words}   ", base)]
-        return segments
+            return ([("F", "group-first", "first")]
+                    + [(str(i), f"group-middle-{min(i, 4)}", f"middle {i}") for i in range(1, longest - 1)]
+                    + [("L", "group-last", "last")])
+        return [(s.name[0].upper(), f"stack-{s.name}", f"{s.name} (groups not analyzed yet)")
+                for s in self.layout_info.stacks]
+
+    def _legend_lines(self, width: int) -> list[list[Segment]]:
+        """The color legend wrapped to `width`, then the marker legend."""
+        base = self.rich_style
+        lines: list[list[Segment]] = [[]]
+        used = 0
+        for glyph, var, words in self._legend_entries():
+            piece = [Segment(f" {glyph} ", Style(color=self._var("cell-text", "#000000"), bgcolor=self._var(var, "#56B4E9"))),
+                     Segment(f" {words}   ", base)]
+            size = sum(len(seg.text) for seg in piece)
+            if used and used + size > width:
+                lines.append([])
+                used = 0
+            lines[-1] += piece
+            used += size
+        lines.append([Segment(LEGEND, base + Style(dim=True))])
+        return lines
