@@ -62,6 +62,7 @@ class EngineClient:
         device: str = "auto",
         dtype: str | None = None,
         random_weights: bool = False,
+        compile: bool = False,
         log_path: Path | None = None,
         heartbeat: float = 1.0,
         unresponsive_after: float = 5.0,
@@ -72,6 +73,7 @@ class EngineClient:
         self.device = device
         self.dtype = dtype
         self.random_weights = random_weights
+        self.compile = compile
         self.log_path = log_path or default_log_path()
         self.heartbeat = heartbeat
         self.unresponsive_after = unresponsive_after
@@ -113,6 +115,8 @@ class EngineClient:
             args += ["--dtype", self.dtype]
         if self.random_weights:
             args.append("--random-weights")
+        if self.compile:
+            args.append("--compile")
         env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", **self._env}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[1]),
                                                         env.get("PYTHONPATH", "")) if p)

@@ -76,6 +76,7 @@ class RunRequest:
     dtype: str | None = None
     random_weights: bool = False
     overwrite: bool = False
+    compile: bool = False
 
 
 def run_command(req: RunRequest) -> int:
@@ -112,7 +113,8 @@ def _generate_all(req: RunRequest, source: ModelSource, plan: plans.Plan, prompt
     try:
         device = pick_device(req.device)
         dtype = pick_dtype(req.dtype, device)
-        loaded = load(source, device, dtype, random_weights=req.random_weights, on_status=lambda stage, _f: _say(f"{stage}…"))
+        loaded = load(source, device, dtype, random_weights=req.random_weights, compile=req.compile,
+                      on_status=lambda stage, _f: _say(f"{stage}…"))
     except ModelError as exc:
         raise UsageError(str(exc)) from None
     _say(f"{source.name} ready in {loaded.load_seconds:.1f} s ({device}, {dtype_name(dtype)}); {source.layout.describe()}")
@@ -275,4 +277,46 @@ def plans_command(model: str, from_groups: Path, out: Path | None, overwrite: bo
         _say(f"no middle groups in {from_groups}: every stack has at most a first and a last group; nothing written")
         return 0
     _say(f"wrote {len(written)} plans to {folder}/")
+    return 0
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    model: str
+    sampling: plans.Sampling = plans.Sampling()
+    device: str = "auto"
+    dtype: str | None = None
+    random_weights: bool = False
+    compile: bool = False
+    json_path: Path | None = None
+
+
+def bench_command(req: BenchRequest) -> int:
+    """`dit-explore bench`: the plan costs that matter to a user, measured side by side (engine/bench.py)."""
+    import json
+
+    try:
+        source = resolve(req.model)
+        settings = resolve_settings(source, plans.check_sampling(req.sampling, "--"))
+        source.check_size(settings.width, settings.height)
+    except (plans.PlanError, ModelError) as exc:
+        raise UsageError(str(exc)) from None
+
+    from engine.bench import run_bench
+    from engine.generate import Generator
+    from engine.models import load, pick_device, pick_dtype
+
+    try:
+        device = pick_device(req.device)
+        dtype = pick_dtype(req.dtype, device)
+        loaded = load(source, device, dtype, random_weights=req.random_weights, on_status=lambda stage, _f: _say(f"{stage}…"))
+    except ModelError as exc:
+        raise UsageError(str(exc)) from None
+    report = run_bench(Generator(loaded), settings, compile=req.compile, say=lambda m: _say(f"bench: {m}…"))
+    report.header["load_s"] = round(loaded.load_seconds, 2)
+    print(report.table())
+    if req.json_path is not None:
+        req.json_path.parent.mkdir(parents=True, exist_ok=True)
+        req.json_path.write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
+        _say(f"wrote {req.json_path}")
     return 0

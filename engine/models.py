@@ -61,6 +61,15 @@ class Loaded:
         return self.pipe.transformer  # type: ignore[attr-defined]
 
 
+def compile_blocks(transformer: torch.nn.Module, layout: Layout) -> None:
+    """Regional compilation: each block compiled on its own (diffusers' compile_repeated_blocks only knows
+    Flux). Blocks of one class share a graph, and a plan only swaps the lists holding them, so a plan
+    change never recompiles. The first call pays the compilation."""
+    for stack in layout.stacks:
+        for block in getattr(transformer, stack.attr):
+            block.compile(fullgraph=True)
+
+
 def quiet_libraries() -> None:
     """Keep diffusers/transformers chatter (progress bars, hub and optional-dependency warnings) off the
     user's terminal; real errors still raise."""
@@ -196,6 +205,7 @@ def load(
     dtype: torch.dtype,
     *,
     random_weights: bool = False,
+    compile: bool = False,
     on_status: Callable[[str, float | None], None] = lambda _stage, _fraction: None,
 ) -> Loaded:
     """Load `source` onto `device`; raises ModelError with one actionable line when it cannot.
@@ -219,6 +229,9 @@ def load(
         on_status(f"moving {source.name} to {device}", 1.0)
         pipe.to(device)  # type: ignore[attr-defined]
     pipe.set_progress_bar_config(disable=True)  # type: ignore[attr-defined]
+    if compile:
+        on_status("compiling blocks (the first generation pays it)", 1.0)
+        compile_blocks(pipe.transformer, source.layout)  # type: ignore[attr-defined]
     random = random_weights and source.kind != "tiny"
     return Loaded(source, pipe, device, dtype, random, time.perf_counter() - start, revision(source, pipe, random))
 

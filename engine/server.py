@@ -298,7 +298,7 @@ class Engine:
             device = pick_device(self.args.device)
             dtype = pick_dtype(self.args.dtype, device)
             loaded = load(self.source, device, dtype, random_weights=self.args.random_weights,
-                          on_status=progress)
+                          compile=self.args.compile, on_status=progress)
         except ModelError as exc:
             self.send_error(str(exc), fatal=True)
             return False
@@ -472,6 +472,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default=None)
     p.add_argument("--random-weights", action="store_true")
+    p.add_argument("--compile", action="store_true")
     p.add_argument("--log", default=None, help="path of this process's stderr log, reported in error events")
     return p.parse_args(argv)
 

@@ -84,6 +84,7 @@ class ExplorerApp(App[int]):
         device: str = "auto",
         dtype: str | None = None,
         random_weights: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.source = source
@@ -97,7 +98,7 @@ class ExplorerApp(App[int]):
         self._theme_name = theme
         self._keymap = dict(keymap or {})
         self._engine_factory = engine_factory or (lambda: EngineClient(
-            source.name, device=device, dtype=dtype, random_weights=random_weights))
+            source.name, device=device, dtype=dtype, random_weights=random_weights, compile=compile))
         self.client: Engine | None = None
         self.records: dict[int, RunRecord] = {}
         self._pending_run: tuple[str, list[str], dict[str, Any], RunRecord] | None = None

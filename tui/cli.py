@@ -40,6 +40,8 @@ def _add_device(p: argparse.ArgumentParser) -> None:
                    help="default: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--random-weights", action="store_true",
                    help="build the real-size architecture with random weights (no download)")
+    p.add_argument("--compile", action="store_true",
+                   help="compile each block (regional torch.compile): faster steps, no recompiles on plan changes")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,10 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
                           help="an analyze output folder (or its similarity.json)")
     plan_cmd.add_argument("--out", metavar="DIR", type=Path, help="where to write (default saved_plans/MODEL)")
     plan_cmd.add_argument("--overwrite", action="store_true", help="write into a folder that already holds plans")
+    bench = sub.add_parser("bench", help="measure what plans cost, side by side, on this device",
+                           description="Measures, in one process on the same inputs: the identity plan's overhead, "
+                           "skip plans against their ideal (FLOP) ratio, parallel groups against their members, "
+                           "the similarity capture's cost, end-to-end image latency and achieved TFLOP/s against "
+                           "the device's matmul peak; with --compile also compile time and the first call after a "
+                           "plan change.")
+    bench.add_argument("--model", default=DEFAULT_MODEL, help=f"alias or tiny-* (default {DEFAULT_MODEL})")
+    _add_sampling(bench)
+    _add_device(bench)
+    bench.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     return parser
 
 
-SUBCOMMANDS = ("run", "models", "analyze", "plans")
+SUBCOMMANDS = ("run", "models", "analyze", "plans", "bench")
 
 
 def build_tui_parser() -> argparse.ArgumentParser:
@@ -147,7 +159,7 @@ def tui_main(argv: list[str]) -> int:
 
     app = ExplorerApp(source, plan=plan, graphics=graphics, plans_dir=args.plans_dir, runs_dir=args.runs_dir,
                       theme=theme, keymap=config.keymap, device=args.device, dtype=args.dtype,
-                      random_weights=args.random_weights)
+                      random_weights=args.random_weights, compile=args.compile)
     return app.run() or 0
 
 
@@ -189,6 +201,20 @@ def _dispatch(args: argparse.Namespace) -> int:
                 dtype=args.dtype,
                 random_weights=args.random_weights,
                 overwrite=args.overwrite,
+                compile=args.compile,
+            )
+        )
+    if args.command == "bench":
+        return headless.bench_command(
+            headless.BenchRequest(
+                model=args.model,
+                sampling=Sampling(seed=args.seed, steps=args.steps, width=args.width, height=args.height,
+                                  guidance=args.guidance),
+                device=args.device,
+                dtype=args.dtype,
+                random_weights=args.random_weights,
+                compile=args.compile,
+                json_path=args.json,
             )
         )
     if args.command == "analyze":

@@ -1,0 +1,89 @@
+"""`dit-explore bench` on the CPU with a tiny model (fast path), and on a GPU when there is one."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine import plan as plans
+from engine.bench import block_flops, capture_step_inputs, plan_flops, run_bench
+from engine.generate import Generator
+from engine.sampling import Settings
+from tui.cli import main
+
+SETTINGS = Settings(seed=0, steps=2, width=64, height=64, guidance=0.0, max_sequence_length=32)
+
+
+def test_flop_accounting_matches_the_plan(tiny_generator: Callable[[str], Generator]) -> None:
+    gen = tiny_generator("tiny-flux")
+    inputs = capture_step_inputs(gen, SETTINGS)
+    total, per_block = block_flops(gen.loaded, inputs)
+    assert set(per_block) == {("double", i) for i in range(4)} | {("single", i) for i in range(8)}
+    assert all(f > 0 for f in per_block.values()) and sum(per_block.values()) < total
+    identity = plans.Plan()
+    assert plan_flops(identity, gen.loaded, total, per_block) == pytest.approx(total)
+    skip = identity.with_order("single", plans.parse_order("0, 7"))
+    expected = total - sum(per_block[("single", i)] for i in range(1, 7))
+    assert plan_flops(skip, gen.loaded, total, per_block) == pytest.approx(expected)
+    looped = identity.with_order("single", plans.parse_order("0, [1-2]x3, 3-7"))
+    extra = 2 * (per_block[("single", 1)] + per_block[("single", 2)])  # three passes instead of one
+    assert plan_flops(looped, gen.loaded, total, per_block) == pytest.approx(total + extra)
+    # all single blocks have the same shape, so the same work
+    assert len({per_block[("single", i)] for i in range(8)}) == 1
+
+
+def test_bench_report_has_every_section(tiny_generator: Callable[[str], Generator]) -> None:
+    report = run_bench(tiny_generator("tiny-flux"), SETTINGS, repeats=2).to_json()
+    assert {"header", "overhead", "skip", "parallel", "similarity", "end_to_end", "throughput"} <= set(report)
+    assert report["header"]["model"] == "tiny-flux" and report["header"]["device"] == "cpu"
+    skips = report["skip"]
+    assert [s["plan"] for s in skips] == ["single: 0, 6-7", "single: 0, 7"]  # 5 and 6 (of 8) middle blocks
+    assert skips[0]["ideal_ratio"] > skips[1]["ideal_ratio"] > 0
+    assert all(s["step_ms"] > 0 and s["measured_ratio"] > 0 for s in skips)
+    assert [p["group"] for p in report["parallel"]] == ["single [2-3]x1", "single [2-5]x1", "single [2-5]x3"]
+    assert report["end_to_end"][0]["steps"] == 2 and report["end_to_end"][0]["total_s"] > 0
+    throughput = report["throughput"][0]
+    assert throughput["achieved_tflops"] > 0 and throughput["matmul_peak_tflops"] > 0
+
+
+def test_bench_command_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", "tiny-sd3", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["header"]["model"] == "tiny-sd3" and data["skip"][0]["plan"].startswith("double: ")
+    printed = capsys.readouterr().out
+    assert "overhead" in printed and "ideal_ratio" in printed
+
+
+@pytest.mark.gpu
+def test_bench_smoke_on_gpu_with_compile(tiny_generator: Callable[[str], Generator]) -> None:
+    """On a GPU: the bench path with regional compilation, and no recompilation after a plan change."""
+    import torch as _torch
+
+    from engine.models import load
+    from engine.resolve import resolve
+
+    loaded = load(resolve("tiny-flux"), _torch.device("cuda"), _torch.bfloat16)
+    report = run_bench(Generator(loaded), SETTINGS, compile=True, repeats=3).to_json()
+    assert report["compile_plan_change"][0]["graphs_compiled"] == 0
+    assert report["compile"][0]["compiled_step_ms"] > 0
+    assert report["similarity"][0]["extra_peak_gib"] >= 0
+
+
+@pytest.mark.gpu
+def test_identity_plan_is_bit_identical_on_gpu() -> None:
+    import numpy as np
+
+    from engine.models import load
+    from engine.resolve import resolve
+
+    loaded = load(resolve("tiny-flux"), torch.device("cuda"), torch.bfloat16)
+    gen = Generator(loaded)
+    ours = gen.generate("a red cube", SETTINGS, plans.Plan()).image
+    plain = loaded.pipe(prompt="a red cube", num_inference_steps=2, width=64, height=64, guidance_scale=0.0,
+                        generator=torch.Generator("cpu").manual_seed(0), max_sequence_length=32).images[0]
+    assert np.array_equal(np.asarray(ours), np.asarray(plain))
