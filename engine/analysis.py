@@ -8,7 +8,7 @@ c_ij(p, t) = mean over image tokens n of cos(H_i[n], H_j[n]), and S_ij = mean ov
 
 Cost. Each block's output is normalized per token and written into one preallocated buffer for the
 current step (blocks x tokens x width, in the model's dtype); at the end of the step the Gram matrix of
-that buffer is added, in float32 and in token chunks, to a running sum on the device. Nothing per block
+that buffer, accumulated in float32 (one GEMM on CUDA), is added to a running sum on the device. Nothing per block
 goes to the CPU, and nothing is kept across steps. Outputs are taken inside a wrapper module that the
 executor puts in each block's place (no hooks, so compiled blocks stay compiled); the model's own block
 lists are back when the analysis ends, however it ends.
@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from engine.executor import Check
@@ -80,7 +79,10 @@ class SimilarityAccumulator:
         states = self.image_states(out)
         if self.buffer is None:
             self.buffer = torch.empty((len(self.order), *states.shape), dtype=self.dtype, device=self.device)
-        self.buffer[position].copy_(F.normalize(states.float(), dim=-1))
+        # Per-token unit vectors, written straight into the buffer: the norms are accumulated in float32,
+        # and no float32 copy of the block output is made (two light passes instead of four).
+        norms = torch.linalg.vector_norm(states, dim=-1, keepdim=True, dtype=torch.float32).clamp_min_(1e-12)
+        torch.div(states, norms.to(states.dtype), out=self.buffer[position])
         self.seen[position] = True
 
     def end_step(self) -> None:
@@ -89,11 +91,17 @@ class SimilarityAccumulator:
             missing = [self.order[i] for i in range(len(self.order)) if not self.seen[i]]
             raise RuntimeError(f"analysis: blocks did not run this step: {missing[:5]}")
         blocks, tokens, width = self.buffer.shape
-        chunk = max(1, CHUNK_BYTES // (blocks * width * 4))
-        step = torch.zeros_like(self.total)
-        for start in range(0, tokens, chunk):
-            part = self.buffer[:, start : start + chunk].reshape(blocks, -1).float()
-            step += part @ part.T
+        flat = self.buffer.reshape(blocks, -1)
+        if flat.dtype == torch.float32:
+            step = flat @ flat.T
+        elif flat.is_cuda:  # one GEMM over the half-precision buffer, accumulated and returned in float32
+            step = torch.mm(flat, flat.T, out_dtype=torch.float32)
+        else:  # elsewhere: float32 copies of a chunk of tokens at a time
+            chunk = max(1, CHUNK_BYTES // (blocks * width * 4))
+            step = torch.zeros_like(self.total)
+            for start in range(0, tokens, chunk):
+                part = self.buffer[:, start : start + chunk].reshape(blocks, -1).float()
+                step += part @ part.T
         self.total += step / tokens
         self.count += 1
         self.seen[:] = False

@@ -274,3 +274,13 @@ def test_nested_application_is_refused(load_tiny: Callable[[str], Loaded]) -> No
             with applied(loaded.transformer, loaded.layout, Plan()):
                 pass
     assert type(loaded.transformer.single_transformer_blocks) is nn.ModuleList
+
+
+def test_fused_average_equals_the_running_average() -> None:
+    """The compiled averaging used with compiled blocks gives the running float32 average's result."""
+    from engine.executor import _fused_mean
+
+    gen = torch.Generator().manual_seed(0)
+    parts = [torch.randn(2, 5, 7, generator=gen).to(torch.bfloat16) for _ in range(3)]
+    expected = (sum(p.float() for p in parts) / 3).to(torch.bfloat16)
+    assert torch.equal(_fused_mean(3)(parts), expected)
