@@ -21,7 +21,7 @@ from engine import plan as plans
 from engine.analysis import SimilarityAccumulator, image_token_count
 from engine.executor import applied
 from engine.generate import Generator
-from engine.models import Loaded, compile_blocks
+from engine.models import Loaded, compile_blocks, is_compile_failure
 from engine.sampling import Settings
 
 Variant = Callable[[], AbstractContextManager[Any]]
@@ -82,28 +82,42 @@ class Timer:
         return (time.perf_counter() - begin) * 1000 / calls
 
 
-def capture_step_inputs(gen: Generator, settings: Settings) -> dict[str, Any]:
-    """The keyword arguments of the transformer's first call in a real generation (one step)."""
-    captured: dict[str, Any] = {}
+@dataclass
+class StepInputs:
+    """The arguments of one transformer call (AuraFlow's pipeline passes the latents positionally)."""
 
-    def hook(_module: torch.nn.Module, _args: Any, kwargs: dict[str, Any]) -> None:
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+    def __call__(self, module: torch.nn.Module) -> Any:
+        return module(*self.args, **self.kwargs)
+
+
+def capture_step_inputs(gen: Generator, settings: Settings) -> StepInputs:
+    """The arguments of the transformer's first call in a real generation (one step)."""
+    captured: list[StepInputs] = []
+
+    def copy(value: Any) -> Any:
+        return value.clone() if torch.is_tensor(value) else value
+
+    def hook(_module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if not captured:
-            captured.update({k: v.clone() if torch.is_tensor(v) else v for k, v in kwargs.items()})
+            captured.append(StepInputs(tuple(copy(a) for a in args), {k: copy(v) for k, v in kwargs.items()}))
 
     handle = gen.loaded.transformer.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         gen.generate("a lighthouse at dusk", Settings(**{**settings.__dict__, "steps": 1}), plans.Plan(), decode=False)
     finally:
         handle.remove()
-    return captured
+    return captured[0]
 
 
-def block_flops(loaded: Loaded, inputs: dict[str, Any]) -> tuple[float, dict[tuple[str, int], float]]:
+def block_flops(loaded: Loaded, inputs: StepInputs) -> tuple[float, dict[tuple[str, int], float]]:
     """FLOPs of one transformer call, and of each block in it."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        loaded.transformer(**inputs)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        inputs(loaded.transformer)
     counts = counter.get_flop_counts()
     total = float(sum(counts["Global"].values()))
     prefix = type(loaded.transformer).__name__
@@ -163,8 +177,16 @@ def run_bench(gen: Generator, settings: Settings, *, compile: bool = False, repe
     inputs = capture_step_inputs(gen, settings)
 
     def step() -> None:
-        with torch.inference_mode():
-            transformer(**inputs)
+        """One transformer call, under no_grad like the pipelines' own calls. If compilation fails on a
+        call (a graph not traced before), the blocks fall back to eager and the report says so."""
+        with torch.no_grad():
+            try:
+                inputs(transformer)
+            except Exception as exc:
+                if not (loaded.compiled and is_compile_failure(exc)):
+                    raise
+                report.add("compile_fallback", error=loaded.fall_back_to_eager(exc), then="eager")
+                inputs(transformer)
 
     def plan_variant(plan: plans.Plan) -> Variant:
         return lambda: applied(transformer, layout, plan)
@@ -181,21 +203,27 @@ def run_bench(gen: Generator, settings: Settings, *, compile: bool = False, repe
                     samples[name].append(timer.ms(step, inner))
         return {name: statistics.median(values) for name, values in samples.items()}
 
-    say("counting FLOPs per block")
-    total_flops, per_block = block_flops(loaded, inputs)
-
     if compile:
         say("compiling every block (regional compilation)")
-        eager = measure({"eager": nullcontext})["eager"]
+        # The eager time is taken after compiling, with compilation switched off (set_stance).
         compile_blocks(transformer, layout)
+        loaded.compiled = True
         timer.sync()
         begin = time.perf_counter()
         step()
-        timer.sync()
-        first = time.perf_counter() - begin
-        compiled = measure({"compiled": nullcontext})["compiled"]
-        report.add("compile", eager_step_ms=eager, compile_and_first_call_s=first, compiled_step_ms=compiled,
-                   speedup=eager / compiled)
+        compile = loaded.compiled  # False if the first call had to fall back
+        if compile:
+            timer.sync()
+            first = time.perf_counter() - begin
+            compiled = measure({"compiled": nullcontext})["compiled"]
+            with torch.compiler.set_stance("force_eager"):
+                eager = measure({"eager": nullcontext})["eager"]
+            report.add("compile", eager_step_ms=eager, compile_and_first_call_s=first, compiled_step_ms=compiled,
+                       speedup=eager / compiled)
+
+    say("counting FLOPs per block")
+    with torch.compiler.set_stance("force_eager"):
+        total_flops, per_block = block_flops(loaded, inputs)
 
     say("identity plan vs unmodified transformer")
     base = measure({"unmodified": nullcontext, "identity plan": plan_variant(plans.Plan())})
@@ -286,7 +314,7 @@ def run_bench(gen: Generator, settings: Settings, *, compile: bool = False, repe
     return report
 
 
-def _similarity_cost(gen: Generator, settings: Settings, inputs: dict[str, Any], step: Callable[[], None],
+def _similarity_cost(gen: Generator, settings: Settings, inputs: StepInputs, step: Callable[[], None],
                      timer: Timer, repeats: int, inner: int) -> dict[str, Any]:
     """A step with the similarity capture (outputs kept, Gram matrix added at the step's end) vs a plain step,
     in time and in peak device memory."""

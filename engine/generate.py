@@ -9,6 +9,7 @@ pipeline's own code, so the identity plan reproduces plain diffusers bit for bit
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -19,10 +20,10 @@ import torch
 from PIL import Image
 
 from engine.executor import Check, Wrap, applied
-from engine.models import Loaded
+from engine.models import Loaded, is_compile_failure
 from engine.plan import Plan, dumps, format_order, format_steps
-from engine.sampling import Settings, block_runs
 from engine.runs import versions
+from engine.sampling import Settings, block_runs
 from engine.timing import Intervals, sync
 
 EMBEDDING_CACHE_SIZE = 32
@@ -92,8 +93,9 @@ def dtype_name(dtype: torch.dtype) -> str:
 class Generator:
     """Generates images from a loaded pipeline; keeps the text embeddings of recent prompts."""
 
-    def __init__(self, loaded: Loaded) -> None:
+    def __init__(self, loaded: Loaded, on_warning: Callable[[str], None] | None = None) -> None:
         self.loaded = loaded
+        self.on_warning = on_warning or (lambda message: logging.getLogger("dit-explore").warning(message))
         self._embeddings: OrderedDict[tuple[Any, ...], dict[str, torch.Tensor]] = OrderedDict()
 
     @property
@@ -140,8 +142,37 @@ class Generator:
         device = self.loaded.device
         start = time.perf_counter()
         embeds, encode_seconds, cached = self.embeddings(prompt, settings)
+        try:
+            latents, per_step = self._denoise(embeds, settings, plan, check, on_step, wrap)
+        except Exception as exc:
+            if not (self.loaded.compiled and is_compile_failure(exc)):
+                raise
+            reason = self.loaded.fall_back_to_eager(exc)
+            self.on_warning(f"compiling the blocks failed ({reason}); running them without compilation")
+            latents, per_step = self._denoise(embeds, settings, plan, check, on_step, wrap)
+        check()
+        decode_start = time.perf_counter()
+        image = self.decode(latents, settings) if decode else None
+        sync(device)
+        end = time.perf_counter()
+        return Generation(
+            prompt=prompt,
+            settings=settings,
+            image=image,
+            latents=latents,
+            text_encode=encode_seconds,
+            encode_cached=cached,
+            transformer_steps=[per_step.get(i, 0.0) for i in range(settings.steps)],
+            decode=end - decode_start,
+            total=end - start,
+            block_runs=block_runs(plan, self.loaded.source, settings.steps),
+        )
+
+    def _denoise(self, embeds: dict[str, torch.Tensor], settings: Settings, plan: Plan, check: Check,
+                 on_step: StepCallback | None, wrap: Wrap | None) -> tuple[torch.Tensor, dict[Any, float]]:
+        """The pipeline's denoising loop under `plan`: final latents, and transformer seconds per step."""
         transformer = self.loaded.transformer
-        intervals = Intervals(device)
+        intervals = Intervals(self.loaded.device)
         step = [0]
         hooks = [
             transformer.register_forward_pre_hook(lambda _m, _a: intervals.start(step[0])),
@@ -170,24 +201,7 @@ class Generator:
         finally:
             for hook in hooks:
                 hook.remove()
-        check()
-        decode_start = time.perf_counter()
-        image = self.decode(latents, settings) if decode else None
-        sync(device)
-        end = time.perf_counter()
-        per_step = intervals.seconds_by_key()
-        return Generation(
-            prompt=prompt,
-            settings=settings,
-            image=image,
-            latents=latents,
-            text_encode=encode_seconds,
-            encode_cached=cached,
-            transformer_steps=[per_step.get(i, 0.0) for i in range(settings.steps)],
-            decode=end - decode_start,
-            total=end - start,
-            block_runs=block_runs(plan, self.loaded.source, settings.steps),
-        )
+        return latents, intervals.seconds_by_key()
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor, settings: Settings) -> Image.Image:

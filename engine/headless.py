@@ -119,7 +119,7 @@ def _generate_all(req: RunRequest, source: ModelSource, plan: plans.Plan, prompt
         raise UsageError(str(exc)) from None
     _say(f"{source.name} ready in {loaded.load_seconds:.1f} s ({device}, {dtype_name(dtype)}); {source.layout.describe()}")
 
-    generator = Generator(loaded)
+    generator = Generator(loaded, on_warning=lambda message: _say(f"warning: {message}"))
     writer = RunWriter(req.out, req.overwrite)
     started = time.perf_counter()
     results = []

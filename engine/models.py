@@ -47,6 +47,15 @@ class Loaded:
     random_weights: bool
     load_seconds: float
     revision: str = ""  # what identifies these weights (hub snapshot, tiny build, ...): part of cache keys
+    compiled: bool = False  # blocks are compiled (regional torch.compile)
+    compile_error: str | None = None  # why compilation was given up, if it was
+
+    def fall_back_to_eager(self, exc: BaseException) -> str:
+        """Compilation failed on a first call: run the blocks eagerly from now on; returns one line."""
+        uncompile_blocks(self.transformer, self.layout)
+        self.compiled = False
+        self.compile_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        return self.compile_error
 
     @property
     def layout(self) -> Layout:
@@ -68,6 +77,17 @@ def compile_blocks(transformer: torch.nn.Module, layout: Layout) -> None:
     for stack in layout.stacks:
         for block in getattr(transformer, stack.attr):
             block.compile(fullgraph=True)
+
+
+def uncompile_blocks(transformer: torch.nn.Module, layout: Layout) -> None:
+    for stack in layout.stacks:
+        for block in getattr(transformer, stack.attr):
+            block._compiled_call_impl = None
+
+
+def is_compile_failure(exc: BaseException) -> bool:
+    """An error raised by torch.compile itself (tracing or code generation), not by the model."""
+    return type(exc).__module__.startswith(("torch._dynamo", "torch._inductor"))
 
 
 def quiet_libraries() -> None:
@@ -233,7 +253,8 @@ def load(
         on_status("compiling blocks (the first generation pays it)", 1.0)
         compile_blocks(pipe.transformer, source.layout)  # type: ignore[attr-defined]
     random = random_weights and source.kind != "tiny"
-    return Loaded(source, pipe, device, dtype, random, time.perf_counter() - start, revision(source, pipe, random))
+    return Loaded(source, pipe, device, dtype, random, time.perf_counter() - start, revision(source, pipe, random),
+                  compiled=compile)
 
 
 def revision(source: ModelSource, pipe: object, random_weights: bool) -> str:

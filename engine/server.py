@@ -306,7 +306,7 @@ class Engine:
             log.exception("loading failed")
             self.send_error(f"loading {self.source.name} failed: {type(exc).__name__}: {exc}", fatal=True)
             return False
-        self.generator = Generator(loaded)
+        self.generator = Generator(loaded, on_warning=lambda message: self.send_error(message))
         self._originals = {s.attr: getattr(loaded.transformer, s.attr) for s in self.source.layout.stacks}
         self.send("ready", device=str(device), dtype=dtype_name(dtype), load_seconds=loaded.load_seconds,
                   random_weights=loaded.random_weights)

@@ -50,11 +50,12 @@ def test_bench_report_has_every_section(tiny_generator: Callable[[str], Generato
     assert throughput["achieved_tflops"] > 0 and throughput["matmul_peak_tflops"] > 0
 
 
-def test_bench_command_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(("model", "stack"), [("tiny-sd3", "double"), ("tiny-auraflow", "single")])
+def test_bench_command_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str, stack: str) -> None:
     out = tmp_path / "bench.json"
-    assert main(["bench", "--model", "tiny-sd3", "--json", str(out)]) == 0
+    assert main(["bench", "--model", model, "--json", str(out)]) == 0
     data = json.loads(out.read_text())
-    assert data["header"]["model"] == "tiny-sd3" and data["skip"][0]["plan"].startswith("double: ")
+    assert data["header"]["model"] == model and data["skip"][0]["plan"].startswith(f"{stack}: ")
     printed = capsys.readouterr().out
     assert "overhead" in printed and "ideal_ratio" in printed
 

@@ -168,3 +168,41 @@ def test_model_index_family_detection(tmp_path: Path) -> None:
     index = json.loads((folder / "model_index.json").read_text())
     assert index["_class_name"] == "AuraFlowPipeline"
     assert resolve(str(folder)).family == "auraflow"
+
+
+def test_a_compile_failure_falls_back_to_eager_with_a_warning(load_tiny: Callable[[str], Loaded]) -> None:
+    """If torch.compile cannot trace a block on the first call, the run goes on eagerly and says so."""
+    import torch._dynamo.exc
+
+    from engine.models import load
+
+    loaded = load(resolve("tiny-flux"), torch.device("cpu"), torch.float32)
+    settings = Settings(seed=0, steps=2, width=64, height=64, guidance=0.0, max_sequence_length=32)
+    reference = Generator(load_tiny("tiny-flux")).generate("a", settings, Plan()).image
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise torch._dynamo.exc.Unsupported("Observed exception (simulated)")
+
+    block = loaded.transformer.single_transformer_blocks[3]
+    block._compiled_call_impl = refuse  # what Module.compile() installs, failing like Dynamo does
+    loaded.compiled = True
+    warnings: list[str] = []
+    result = Generator(loaded, on_warning=warnings.append).generate("a", settings, Plan())
+    assert len(warnings) == 1 and "compiling the blocks failed (Unsupported: Observed exception" in warnings[0]
+    assert loaded.compiled is False and loaded.compile_error is not None
+    assert block._compiled_call_impl is None
+    assert np.array_equal(np.asarray(result.image), np.asarray(reference))
+
+
+def test_a_model_error_is_not_mistaken_for_a_compile_failure(load_tiny: Callable[[str], Loaded]) -> None:
+    from engine.models import load
+
+    loaded = load(resolve("tiny-flux"), torch.device("cpu"), torch.float32)
+    loaded.compiled = True
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("a real bug")
+
+    loaded.transformer.single_transformer_blocks[0]._compiled_call_impl = broken
+    with pytest.raises(RuntimeError, match="a real bug"):
+        Generator(loaded).generate("a", Settings(0, 1, 64, 64, 0.0, 32), Plan())
