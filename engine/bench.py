@@ -189,6 +189,7 @@ def run_bench(gen: Generator, settings: Settings, *, compile: bool = False, repe
                 inputs(transformer)
 
     def plan_variant(plan: plans.Plan) -> Variant:
+        plans.validate(plan, layout)  # e.g. SD3's last block may only end the stack
         return lambda: applied(transformer, layout, plan)
 
     def measure(variants: dict[str, Variant]) -> dict[str, float]:
@@ -287,7 +288,8 @@ def run_bench(gen: Generator, settings: Settings, *, compile: bool = False, repe
     if compile:
         say("plan change after compilation")
         graphs = _graphs_compiled()
-        fresh = plans.Plan().with_order(stack.name, plans.parse_order(f"0, {n - 1}*2, 1-{n - 1}"))
+        fresh = plans.Plan().with_order(stack.name, plans.parse_order(f"0, 2*2, 1, 3-{n - 1}"))
+        plans.validate(fresh, layout)
         with applied(transformer, layout, fresh):
             timer.sync()
             begin = time.perf_counter()
@@ -301,6 +303,7 @@ def run_bench(gen: Generator, settings: Settings, *, compile: bool = False, repe
         # A parallel group of a size not seen before compiles its (small) averaging kernel once.
         graphs = _graphs_compiled()
         grouped = plans.Plan().with_order(stack.name, plans.parse_order(f"0, [1-3], 4-{n - 1}"))
+        plans.validate(grouped, layout)
         with applied(transformer, layout, grouped):
             timer.sync()
             begin = time.perf_counter()
