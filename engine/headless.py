@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine import plan as plans
 from engine.catalog import MODELS
@@ -65,6 +66,29 @@ def load_plan_for(source: ModelSource, plan_path: str | None) -> plans.Plan:
 
 
 @dataclass(frozen=True)
+class ModelOptions:
+    """How to load the model: --device, --dtype, --random-weights, --compile."""
+
+    device: str = "auto"
+    dtype: str | None = None
+    random_weights: bool = False
+    compile: bool = False
+
+
+def _load(source: ModelSource, options: ModelOptions) -> Any:
+    """The loaded model (engine.models.Loaded), or one line of why not."""
+    from engine.models import load, pick_device, pick_dtype
+
+    try:
+        device = pick_device(options.device)
+        dtype = pick_dtype(options.dtype, device)
+        return load(source, device, dtype, random_weights=options.random_weights, compile=options.compile,
+                    on_status=lambda stage, _f: _say(f"{stage}…"))
+    except ModelError as exc:
+        raise UsageError(str(exc)) from None
+
+
+@dataclass(frozen=True)
 class RunRequest:
     model: str
     out: Path
@@ -72,11 +96,8 @@ class RunRequest:
     prompts: tuple[str, ...] = ()
     prompts_file: str | None = None
     sampling: plans.Sampling = plans.Sampling()
-    device: str = "auto"
-    dtype: str | None = None
-    random_weights: bool = False
+    options: ModelOptions = ModelOptions()
     overwrite: bool = False
-    compile: bool = False
 
 
 def run_command(req: RunRequest) -> int:
@@ -107,17 +128,11 @@ def run_command(req: RunRequest) -> int:
 
 def _generate_all(req: RunRequest, source: ModelSource, plan: plans.Plan, prompts: list[str], settings: Settings) -> int:
     from engine.generate import Generator, dtype_name, run_record
-    from engine.models import load, pick_device, pick_dtype
     from engine.runs import RunWriter, image_plan
 
-    try:
-        device = pick_device(req.device)
-        dtype = pick_dtype(req.dtype, device)
-        loaded = load(source, device, dtype, random_weights=req.random_weights, compile=req.compile,
-                      on_status=lambda stage, _f: _say(f"{stage}…"))
-    except ModelError as exc:
-        raise UsageError(str(exc)) from None
-    _say(f"{source.name} ready in {loaded.load_seconds:.1f} s ({device}, {dtype_name(dtype)}); {source.layout.describe()}")
+    loaded = _load(source, req.options)
+    _say(f"{source.name} ready in {loaded.load_seconds:.1f} s ({loaded.device}, {dtype_name(loaded.dtype)}); "
+         f"{source.layout.describe()}")
 
     generator = Generator(loaded, on_warning=lambda message: _say(f"warning: {message}"))
     writer = RunWriter(req.out, req.overwrite)
@@ -167,9 +182,7 @@ class AnalyzeRequest:
     prompts: tuple[str, ...] = ()
     prompts_file: str | None = None
     sampling: plans.Sampling = plans.Sampling()
-    device: str = "auto"
-    dtype: str | None = None
-    random_weights: bool = False
+    options: ModelOptions = ModelOptions()
     groups: int | None = None
     use_cache: bool = True
     overwrite: bool = False
@@ -197,17 +210,11 @@ def analyze_command(req: AnalyzeRequest) -> int:
     from engine.analysis import analyze
     from engine.generate import Generator, dtype_name
     from engine.heatmap import save_heatmaps
-    from engine.models import load, pick_device, pick_dtype
     from engine.runs import StagedDirectory
 
-    try:
-        device = pick_device(req.device)
-        dtype = pick_dtype(req.dtype, device)
-        loaded = load(source, device, dtype, random_weights=req.random_weights, on_status=lambda stage, _f: _say(f"{stage}…"))
-    except ModelError as exc:
-        raise UsageError(str(exc)) from None
+    loaded = _load(source, req.options)
     key = cache_key(model=source.name, revision=loaded.revision, prompts=prompts, steps=settings.steps,
-                    width=settings.width, height=settings.height, seed=settings.seed, dtype=dtype_name(dtype),
+                    width=settings.width, height=settings.height, seed=settings.seed, dtype=dtype_name(loaded.dtype),
                     guidance=settings.guidance)
     started = time.perf_counter()
     result = load_cached(cache_dir(), key) if req.use_cache else None
@@ -284,10 +291,7 @@ def plans_command(model: str, from_groups: Path, out: Path | None, overwrite: bo
 class BenchRequest:
     model: str
     sampling: plans.Sampling = plans.Sampling()
-    device: str = "auto"
-    dtype: str | None = None
-    random_weights: bool = False
-    compile: bool = False
+    options: ModelOptions = ModelOptions()
     json_path: Path | None = None
 
 
@@ -304,15 +308,10 @@ def bench_command(req: BenchRequest) -> int:
 
     from engine.bench import run_bench
     from engine.generate import Generator
-    from engine.models import load, pick_device, pick_dtype
 
-    try:
-        device = pick_device(req.device)
-        dtype = pick_dtype(req.dtype, device)
-        loaded = load(source, device, dtype, random_weights=req.random_weights, on_status=lambda stage, _f: _say(f"{stage}…"))
-    except ModelError as exc:
-        raise UsageError(str(exc)) from None
-    report = run_bench(Generator(loaded), settings, compile=req.compile, say=lambda m: _say(f"bench: {m}…"))
+    # Bench compiles the blocks itself, to time the compilation.
+    loaded = _load(source, ModelOptions(req.options.device, req.options.dtype, req.options.random_weights))
+    report = run_bench(Generator(loaded), settings, compile=req.options.compile, say=lambda m: _say(f"bench: {m}…"))
     report.header["load_s"] = round(loaded.load_seconds, 2)
     print(report.table())
     if req.json_path is not None:

@@ -187,55 +187,22 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "models":
         return headless.models_command()
-    if args.command == "run":
-        return headless.run_command(
-            headless.RunRequest(
-                model=args.model,
-                out=args.out,
-                plan=args.plan,
-                prompts=tuple(args.prompt or ()),
-                prompts_file=args.prompts,
-                sampling=Sampling(seed=args.seed, steps=args.steps, width=args.width, height=args.height,
-                                  guidance=args.guidance),
-                device=args.device,
-                dtype=args.dtype,
-                random_weights=args.random_weights,
-                overwrite=args.overwrite,
-                compile=args.compile,
-            )
-        )
-    if args.command == "bench":
-        return headless.bench_command(
-            headless.BenchRequest(
-                model=args.model,
-                sampling=Sampling(seed=args.seed, steps=args.steps, width=args.width, height=args.height,
-                                  guidance=args.guidance),
-                device=args.device,
-                dtype=args.dtype,
-                random_weights=args.random_weights,
-                compile=args.compile,
-                json_path=args.json,
-            )
-        )
-    if args.command == "analyze":
-        return headless.analyze_command(
-            headless.AnalyzeRequest(
-                model=args.model,
-                out=args.out,
-                prompts=tuple(args.prompt or ()),
-                prompts_file=args.prompts,
-                sampling=Sampling(seed=args.seed, steps=args.steps, width=args.width, height=args.height,
-                                  guidance=args.guidance),
-                device=args.device,
-                dtype=args.dtype,
-                random_weights=args.random_weights,
-                groups=args.groups,
-                use_cache=not args.no_cache,
-                overwrite=args.overwrite,
-            )
-        )
     if args.command == "plans":
         return headless.plans_command(args.model, args.from_groups, args.out, args.overwrite)
+    sampling = Sampling(seed=args.seed, steps=args.steps, width=args.width, height=args.height, guidance=args.guidance)
+    options = headless.ModelOptions(args.device, args.dtype, args.random_weights, args.compile)
+    if args.command == "run":
+        return headless.run_command(headless.RunRequest(
+            model=args.model, out=args.out, plan=args.plan, prompts=tuple(args.prompt or ()),
+            prompts_file=args.prompts, sampling=sampling, options=options, overwrite=args.overwrite))
+    if args.command == "analyze":
+        return headless.analyze_command(headless.AnalyzeRequest(
+            model=args.model, out=args.out, prompts=tuple(args.prompt or ()), prompts_file=args.prompts,
+            sampling=sampling, options=options, groups=args.groups, use_cache=not args.no_cache,
+            overwrite=args.overwrite))
+    if args.command == "bench":
+        return headless.bench_command(headless.BenchRequest(
+            model=args.model, sampling=sampling, options=options, json_path=args.json))
     raise AssertionError(args.command)
 
 
