@@ -14,6 +14,7 @@ from typing import Any
 from engine.layout import Layout, layout_from_config
 
 DEFAULT_MODEL = "tiny-flux"
+DEFAULT_PROMPT = "a lighthouse on a rocky coast at dusk, waves breaking, warm light in the window"
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from engine import plan as plans
-from engine.catalog import MODELS
+from engine.catalog import DEFAULT_PROMPT, MODELS
 from engine.resolve import ModelError, ModelSource, resolve
 from engine.sampling import Settings, resolve_settings
 
-DEFAULT_PROMPT = "a lighthouse on a rocky coast at dusk, waves breaking, warm light in the window"
-EXIT_USAGE = 2
 
 
 class UsageError(Exception):

@@ -142,7 +142,3 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def _write_json(path: Path, record: Mapping[str, Any]) -> None:
     write_atomic(path, (json.dumps(record, indent=2) + "\n").encode())
-
-
-def read_run(path: Path) -> dict[str, Any]:
-    return json.loads((path / RUN_JSON).read_text(encoding="utf-8"))

@@ -24,7 +24,8 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input
 
 from engine import plan as plans
-from engine.client import BUSY, CRASHED, LOADING, READY, STOPPED, UNRESPONSIVE, EngineClient, EngineError
+from engine.client import BUSY, CRASHED, READY, STOPPED, UNRESPONSIVE, EngineClient, EngineError
+from engine.catalog import DEFAULT_PROMPT
 from engine.protocol import Event
 from engine.resolve import ModelSource
 from tui import editing
@@ -40,7 +41,6 @@ from tui.widgets.sampling_form import SamplingForm
 from tui.widgets.status_panel import StatusPanel
 
 SAVED_PLANS = Path(__file__).resolve().parents[1] / "saved_plans"
-DEFAULT_PROMPT = "a lighthouse on a rocky coast at dusk, waves breaking, warm light in the window"
 
 
 class Engine(Protocol):
@@ -563,5 +563,3 @@ class ExplorerApp(App[int]):
         yield SystemCommand("file: Open plan…", "open a .plan.toml or a dit-explore PNG", self.action_open)
         yield SystemCommand("help: Keys", "every key and what the grid shows", self.action_help)
 
-
-__all__ = ["ExplorerApp", "LOADING"]

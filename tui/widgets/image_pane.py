@@ -16,9 +16,6 @@ from textual.widgets import Label, Static
 
 from tui.metrics import difference
 
-GRAPHICS = ("auto", "tgp", "sixel", "halfcell", "unicode")
-
-
 def image_widget_class(graphics: str) -> type[Widget]:
     """The textual-image widget for a protocol. `textual_image.widget` must have been imported before
     the app started (it probes the terminal once); the CLI does that."""
