@@ -216,27 +216,25 @@ class EngineClient:
         plan_source: str | None = None,
     ) -> int:
         """Submit a run; returns its job id. A run in flight is cancelled by the engine (latest wins)."""
-        self._latest_job += 1
-        job = self._latest_job
-        await self._send({"type": "run", "job": job, "plan": plan_text, "prompts": list(prompts),
-                          "sampling": dict(sampling or {}), "baseline": baseline, "previews": previews,
-                          "out_dir": str(out_dir) if out_dir else None, "plan_source": plan_source})
-        self._running_job = job
-        if self.state in (READY, BUSY):
-            self.state = BUSY
-        return job
+        return await self._submit({"type": "run", "plan": plan_text, "prompts": list(prompts),
+                                   "sampling": dict(sampling or {}), "baseline": baseline, "previews": previews,
+                                   "out_dir": str(out_dir) if out_dir else None, "plan_source": plan_source})
 
     async def analyze(self, prompts: list[str] | None = None, sampling: Mapping[str, Any] | None = None, *,
                       groups: int | None = None, use_cache: bool = True) -> int:
         """Submit a similarity analysis (default prompts when None); an `analysis` event carries the result.
         Like a run, it cancels the job in flight."""
-        self._latest_job += 1
-        job = self._latest_job
-        message: dict[str, Any] = {"type": "analyze", "job": job, "sampling": dict(sampling or {}),
-                                   "groups": groups, "use_cache": use_cache}
+        message: dict[str, Any] = {"type": "analyze", "sampling": dict(sampling or {}), "groups": groups,
+                                   "use_cache": use_cache}
         if prompts is not None:
             message["prompts"] = list(prompts)
-        await self._send(message)
+        return await self._submit(message)
+
+    async def _submit(self, message: dict[str, Any]) -> int:
+        """Send a job request under a new job id; from now on, events of older jobs are stale."""
+        self._latest_job += 1
+        job = self._latest_job
+        await self._send({**message, "job": job})
         self._running_job = job
         if self.state in (READY, BUSY):
             self.state = BUSY

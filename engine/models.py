@@ -263,7 +263,7 @@ def revision(source: ModelSource, pipe: object, random_weights: bool) -> str:
         return "random-weights-seed0"
     if source.kind == "tiny":
         return f"tiny-build-v{TINY_BUILD_VERSION}"
-    where = str(getattr(getattr(pipe, "config", {}), "get", lambda _k, d=None: d)("_name_or_path", "") or "")
+    where = str(pipe.config.get("_name_or_path") or "")  # type: ignore[attr-defined]
     parts = Path(where).parts
     if "snapshots" in parts and parts.index("snapshots") + 1 < len(parts):  # a hub cache snapshot folder
         return parts[parts.index("snapshots") + 1]

@@ -10,6 +10,7 @@ cleanly, so no orphan keeps holding GPU memory.
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import signal
@@ -444,8 +445,6 @@ class Engine:
         def step(done: int, total: int, latents: Any) -> None:
             binary = b""
             if job.previews and done < total:  # the final image follows; no preview needed for it
-                import io
-
                 image = preview_image(family, spatial_latents(pipe, family, latents, settings.width, settings.height))
                 buffer = io.BytesIO()
                 image.save(buffer, format="PNG", compress_level=1)
