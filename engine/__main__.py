@@ -1,9 +1,9 @@
-"""`python -m engine MODEL`: the engine process (see engine/server.py)."""
+"""`python -m dit_explore.engine MODEL`: the engine process (see engine/server.py)."""
 
 from __future__ import annotations
 
 import sys
 
-from engine.server import main
+from dit_explore.engine.server import main
 
 sys.exit(main())

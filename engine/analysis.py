@@ -2,8 +2,8 @@
 
 Definition. Run the full (identity) model. For each prompt p, denoising step t and block b, H_b is the
 block's output image-token hidden states for the conditional batch row (with classifier-free guidance
-the batch is [unconditional, conditional]: the last row); for AuraFlow's single blocks, whose output is
-text and image tokens together, the last N_image tokens. For blocks i, j:
+the batch is [unconditional, conditional]: the last row), taken as the stack's declared BlockIO says
+(for AuraFlow's single blocks, whose output is text and image tokens together, the last N_image tokens). For blocks i, j:
 c_ij(p, t) = mean over image tokens n of cos(H_i[n], H_j[n]), and S_ij = mean over all (p, t).
 
 Cost. Each block's output is normalized per token and written into one preallocated buffer for the
@@ -22,39 +22,55 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.executor import Check
-from engine.generate import Generator, dtype_name
-from engine.plan import Plan
-from engine.sampling import Settings
-from engine.similarity import SimilarityResult, StackResult, cache_key, group_blocks
+from dit_explore.engine.core.families import BlockIO, family
+from dit_explore.engine.core.layout import Layout
+from dit_explore.engine.core.plan import Plan
+from dit_explore.engine.core.resolve import cache_dir
+from dit_explore.engine.core.sampling import Settings
+from dit_explore.engine.core.similarity import (
+    SimilarityResult,
+    StackResult,
+    cache_key,
+    group_blocks,
+    load_cached,
+    store_cached,
+)
+from dit_explore.engine.executor import Check, StandIn
+from dit_explore.engine.generate import Generator, dtype_name
+from dit_explore.engine.models import Loaded
 
 CHUNK_BYTES = 256 << 20  # float32 working set of one Gram chunk
 
 Progress = Callable[[int, int, int, int], None]  # (prompt index, prompts, step done, steps)
 
 
-class CaptureBlock(nn.Module):
-    """Runs a block and hands its output to the accumulator."""
+class CaptureBlock(StandIn):
+    """Runs a block and hands its output's image tokens (as its stack's BlockIO declares them) to the
+    accumulator."""
 
-    def __init__(self, block: nn.Module, position: int, sink: SimilarityAccumulator) -> None:
+    def __init__(self, block: nn.Module, position: int, io: BlockIO, where: str, sink: SimilarityAccumulator) -> None:
         super().__init__()
         self.block = block
         self.position = position
+        self.io = io
+        self.where = where
         self.sink = sink
-        self.context_pre_only = bool(getattr(block, "context_pre_only", False))  # read by SD3's forward
+
+    def standing_for(self) -> nn.Module | None:
+        return self.block
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         out = self.block(*args, **kwargs)
-        self.sink.capture(self.position, out)
+        self.sink.capture(self.position, self.io.image_tokens(out, self.sink.image_tokens, self.where))
         return out
 
 
 class SimilarityAccumulator:
     """Running sum of per-step cosine matrices over a fixed block order."""
 
-    def __init__(self, order: Sequence[tuple[str, int]], image_tokens: int, device: torch.device,
-                 dtype: torch.dtype) -> None:
-        self.order = list(order)
+    def __init__(self, layout: Layout, image_tokens: int, device: torch.device, dtype: torch.dtype) -> None:
+        self.family = family(layout.family)
+        self.order = [(s.name, i) for s in layout.stacks for i in range(s.blocks)]
         self.position = {key: i for i, key in enumerate(self.order)}
         self.image_tokens = image_tokens
         self.device = device
@@ -65,18 +81,12 @@ class SimilarityAccumulator:
         self.count = 0
 
     def wrap(self, stack: str, index: int, block: nn.Module) -> nn.Module:
-        return CaptureBlock(block, self.position[(stack, index)], self)
+        return CaptureBlock(block, self.position[(stack, index)], self.family.stack(stack).io,
+                            f"{stack} block {index}", self)
 
-    def image_states(self, out: Any) -> torch.Tensor:
-        """The conditional row's image tokens of a block output."""
-        if isinstance(out, tuple):  # (encoder_hidden_states, hidden_states): the image stream
-            hidden = out[1]
-        else:  # AuraFlow single blocks: [text tokens, image tokens] in one sequence
-            hidden = out[:, -self.image_tokens :]
-        return hidden[-1]
-
-    def capture(self, position: int, out: Any) -> None:
-        states = self.image_states(out)
+    def capture(self, position: int, image: torch.Tensor) -> None:
+        """Record one block's image tokens, (batch, tokens, width): the conditional (last) row."""
+        states = image[-1]
         if self.buffer is None:
             self.buffer = torch.empty((len(self.order), *states.shape), dtype=self.dtype, device=self.device)
         # Per-token unit vectors, written straight into the buffer: the norms are accumulated in float32,
@@ -123,15 +133,14 @@ def analyze(
     settings: Settings,
     *,
     groups: int | None = None,
-    revision: str = "",
     check: Check = lambda: None,
     on_progress: Progress | None = None,
 ) -> SimilarityResult:
     """Measure S over `prompts` with `settings`, and group it (per stack and over all blocks)."""
     loaded = generator.loaded
     layout = loaded.layout
-    order = [(s.name, i) for s in layout.stacks for i in range(s.blocks)]
-    acc = SimilarityAccumulator(order, image_token_count(generator, settings), loaded.device, loaded.dtype)
+    acc = SimilarityAccumulator(layout, image_token_count(generator, settings), loaded.device, loaded.dtype)
+    order = acc.order
     for p, prompt in enumerate(prompts):
 
         def step_done(done: int, total: int, _latents: Any, p: int = p) -> None:
@@ -147,9 +156,6 @@ def analyze(
         sub = [row[start : start + s.blocks] for row in matrix[start : start + s.blocks]]
         stacks[s.name] = StackResult(s.blocks, sub, group_blocks(sub, min(groups, s.blocks) if groups else None))
         start += s.blocks
-    key = cache_key(model=loaded.source.name, revision=revision, prompts=prompts, steps=settings.steps,
-                    width=settings.width, height=settings.height, seed=settings.seed,
-                    dtype=dtype_name(loaded.dtype), guidance=settings.guidance)
     return SimilarityResult(
         model=loaded.source.name,
         stacks=stacks,
@@ -160,5 +166,26 @@ def analyze(
         steps=settings.steps,
         seed=settings.seed,
         settings=settings.to_json(),
-        key=key,
+        key=analysis_key(loaded, prompts, settings),
     )
+
+
+def analysis_key(loaded: Loaded, prompts: Sequence[str], settings: Settings) -> dict[str, Any]:
+    """What identifies an analysis of this model and these inputs: its on-disk cache key."""
+    return cache_key(model=loaded.source.name, revision=loaded.revision, prompts=prompts, steps=settings.steps,
+                     width=settings.width, height=settings.height, seed=settings.seed,
+                     dtype=dtype_name(loaded.dtype), guidance=settings.guidance)
+
+
+def cached_analysis(generator: Generator, prompts: Sequence[str], settings: Settings, *, groups: int | None = None,
+                    use_cache: bool = True, check: Check = lambda: None,
+                    on_progress: Progress | None = None) -> tuple[SimilarityResult, bool]:
+    """The analysis from the on-disk cache when this exact one was made before (regrouped as asked), else
+    measured and stored; and whether it came from the cache. The one cache flow of the CLI and engine."""
+    root = cache_dir()
+    result = load_cached(root, analysis_key(generator.loaded, prompts, settings)) if use_cache else None
+    if result is not None:
+        return result.regroup(groups), True
+    result = analyze(generator, prompts, settings, groups=groups, check=check, on_progress=on_progress)
+    store_cached(root, result)
+    return result, False

@@ -8,6 +8,7 @@ work the plan asks for".
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -17,12 +18,12 @@ from typing import Any
 
 import torch
 
-from engine import plan as plans
-from engine.analysis import SimilarityAccumulator, image_token_count
-from engine.executor import applied
-from engine.generate import Generator
-from engine.models import Loaded, compile_blocks, is_compile_failure
-from engine.sampling import Settings
+from dit_explore.engine.core import plan as plans
+from dit_explore.engine.analysis import SimilarityAccumulator, image_token_count
+from dit_explore.engine.executor import applied
+from dit_explore.engine.generate import Generator
+from dit_explore.engine.models import Loaded, compile_blocks, is_compile_failure
+from dit_explore.engine.core.sampling import Settings
 
 Variant = Callable[[], AbstractContextManager[Any]]
 
@@ -84,7 +85,7 @@ class Timer:
 
 @dataclass
 class StepInputs:
-    """The arguments of one transformer call (AuraFlow's pipeline passes the latents positionally)."""
+    """The arguments of one transformer call, positional and keyword, as the pipeline made it."""
 
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
@@ -106,7 +107,7 @@ def capture_step_inputs(gen: Generator, settings: Settings) -> StepInputs:
 
     handle = gen.loaded.transformer.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        gen.generate("a lighthouse at dusk", Settings(**{**settings.__dict__, "steps": 1}), plans.Plan(), decode=False)
+        gen.generate("a lighthouse at dusk", dataclasses.replace(settings, steps=1), plans.Plan(), decode=False)
     finally:
         handle.remove()
     return captured[0]
@@ -275,9 +276,9 @@ def run_bench(gen: Generator, settings: Settings, *, compile: bool = False, repe
     for i in range(3):
         result = gen.generate(f"bench prompt {i} {time.time()}", settings, plans.Plan())
         totals.append(result)
-    best = sorted(totals, key=lambda r: r.total)[len(totals) // 2]
+    best = sorted((r.timing for r in totals), key=lambda t: t.total)[len(totals) // 2]
     report.add("end_to_end", steps=settings.steps, total_s=best.total, text_encode_s=best.text_encode,
-               transformer_s=sum(best.transformer_steps), decode_s=best.decode)
+               transformer_s=best.transformer_total, decode_s=best.decode)
 
     say("matmul peak")
     peak = matmul_peak_tflops(device, loaded.dtype, timer)
@@ -311,8 +312,7 @@ def _similarity_cost(gen: Generator, settings: Settings, inputs: StepInputs, ste
     """A step with the similarity capture (outputs kept, Gram matrix added at the step's end) vs a plain step,
     in time and in peak device memory."""
     loaded = gen.loaded
-    order = [(s.name, i) for s in loaded.layout.stacks for i in range(s.blocks)]
-    acc = SimilarityAccumulator(order, image_token_count(gen, settings), loaded.device, loaded.dtype)
+    acc = SimilarityAccumulator(loaded.layout, image_token_count(gen, settings), loaded.device, loaded.dtype)
 
     @contextmanager
     def capturing() -> Iterator[None]:

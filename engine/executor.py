@@ -3,8 +3,13 @@
 Every strategy is an order over a stack's blocks, so the executor replaces each stack's `nn.ModuleList`
 with one built from the plan (the original block objects, reused; a `ParallelGroup` for parallel
 groups), lets the model's own `forward` loop run it, and restores the originals in a `finally`. The
-pipeline stays untouched, the same code serves Flux, SD3 and AuraFlow, and blocks compiled one by one
-stay compiled across plan changes.
+pipeline stays untouched, the same code serves every family (what a family's blocks take and return is
+declared in engine/core/families/, never guessed here), and blocks compiled one by one stay compiled
+across plan changes.
+
+The contract with diffusers: each family's forward iterates its block lists (`for block in
+self.transformer_blocks`) once per call and calls each block it gets. tests/engine/test_families.py
+checks that for every family, so a diffusers release that changes it fails loudly.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.layout import Layout
-from engine.plan import Group, Order, Plan
+from dit_explore.engine.core.families import BlockIO, StackSpec, family
+from dit_explore.engine.core.layout import Layout
+from dit_explore.engine.core.plan import Group, Order, Plan, format_unit, identity_order
 
 Check = Callable[[], None]  # raises (e.g. Cancelled) to stop between block executions
 
@@ -31,45 +37,72 @@ def _no_check() -> None:
     return None
 
 
-class ParallelGroup(nn.Module):
+class StandIn(nn.Module):
+    """A module the executor puts in a block's place. The model's forward loop may read attributes off
+    its blocks (SD3 reads `block.context_pre_only` when a ControlNet is attached); a stand-in answers
+    them from the block it stands in for (`standing_for`), so no family's attributes are hard-coded."""
+
+    def standing_for(self) -> nn.Module | None:
+        raise NotImplementedError
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            block = None if name.startswith("_") else self.standing_for()
+            if block is None:
+                raise
+            return getattr(block, name)
+
+
+class ParallelGroup(StandIn):
     """Members get the same input; each output stream is averaged over members; `loops` times over.
 
-    Blocks return either one tensor (AuraFlow single blocks) or `(encoder_hidden_states,
-    hidden_states)` (double-stream blocks and Flux single blocks); both streams are averaged and fed
-    back as the next loop's input. The average accumulates in float32 so it does not depend on the
-    member order.
+    What a block returns, and which of its arguments each output feeds in the next loop, is the stack's
+    declared BlockIO (engine/core/families/): a block that returns anything else raises
+    BlockLayoutError instead of being averaged wrongly. The average accumulates in float32 so it does
+    not depend on the member order.
     """
 
-    # SD3's forward reads `block.context_pre_only` when a ControlNet is attached; a group never holds
-    # SD3's context-pre-only block (plan validation forbids it), so it behaves like any full block.
-    context_pre_only = False
-
-    def __init__(self, members: list[nn.Module], loops: int, check: Check = _no_check) -> None:
+    def __init__(self, members: list[nn.Module], loops: int, io: BlockIO, where: str = "parallel group",
+                 check: Check = _no_check) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
         self.loops = loops
+        self.io = io
+        self.where = where
         self._check = check
+
+    def standing_for(self) -> nn.Module | None:
+        # A group never holds a block that differs from the others in what the loop reads off it (SD3's
+        # context-pre-only last block cannot be in a group), so the first member speaks for all.
+        return self.members[0] if len(self.members) else None
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         out: Any = None
         for loop in range(self.loops):
             if loop:
-                args, kwargs = _feed_back(args, kwargs, out)
+                args, kwargs = self.io.feed_back(args, kwargs, out, self.where)
             out = self._average(args, kwargs)
         return out
+
+    def _outputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[list[torch.Tensor]]:
+        """Each member's output streams in declared order, checked against the declared layout."""
+        for i, member in enumerate(self.members):
+            if i:
+                self._check()
+            streams = self.io.streams(member(*args, **kwargs), f"{self.where} member {i}")
+            yield [streams[name] for name in self.io.outputs]
+
+    def _pack(self, parts: list[torch.Tensor]) -> Any:
+        return parts[0] if len(self.io.outputs) == 1 else tuple(parts)
 
     def _average(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self.fused:
             return self._average_fused(args, kwargs)
         sums: list[torch.Tensor] | None = None
         dtypes: list[torch.dtype] = []
-        tuple_out = False
-        for i, member in enumerate(self.members):
-            if i:
-                self._check()
-            out = member(*args, **kwargs)
-            tuple_out = isinstance(out, tuple)
-            parts = list(out) if tuple_out else [out]
+        for parts in self._outputs(args, kwargs):
             if sums is None:
                 dtypes = [p.dtype for p in parts]
                 sums = [p.to(torch.float32, copy=True) for p in parts]
@@ -78,21 +111,15 @@ class ParallelGroup(nn.Module):
                     s.add_(p)
         assert sums is not None
         n = len(self.members)
-        means = [s.div_(n).to(dtype) for s, dtype in zip(sums, dtypes)]
-        return tuple(means) if tuple_out else means[0]
+        return self._pack([s.div_(n).to(dtype) for s, dtype in zip(sums, dtypes)])
 
     def _average_fused(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """With compiled blocks the elementwise averaging above costs a noticeable share of a group (each
         pass over the outputs is a kernel): keep every member's output, then average each stream in one
         compiled kernel (float32 inside, same result). It compiles once per group size."""
-        outs = []
-        for i, member in enumerate(self.members):
-            if i:
-                self._check()
-            outs.append(member(*args, **kwargs))
-        if isinstance(outs[0], tuple):
-            return tuple(_fused_mean(len(outs))([o[k] for o in outs]) for k in range(len(outs[0])))
-        return _fused_mean(len(outs))(outs)
+        outs = list(self._outputs(args, kwargs))
+        mean = _fused_mean(len(outs))
+        return self._pack([mean([o[k] for o in outs]) for k in range(len(self.io.outputs))])
 
     @property
     def fused(self) -> bool:
@@ -108,27 +135,6 @@ def _fused_mean(count: int) -> Callable[[list[torch.Tensor]], torch.Tensor]:
         return (total / count).to(tensors[0].dtype)
 
     return torch.compile(mean, fullgraph=True, dynamic=False)
-
-
-def _feed_back(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """The next loop's call: the averaged streams replace the stream inputs, everything else is kept."""
-    if isinstance(out, tuple):
-        encoder, hidden = out
-        streams = {"hidden_states": hidden, "encoder_hidden_states": encoder}
-        positions = ("hidden_states", "encoder_hidden_states")  # positional order of every block type
-    else:
-        streams = {"hidden_states": out}
-        positions = ("hidden_states",)
-    new_args = list(args)
-    kwargs = dict(kwargs)
-    for pos, name in enumerate(positions):
-        if name in kwargs:
-            kwargs[name] = streams[name]
-        elif pos < len(new_args):
-            new_args[pos] = streams[name]
-        else:
-            raise TypeError(f"parallel group cannot feed back {name}: the block was called without it")
-    return tuple(new_args), kwargs
 
 
 class PlanList(nn.ModuleList):
@@ -147,16 +153,17 @@ class PlanList(nn.ModuleList):
 Wrap = Callable[[str, int, nn.Module], nn.Module]  # (stack, block index, block) -> module run in its place
 
 
-def build_list(blocks: nn.ModuleList, order: Order, check: Check = _no_check, stack: str = "",
+def build_list(blocks: nn.ModuleList, order: Order, spec: StackSpec, check: Check = _no_check,
                wrap: Wrap | None = None) -> PlanList:
     """The ModuleList of one stack under `order`. `wrap`, if given, stands in for each plain block
     (the similarity analysis records outputs that way, without hooks on compiled blocks)."""
     modules: list[nn.Module] = []
     for unit in order:
         if isinstance(unit, Group):
-            modules.append(ParallelGroup([blocks[m] for m in unit.members], unit.loops, check))
+            where = f"{spec.name} group [{format_unit(unit)}]"
+            modules.append(ParallelGroup([blocks[m] for m in unit.members], unit.loops, spec.io, where, check))
         else:
-            modules.append(wrap(stack, unit, blocks[unit]) if wrap else blocks[unit])
+            modules.append(wrap(spec.name, unit, blocks[unit]) if wrap else blocks[unit])
     return PlanList(modules, check)
 
 
@@ -169,11 +176,12 @@ class AppliedPlan:
         self._transformer = transformer
         self._plan = plan
         orders = plan.resolved(layout)
-        self._plan_lists = {
-            s.attr: build_list(originals[s.attr], orders[s.name], check, s.name, wrap) for s in layout.stacks
-        }
+        declared = family(layout.family)
+        self._plan_lists = {s.attr: build_list(originals[s.attr], orders[s.name], declared.stack(s.name), check, wrap)
+                            for s in layout.stacks}
         self._full_lists = {
-            s.attr: build_list(originals[s.attr], tuple(range(s.blocks)), check, s.name, wrap) for s in layout.stacks
+            s.attr: build_list(originals[s.attr], identity_order(s.blocks), declared.stack(s.name), check, wrap)
+            for s in layout.stacks
         }
         self._active: bool | None = None
 

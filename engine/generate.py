@@ -13,18 +13,18 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from PIL import Image
 
-from engine.executor import Check, Wrap, applied
-from engine.models import Loaded, is_compile_failure
-from engine.plan import Plan, dumps, format_order, format_steps
-from engine.runs import versions
-from engine.sampling import Settings, block_runs
-from engine.timing import Intervals, sync
+from dit_explore.engine.executor import Check, Wrap, applied
+from dit_explore.engine.models import Loaded, is_compile_failure
+from dit_explore.engine.core.plan import Plan, dumps, format_order, format_steps
+from dit_explore.engine.core.runs import versions
+from dit_explore.engine.core.sampling import BlockRuns, Settings, Timing, block_runs
+from dit_explore.engine.timing import Intervals, sync
 
 EMBEDDING_CACHE_SIZE = 32
 
@@ -37,22 +37,8 @@ class Generation:
     settings: Settings
     image: Image.Image | None  # None when generated without decoding (analysis)
     latents: torch.Tensor  # final latents as the pipeline returned them (packed for Flux)
-    text_encode: float  # seconds; 0.0 when the embeddings came from the cache
-    encode_cached: bool
-    transformer_steps: list[float]  # seconds of transformer forward per denoising step
-    decode: float
-    total: float
-    block_runs: dict[str, Any] = field(default_factory=dict)
-
-    def timing_json(self) -> dict[str, Any]:
-        return {
-            "total": self.total,
-            "text_encode": self.text_encode,
-            "text_encode_cached": self.encode_cached,
-            "transformer_steps": self.transformer_steps,
-            "transformer_total": sum(self.transformer_steps),
-            "decode": self.decode,
-        }
+    timing: Timing
+    block_runs: BlockRuns
 
 
 StepCallback = Callable[[int, int, torch.Tensor], None]  # (steps done, total steps, latents)
@@ -103,7 +89,7 @@ class Generator:
         return self.loaded.pipe
 
     def _cfg(self, settings: Settings) -> bool:
-        return self.loaded.family != "flux" and settings.guidance > 1.0
+        return self.loaded.family.uses_cfg(settings.guidance)
 
     def embeddings(self, prompt: str, settings: Settings) -> tuple[dict[str, torch.Tensor], float, bool]:
         """Pipeline keyword arguments for `prompt`, the seconds spent encoding, and whether cached."""
@@ -117,7 +103,8 @@ class Generator:
             if self.loaded.random_weights:
                 embeds = _pseudo_embeddings(self.loaded, prompt, self._cfg(settings), settings.max_sequence_length)
             else:
-                embeds = _encode(self.pipe, self.loaded.family, prompt, self._cfg(settings), settings, self.loaded.device)
+                embeds = self.loaded.family.encode_prompt(self.pipe, prompt, self._cfg(settings),
+                                                          settings.max_sequence_length, self.loaded.device)
         sync(self.loaded.device)
         seconds = time.perf_counter() - start
         self._embeddings[key] = embeds
@@ -155,18 +142,11 @@ class Generator:
         image = self.decode(latents, settings) if decode else None
         sync(device)
         end = time.perf_counter()
-        return Generation(
-            prompt=prompt,
-            settings=settings,
-            image=image,
-            latents=latents,
-            text_encode=encode_seconds,
-            encode_cached=cached,
-            transformer_steps=[per_step.get(i, 0.0) for i in range(settings.steps)],
-            decode=end - decode_start,
-            total=end - start,
-            block_runs=block_runs(plan, self.loaded.source, settings.steps),
-        )
+        timing = Timing(total=end - start, text_encode=encode_seconds, text_encode_cached=cached,
+                        transformer_steps=tuple(per_step.get(i, 0.0) for i in range(settings.steps)),
+                        decode=end - decode_start)
+        return Generation(prompt=prompt, settings=settings, image=image, latents=latents, timing=timing,
+                          block_runs=block_runs(plan, self.loaded.layout, settings.steps))
 
     def _denoise(self, embeds: dict[str, torch.Tensor], settings: Settings, plan: Plan, check: Check,
                  on_step: StepCallback | None, wrap: Wrap | None) -> tuple[torch.Tensor, dict[Any, float]]:
@@ -207,70 +187,25 @@ class Generator:
     def decode(self, latents: torch.Tensor, settings: Settings) -> Image.Image:
         """The VAE decode each pipeline does after its loop (same arithmetic, so results match)."""
         pipe = self.pipe
-        vae = pipe.vae
         family = self.loaded.family
-        if family == "flux":
-            latents = pipe._unpack_latents(latents, settings.height, settings.width, pipe.vae_scale_factor)
-            latents = latents / vae.config.scaling_factor + vae.config.shift_factor
-        elif family == "sd3":
-            latents = latents / vae.config.scaling_factor + vae.config.shift_factor
-        else:
-            if vae.dtype == torch.float16 and vae.config.force_upcast:
-                pipe.upcast_vae()
-                vae = pipe.vae
-            latents = latents.to(vae.dtype) / vae.config.scaling_factor
-        image = vae.decode(latents, return_dict=False)[0]
+        if family.upcasts_vae and pipe.vae.dtype == torch.float16 and pipe.vae.config.force_upcast:
+            pipe.upcast_vae()
+        latents = family.latents_for_vae(pipe, latents, settings.width, settings.height)
+        image = pipe.vae.decode(latents, return_dict=False)[0]
         return pipe.image_processor.postprocess(image, output_type="pil")[0]
 
 
-def _encode(
-    pipe: Any, family: str, prompt: str, cfg: bool, settings: Settings, device: torch.device
-) -> dict[str, torch.Tensor]:
-    """The pipeline's own encode_prompt, returning the keyword arguments its __call__ takes."""
-    max_len = settings.max_sequence_length
-    kwargs: dict[str, Any] = {"device": device, **({"max_sequence_length": max_len} if max_len else {})}
-    if family == "flux":
-        embeds, pooled, _ids = pipe.encode_prompt(prompt=prompt, prompt_2=None, **kwargs)
-        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
-    if family == "sd3":
-        embeds, neg, pooled, neg_pooled = pipe.encode_prompt(
-            prompt=prompt, prompt_2=None, prompt_3=None, do_classifier_free_guidance=cfg, **kwargs
-        )
-        out = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
-        if cfg:
-            out.update(negative_prompt_embeds=neg, negative_pooled_prompt_embeds=neg_pooled)
-        return out
-    embeds, mask, neg, neg_mask = pipe.encode_prompt(prompt=prompt, do_classifier_free_guidance=cfg, **kwargs)
-    out = {"prompt_embeds": embeds, "prompt_attention_mask": mask}
-    if cfg:
-        out.update(negative_prompt_embeds=neg, negative_prompt_attention_mask=neg_mask)
-    return out
-
-
 def _pseudo_embeddings(loaded: Loaded, prompt: str, cfg: bool, max_len: int | None) -> dict[str, torch.Tensor]:
-    """Deterministic stand-ins of the text encoders' outputs, shaped as the real ones, for --random-weights
-    (no text encoder is loaded there; the transformer's cost does not depend on the values)."""
-    config = loaded.source.transformer_config
-    seq = max_len or 256
-    joint = int(config["joint_attention_dim"])
-    pooled_dim = int(config.get("pooled_projection_dim", 0))
+    """Deterministic stand-ins of the text encoders' outputs, shaped as the family declares, for
+    --random-weights (no text encoder is loaded there; the transformer's cost does not depend on the
+    values)."""
+    shapes = loaded.family.pseudo_embeddings(loaded.source.transformer_config, max_len or 256, cfg)
     seed = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "little")
     gen = torch.Generator("cpu").manual_seed(seed)
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=gen).to(loaded.device, loaded.dtype)
-
-    family = loaded.family
-    if family == "flux":
-        return {"prompt_embeds": rand(1, seq, joint), "pooled_prompt_embeds": rand(1, pooled_dim)}
-    if family == "sd3":
-        tokens = 77 + seq  # CLIP's 77 tokens, then T5's
-        out = {"prompt_embeds": rand(1, tokens, joint), "pooled_prompt_embeds": rand(1, pooled_dim)}
-        if cfg:
-            out.update(negative_prompt_embeds=rand(1, tokens, joint), negative_pooled_prompt_embeds=rand(1, pooled_dim))
-        return out
-    mask = torch.ones(1, seq, joint, device=loaded.device, dtype=torch.int64)
-    out = {"prompt_embeds": rand(1, seq, joint), "prompt_attention_mask": mask}
-    if cfg:
-        out.update(negative_prompt_embeds=rand(1, seq, joint), negative_prompt_attention_mask=mask)
+    out = {}
+    for name, spec in shapes.items():
+        if spec.mask:
+            out[name] = torch.ones(spec.shape, device=loaded.device, dtype=torch.int64)
+        else:
+            out[name] = torch.randn(spec.shape, generator=gen).to(loaded.device, loaded.dtype)
     return out

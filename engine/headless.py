@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine import plan as plans
-from engine.catalog import DEFAULT_PROMPT, MODELS
-from engine.resolve import ModelError, ModelSource, resolve
-from engine.sampling import Settings, resolve_settings
+from dit_explore.engine.core import plan as plans
+from dit_explore.engine.core.catalog import DEFAULT_PROMPT, MODELS
+from dit_explore.engine.core.resolve import ModelError, ModelSource, resolve
+from dit_explore.engine.core.sampling import Settings, check_prompts, resolve_settings
 
 
 
@@ -41,12 +41,12 @@ def read_prompts(prompts: list[str] | None, prompts_file: str | None, fallback: 
         if not from_file:
             raise UsageError(f"--prompts {path}: no prompts in it (one prompt per line)")
         out += from_file
-    for p in out:
-        if not p.strip():
-            raise UsageError("--prompt: a prompt must not be empty")
     if not out:
-        out = [fallback or DEFAULT_PROMPT]
-    return out
+        return [fallback or DEFAULT_PROMPT]
+    try:
+        return list(check_prompts(out, "--prompt"))
+    except plans.PlanError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def load_plan_for(source: ModelSource, plan_path: str | None) -> plans.Plan:
@@ -75,7 +75,7 @@ class ModelOptions:
 
 def _load(source: ModelSource, options: ModelOptions) -> Any:
     """The loaded model (engine.models.Loaded), or one line of why not."""
-    from engine.models import load, pick_device, pick_dtype
+    from dit_explore.engine.models import load, pick_device, pick_dtype
 
     try:
         device = pick_device(options.device)
@@ -99,7 +99,7 @@ class RunRequest:
 
 
 def run_command(req: RunRequest) -> int:
-    from engine.runs import check_destination
+    from dit_explore.engine.core.runs import check_destination
 
     try:
         source = resolve(req.model)
@@ -115,7 +115,7 @@ def run_command(req: RunRequest) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
-    settings = resolve_settings(source, plan.sampling, cli)
+    settings = resolve_settings(source.defaults, plan.sampling, cli)
     try:
         source.check_size(settings.width, settings.height)
         plans.validate_steps(plan, settings.steps, source=req.plan or "plan")
@@ -125,8 +125,9 @@ def run_command(req: RunRequest) -> int:
 
 
 def _generate_all(req: RunRequest, source: ModelSource, plan: plans.Plan, prompts: list[str], settings: Settings) -> int:
-    from engine.generate import Generator, dtype_name, run_record
-    from engine.runs import RunWriter, image_plan
+    from dit_explore.engine.core.protocol import to_json
+    from dit_explore.engine.core.runs import RunWriter, image_plan
+    from dit_explore.engine.generate import Generator, dtype_name, run_record
 
     loaded = _load(source, req.options)
     _say(f"{source.name} ready in {loaded.load_seconds:.1f} s ({loaded.device}, {dtype_name(loaded.dtype)}); "
@@ -141,16 +142,16 @@ def _generate_all(req: RunRequest, source: ModelSource, plan: plans.Plan, prompt
             result = generator.generate(prompt, settings, plan)
             writer.add_image(result.image, image_plan(plan, source.name, settings.for_prompt(prompt)))
             results.append(result)
-            _say(f"[{i + 1}/{len(prompts)}] {result.total:.2f} s  {prompt}")
+            _say(f"[{i + 1}/{len(prompts)}] {result.timing.total:.2f} s  {prompt}")
         record = run_record(loaded, plan, req.plan, prompts, settings)
         record["timing"] = {
             "total": time.perf_counter() - started,
             "load": loaded.load_seconds,
-            "text_encode": sum(r.text_encode for r in results),
-            "decode": sum(r.decode for r in results),
-            "per_image": [r.timing_json() for r in results],
+            "text_encode": sum(r.timing.text_encode for r in results),
+            "decode": sum(r.timing.decode for r in results),
+            "per_image": [to_json(r.timing) for r in results],
         }
-        record["block_runs"] = results[0].block_runs
+        record["block_runs"] = to_json(results[0].block_runs)
         out = writer.commit_run(record)
     except BaseException:
         writer.abort()
@@ -188,14 +189,13 @@ class AnalyzeRequest:
 
 def analyze_command(req: AnalyzeRequest) -> int:
     """`dit-explore analyze`: the block-similarity matrices and groups, as similarity.json and .png."""
-    from engine.resolve import cache_dir
-    from engine.runs import check_destination
-    from engine.similarity import DEFAULT_PROMPTS, SIMILARITY_JSON, SIMILARITY_PNG, cache_key, load_cached, store_cached
+    from dit_explore.engine.core.runs import check_destination
+    from dit_explore.engine.core.similarity import DEFAULT_PROMPTS, SIMILARITY_JSON, SIMILARITY_PNG, group_labels
 
     try:
         source = resolve(req.model)
         cli = plans.check_sampling(req.sampling, "--")
-        settings = resolve_settings(source, cli)
+        settings = resolve_settings(source.defaults, cli)
         source.check_size(settings.width, settings.height)
         check_destination(req.out, req.overwrite)
     except (plans.PlanError, ModelError, ValueError) as exc:
@@ -205,27 +205,21 @@ def analyze_command(req: AnalyzeRequest) -> int:
     prompts = read_prompts(list(req.prompts), req.prompts_file, None) if (req.prompts or req.prompts_file) \
         else list(DEFAULT_PROMPTS)
 
-    from engine.analysis import analyze
-    from engine.generate import Generator, dtype_name
-    from engine.heatmap import save_heatmaps
-    from engine.runs import StagedDirectory
+    from dit_explore.engine.analysis import cached_analysis
+    from dit_explore.engine.core.heatmap import save_heatmaps
+    from dit_explore.engine.core.runs import StagedDirectory
+    from dit_explore.engine.generate import Generator
 
     loaded = _load(source, req.options)
-    key = cache_key(model=source.name, revision=loaded.revision, prompts=prompts, steps=settings.steps,
-                    width=settings.width, height=settings.height, seed=settings.seed, dtype=dtype_name(loaded.dtype),
-                    guidance=settings.guidance)
     started = time.perf_counter()
-    result = load_cached(cache_dir(), key) if req.use_cache else None
-    if result is not None:
-        result = result.regroup(req.groups)
-        _say(f"{source.name}: this analysis was cached ({len(prompts)} prompts, {settings.steps} steps)")
-    else:
-        def progress(p: int, count: int, done: int, total: int) -> None:
-            _say(f"[{p + 1}/{count}] step {done}/{total}")
 
-        result = analyze(Generator(loaded), prompts, settings, groups=req.groups, revision=loaded.revision,
-                         on_progress=progress)
-        store_cached(cache_dir(), result)
+    def progress(p: int, count: int, done: int, total: int) -> None:
+        _say(f"[{p + 1}/{count}] step {done}/{total}")
+
+    result, cached = cached_analysis(Generator(loaded), prompts, settings, groups=req.groups,
+                                     use_cache=req.use_cache, on_progress=progress)
+    if cached:
+        _say(f"{source.name}: this analysis was cached ({len(prompts)} prompts, {settings.steps} steps)")
     staged = StagedDirectory(req.out, req.overwrite)
     try:
         import json
@@ -237,7 +231,7 @@ def analyze_command(req: AnalyzeRequest) -> int:
         staged.abort()
         raise
     for name, stack in result.stacks.items():
-        groups = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in stack.groups)
+        groups = ", ".join(group_labels(stack.groups))
         _say(f"{name:>7}: {len(stack.groups)} groups: {groups}")
     _say(f"wrote {out}/ ({SIMILARITY_JSON}, {SIMILARITY_PNG}) in {time.perf_counter() - started:.1f} s")
     return 0
@@ -245,9 +239,9 @@ def analyze_command(req: AnalyzeRequest) -> int:
 
 def plans_command(model: str, from_groups: Path, out: Path | None, overwrite: bool) -> int:
     """`dit-explore plans`: the study's strategies for each middle group of each stack of an analysis."""
-    from engine.runs import check_destination
-    from engine.similarity import group_names, read_result
-    from engine.study import study_plans
+    from dit_explore.engine.core.runs import check_destination
+    from dit_explore.engine.core.similarity import group_labels, group_names, read_result
+    from dit_explore.engine.core.study import study_plans
 
     try:
         source = resolve(model)
@@ -274,7 +268,7 @@ def plans_command(model: str, from_groups: Path, out: Path | None, overwrite: bo
             if names[k] in ("first", "last"):
                 continue
             why = (f"the similarity analysis in {from_groups} found {len(stack.groups)} groups in {name} "
-                   f"({', '.join(f'{n} {a}-{b}' for n, (a, b) in zip(names, stack.groups))}); this is {names[k]}.")
+                   f"({', '.join(group_labels(stack.groups))}); this is {names[k]}.")
             tag = names[k].replace(" ", "")
             for sp in study_plans(model, source.layout, name, first, last, why, prefix=f"{name}-{tag}-"):
                 written.append(sp.save(folder))
@@ -299,13 +293,13 @@ def bench_command(req: BenchRequest) -> int:
 
     try:
         source = resolve(req.model)
-        settings = resolve_settings(source, plans.check_sampling(req.sampling, "--"))
+        settings = resolve_settings(source.defaults, plans.check_sampling(req.sampling, "--"))
         source.check_size(settings.width, settings.height)
     except (plans.PlanError, ModelError) as exc:
         raise UsageError(str(exc)) from None
 
-    from engine.bench import run_bench
-    from engine.generate import Generator
+    from dit_explore.engine.bench import run_bench
+    from dit_explore.engine.generate import Generator
 
     # Bench compiles the blocks itself, to time the compilation.
     loaded = _load(source, ModelOptions(req.options.device, req.options.dtype, req.options.random_weights))

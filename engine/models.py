@@ -11,6 +11,7 @@ Three ways in, one way out (a `Loaded`):
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -22,18 +23,12 @@ from typing import Any
 
 import torch
 
-from engine.layout import Layout
-from engine.resolve import ModelError, ModelSource, cache_dir
+from dit_explore.engine.core.families import Family
+from dit_explore.engine.core.layout import Layout
+from dit_explore.engine.core.resolve import ModelError, ModelSource, cache_dir
 
-TINY_BUILD_VERSION = 2  # bump when engine/tiny.py changes what it builds
+TINY_BUILD_VERSION = 3  # bump when engine/tiny.py changes how it builds (a family's TinySpec is hashed in)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-_PIPELINES = {"flux": "FluxPipeline", "sd3": "StableDiffusion3Pipeline", "auraflow": "AuraFlowPipeline"}
-_TRANSFORMERS = {
-    "flux": "FluxTransformer2DModel",
-    "sd3": "SD3Transformer2DModel",
-    "auraflow": "AuraFlowTransformer2DModel",
-}
 
 
 @dataclass
@@ -41,7 +36,7 @@ class Loaded:
     """A pipeline ready to generate, with what the executor and the generation code need to know."""
 
     source: ModelSource
-    pipe: object  # a diffusers pipeline of source.family
+    pipe: object  # a diffusers pipeline of the source's family
     device: torch.device
     dtype: torch.dtype
     random_weights: bool
@@ -62,8 +57,9 @@ class Loaded:
         return self.source.layout
 
     @property
-    def family(self) -> str:
-        return self.source.family
+    def family(self) -> Family:
+        """The model family: what differs between Flux, SD3, AuraFlow (engine/core/families/)."""
+        return self.source.family_info
 
     @property
     def transformer(self) -> torch.nn.Module:
@@ -126,25 +122,33 @@ def pick_dtype(requested: str | None, device: torch.device) -> torch.dtype:
     return DTYPES[requested]
 
 
-def _tiny_target(name: str) -> Path:
-    return cache_dir() / "tiny" / f"{name}-v{TINY_BUILD_VERSION}"
+def tiny_build_id(source: ModelSource) -> str:
+    """What identifies a tiny build: the builder's version and a hash of the family's TinySpec, so a
+    changed spec is a new build (and a new revision in every cache key), never a stale folder."""
+    spec = source.family_info.tiny
+    digest = hashlib.sha256(repr((source.family, spec)).encode()).hexdigest()[:12]
+    return f"v{TINY_BUILD_VERSION}-{digest}"
 
 
-def tiny_built(name: str) -> bool:
-    return (_tiny_target(name) / "model_index.json").exists()
+def _tiny_target(source: ModelSource) -> Path:
+    return cache_dir() / "tiny" / f"{source.location}-{tiny_build_id(source)}"
 
 
-def tiny_path(name: str) -> Path:
+def tiny_built(source: ModelSource) -> bool:
+    return (_tiny_target(source) / "model_index.json").exists()
+
+
+def tiny_path(source: ModelSource) -> Path:
     """The folder of a built-in tiny model, built (atomically, once) if missing."""
-    from engine.tiny import build_tiny_pipeline
+    from dit_explore.engine.tiny import build_tiny_pipeline
 
-    target = _tiny_target(name)
-    if tiny_built(name):
+    target = _tiny_target(source)
+    if tiny_built(source):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{source.location}-", dir=target.parent))
     try:
-        build_tiny_pipeline(name, staging / "pipe")
+        build_tiny_pipeline(source.family_info, staging / "pipe")
         try:
             os.replace(staging / "pipe", target)
         except OSError:
@@ -202,20 +206,16 @@ def build_random(source: ModelSource, device: torch.device, dtype: torch.dtype) 
     host copy), in a pipeline without text encoders."""
     import diffusers
 
-    transformer_cls = getattr(diffusers, _TRANSFORMERS[source.family])
-    pipeline_cls = getattr(diffusers, _PIPELINES[source.family])
+    family = source.family_info
+    transformer_cls = getattr(diffusers, family.transformer_class)
+    pipeline_cls = getattr(diffusers, family.pipeline_class)
     torch.manual_seed(0)
     with torch.device(device), _default_dtype(dtype):
         transformer = transformer_cls.from_config(dict(source.transformer_config))
         vae = diffusers.AutoencoderKL.from_config(dict(source.vae_config))
     scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(dict(source.scheduler_config))
     components: dict[str, object] = {"transformer": transformer.eval(), "vae": vae.eval(), "scheduler": scheduler}
-    text_slots = {
-        "flux": ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"),
-        "sd3": ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3"),
-        "auraflow": ("text_encoder", "tokenizer"),
-    }[source.family]
-    components.update({slot: None for slot in text_slots})
+    components.update({slot: None for slot in family.text_slots})
     return pipeline_cls(**components)
 
 
@@ -239,9 +239,9 @@ def load(
         pipe = build_random(source, device, dtype)
     else:
         if source.kind == "tiny":
-            on_status(f"building {source.name} (first use only)" if not tiny_built(source.location) else
+            on_status(f"building {source.name} (first use only)" if not tiny_built(source) else
                       f"loading {source.name}", None)
-            location = str(tiny_path(source.location))
+            location = str(tiny_path(source))
         else:
             location = source.location
         with _component_progress(on_status):
@@ -262,7 +262,7 @@ def revision(source: ModelSource, pipe: object, random_weights: bool) -> str:
     if random_weights:
         return "random-weights-seed0"
     if source.kind == "tiny":
-        return f"tiny-build-v{TINY_BUILD_VERSION}"
+        return f"tiny-build-{tiny_build_id(source)}"
     where = str(pipe.config.get("_name_or_path") or "")  # type: ignore[attr-defined]
     parts = Path(where).parts
     if "snapshots" in parts and parts.index("snapshots") + 1 < len(parts):  # a hub cache snapshot folder
@@ -271,8 +271,6 @@ def revision(source: ModelSource, pipe: object, random_weights: bool) -> str:
     if folder.is_dir():  # local folder: its files' sizes and times stand in for their contents
         stats = sorted((str(p.relative_to(folder)), p.stat().st_size, int(p.stat().st_mtime))
                        for p in folder.rglob("*") if p.is_file())
-        import hashlib
-
         return "local-" + hashlib.sha256(repr(stats).encode()).hexdigest()[:16]
     return "unknown"
 
@@ -280,7 +278,7 @@ def revision(source: ModelSource, pipe: object, random_weights: bool) -> str:
 def _from_pretrained(source: ModelSource, location: str, dtype: torch.dtype) -> object:
     import diffusers
 
-    cls = getattr(diffusers, _PIPELINES[source.family])
+    cls = getattr(diffusers, source.family_info.pipeline_class)
     try:
         return cls.from_pretrained(location, dtype=dtype, use_safetensors=True)
     except (OSError, ValueError) as exc:  # hub errors (offline, missing files) are OSError/ValueError kin

@@ -14,35 +14,19 @@ from __future__ import annotations
 import contextlib
 import pathlib
 import string
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from typing import Any
 
+import diffusers
 import torch
-from diffusers import (
-    AuraFlowPipeline,
-    AuraFlowTransformer2DModel,
-    AutoencoderKL,
-    DiffusionPipeline,
-    FlowMatchEulerDiscreteScheduler,
-    FluxPipeline,
-    FluxTransformer2DModel,
-    SD3Transformer2DModel,
-    StableDiffusion3Pipeline,
-)
+import transformers
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-from transformers import (
-    CLIPTextConfig,
-    CLIPTextModel,
-    CLIPTextModelWithProjection,
-    CLIPTokenizer,
-    T5Config,
-    T5EncoderModel,
-    T5TokenizerFast,
-    UMT5Config,
-    UMT5EncoderModel,
-)
+from transformers import CLIPTextConfig, CLIPTokenizer, T5Config, T5TokenizerFast, UMT5Config
 from transformers.utils import logging as transformers_logging
 
-TINY_FAMILIES: dict[str, str] = {"tiny-flux": "flux", "tiny-sd3": "sd3", "tiny-auraflow": "auraflow"}
+from dit_explore.engine.core.catalog import TINY_VAE_BLOCKS
+from dit_explore.engine.core.families import Family, TextEncoderSpec
 
 # Re-seeding before every component makes each component's weights independent of
 # how many random numbers the components built before it consumed.
@@ -126,20 +110,6 @@ def _clip_config(tokenizer: CLIPTokenizer, hidden_size: int, projection_dim: int
     )
 
 
-def _clip_text_model(tokenizer: CLIPTokenizer, hidden_size: int) -> CLIPTextModel:
-    """Flux's CLIP encoder: its pooled output (width ``hidden_size``) conditions the transformer."""
-    torch.manual_seed(_SEED)
-    return CLIPTextModel(_clip_config(tokenizer, hidden_size, projection_dim=hidden_size)).eval()
-
-
-def _clip_text_model_with_projection(
-    tokenizer: CLIPTokenizer, hidden_size: int, projection_dim: int
-) -> CLIPTextModelWithProjection:
-    """SD3's CLIP encoders: their projected pooled outputs are concatenated into one vector."""
-    torch.manual_seed(_SEED)
-    return CLIPTextModelWithProjection(_clip_config(tokenizer, hidden_size, projection_dim)).eval()
-
-
 def _t5_kwargs(tokenizer: T5TokenizerFast, d_model: int) -> dict[str, int]:
     """Shared T5/UMT5 config values; the special-token ids mirror the tokenizer's layout."""
     return {
@@ -155,16 +125,25 @@ def _t5_kwargs(tokenizer: T5TokenizerFast, d_model: int) -> dict[str, int]:
     }
 
 
-def _t5_encoder(tokenizer: T5TokenizerFast, d_model: int) -> T5EncoderModel:
-    """T5 encoder whose ``d_model`` is the transformer's ``joint_attention_dim``."""
-    torch.manual_seed(_SEED)
-    return T5EncoderModel(T5Config(**_t5_kwargs(tokenizer, d_model))).eval()
+_TOKENIZERS = {"clip": _clip_tokenizer, "t5": _t5_tokenizer}
 
 
-def _umt5_encoder(tokenizer: T5TokenizerFast, d_model: int) -> UMT5EncoderModel:
-    """UMT5 encoder, the class AuraFlow's pipeline is typed against."""
+def _text_encoder(spec: TextEncoderSpec, tokenizer: Any) -> torch.nn.Module:
+    """The encoder a family's TextEncoderSpec names, its config matched to the tokenizer.
+
+    CLIP encoders: Flux conditions on CLIPTextModel's pooled output (width `spec.width`), SD3 on the
+    projected pooled outputs of CLIPTextModelWithProjection. T5 and UMT5 (AuraFlow's pipeline is typed
+    against UMT5) have `d_model` equal to the transformer's joint_attention_dim.
+    """
+    config: Any
+    if spec.tokenizer == "clip":
+        config = _clip_config(tokenizer, spec.width, spec.projection or spec.width)
+    elif spec.model_class.startswith("UMT5"):
+        config = UMT5Config(**_t5_kwargs(tokenizer, spec.width))
+    else:
+        config = T5Config(**_t5_kwargs(tokenizer, spec.width))
     torch.manual_seed(_SEED)
-    return UMT5EncoderModel(UMT5Config(**_t5_kwargs(tokenizer, d_model))).eval()
+    return getattr(transformers, spec.model_class)(config).eval()
 
 
 # --- VAE and scheduler -------------------------------------------------------------
@@ -183,7 +162,7 @@ def _vae(scaling_factor: float, shift_factor: float | None) -> AutoencoderKL:
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 3,
         up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(16, 32, 32),
+        block_out_channels=tuple(TINY_VAE_BLOCKS),
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=8,
@@ -227,107 +206,22 @@ def _plant_layer_structure(stacks: list[torch.nn.ModuleList], quiet: float, loud
                             module.bias.mul_(factor)
 
 
-def _build_flux() -> FluxPipeline:
-    """Flux (schnell-like): CLIP pooled vector + T5 sequence into a double/single-stream MMDiT.
-
-    ``in_channels`` is 4x the VAE's latent channels because Flux packs 2x2 latent
-    patches into tokens itself (hence ``patch_size`` 1), and the RoPE axes must sum
-    to the head dimension.
-    """
-    clip_tokenizer = _clip_tokenizer()
-    t5_tokenizer = _t5_tokenizer()
+def build_pipeline(of: Family) -> Any:
+    """The tiny pipeline a family declares (its TinySpec), built in memory: the family's real transformer
+    and pipeline classes with random weights from a fixed seed, and the structure planted."""
+    spec = of.tiny
+    components: dict[str, Any] = {}
+    for encoder in spec.text_encoders:
+        tokenizer = _TOKENIZERS[encoder.tokenizer]()
+        components[encoder.tokenizer_slot] = tokenizer
+        components[encoder.slot] = _text_encoder(encoder, tokenizer)
     torch.manual_seed(_SEED)
-    transformer = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=16,
-        num_layers=4,
-        num_single_layers=8,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        guidance_embeds=False,
-        axes_dims_rope=(4, 6, 6),
-    ).eval()
-    _plant_layer_structure([transformer.transformer_blocks, transformer.single_transformer_blocks], 2.0, 24.0)
-    return FluxPipeline(
-        scheduler=_scheduler(shift=1.0),
-        vae=_vae(scaling_factor=0.3611, shift_factor=0.1159),
-        text_encoder=_clip_text_model(clip_tokenizer, hidden_size=32),
-        tokenizer=clip_tokenizer,
-        text_encoder_2=_t5_encoder(t5_tokenizer, d_model=32),
-        tokenizer_2=t5_tokenizer,
-        transformer=transformer,
-    )
-
-
-def _build_sd3() -> StableDiffusion3Pipeline:
-    """SD3: two CLIPs + T5 into an MMDiT.
-
-    The two CLIP hidden states are concatenated (32 + 32) and zero-padded up to the T5
-    width, so ``joint_attention_dim`` (64) must be at least their sum; the pooled
-    vector is the concatenation of the two CLIP projections (32 + 32 = 64).
-    """
-    clip_tokenizer = _clip_tokenizer()
-    clip_tokenizer_2 = _clip_tokenizer()
-    t5_tokenizer = _t5_tokenizer()
-    torch.manual_seed(_SEED)
-    transformer = SD3Transformer2DModel(
-        sample_size=16,
-        patch_size=2,
-        in_channels=4,
-        out_channels=4,
-        num_layers=6,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=64,
-        caption_projection_dim=32,
-        pooled_projection_dim=64,
-        pos_embed_max_size=32,
-    ).eval()
-    _plant_layer_structure([transformer.transformer_blocks], 2.0, 24.0)
-    return StableDiffusion3Pipeline(
-        transformer=transformer,
-        scheduler=_scheduler(shift=3.0),
-        vae=_vae(scaling_factor=1.5305, shift_factor=0.0609),
-        text_encoder=_clip_text_model_with_projection(clip_tokenizer, hidden_size=32, projection_dim=32),
-        tokenizer=clip_tokenizer,
-        text_encoder_2=_clip_text_model_with_projection(clip_tokenizer_2, hidden_size=32, projection_dim=32),
-        tokenizer_2=clip_tokenizer_2,
-        text_encoder_3=_t5_encoder(t5_tokenizer, d_model=64),
-        tokenizer_3=t5_tokenizer,
-    )
-
-
-def _build_auraflow() -> AuraFlowPipeline:
-    """AuraFlow: a UMT5 sequence into MMDiT blocks followed by single DiT blocks.
-
-    ``caption_projection_dim`` equals the transformer width (2 heads x 16) because the
-    projected captions enter the joint blocks directly.
-    """
-    tokenizer = _t5_tokenizer()
-    torch.manual_seed(_SEED)
-    transformer = AuraFlowTransformer2DModel(
-        sample_size=16,
-        patch_size=2,
-        in_channels=4,
-        out_channels=4,
-        num_mmdit_layers=2,
-        num_single_dit_layers=6,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        caption_projection_dim=32,
-        pos_embed_max_size=256,
-    ).eval()
-    _plant_layer_structure([transformer.joint_transformer_blocks, transformer.single_transformer_blocks], 4.0, 48.0)
-    return AuraFlowPipeline(
-        tokenizer=tokenizer,
-        text_encoder=_umt5_encoder(tokenizer, d_model=32),
-        vae=_vae(scaling_factor=0.13025, shift_factor=None),
-        transformer=transformer,
-        scheduler=_scheduler(shift=1.73),
-    )
+    transformer = getattr(diffusers, of.transformer_class)(**spec.transformer).eval()
+    quiet, loud = spec.structure
+    _plant_layer_structure([getattr(transformer, s.attr) for s in of.stacks], quiet, loud)
+    components.update(transformer=transformer, vae=_vae(spec.vae_scaling, spec.vae_shift),
+                      scheduler=_scheduler(spec.scheduler_shift))
+    return getattr(diffusers, of.pipeline_class)(**components)
 
 
 @contextlib.contextmanager
@@ -346,25 +240,16 @@ def _without_transformers_progress_bars() -> Iterator[None]:
             transformers_logging.enable_progress_bar()
 
 
-_BUILDERS: dict[str, Callable[[], DiffusionPipeline]] = {
-    "flux": _build_flux,
-    "sd3": _build_sd3,
-    "auraflow": _build_auraflow,
-}
-
-
-def build_tiny_pipeline(name: str, out_dir: pathlib.Path) -> None:
-    """Build tiny pipeline `name` (a key of TINY_FAMILIES) and save_pretrained it into out_dir.
+def build_tiny_pipeline(of: Family, out_dir: pathlib.Path) -> None:
+    """Build the family's tiny pipeline and save_pretrained it into out_dir.
 
     ``out_dir`` must not exist yet; it is created here, so a half-written folder from
     another run is never silently mixed in.  Deterministic: same bytes of weights every
     time (torch.manual_seed before each component).
     """
-    if name not in TINY_FAMILIES:
-        raise ValueError(f"unknown tiny pipeline {name!r}; expected one of {sorted(TINY_FAMILIES)}")
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} already exists")
-    pipeline = _BUILDERS[TINY_FAMILIES[name]]()
+    pipeline = build_pipeline(of)
     out_dir.mkdir(parents=True)
     with _without_transformers_progress_bars():
         pipeline.save_pretrained(out_dir, safe_serialization=True)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import plan as plans
-from engine.catalog import MODELS
-from engine.plan import Group
+from dit_explore.engine.core import plan as plans
+from dit_explore.engine.core.catalog import MODELS
+from dit_explore.engine.core.plan import Group
 
 ROOT = Path(__file__).resolve().parents[1] / "saved_plans"
 FILES = sorted(ROOT.rglob("*.plan.toml"))

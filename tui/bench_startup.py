@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _launch_once(model: str, workdir: Path) -> tuple[float, float]:
     socket = f"dit-explore-bench-{uuid.uuid4().hex[:8]}"
     tmux = ["tmux", "-L", socket]
-    command = f"cd {workdir} && {sys.executable} -c 'from tui.cli import entry; entry()' {model} --graphics halfcell"
+    command = f"cd {workdir} && {sys.executable} -c 'from dit_explore.tui.cli import entry; entry()' {model} --graphics halfcell"
     start = time.perf_counter()
     subprocess.run([*tmux, "new-session", "-d", "-s", "b", "-x", "140", "-y", "44", command], check=True)
     grid = ready = float("nan")

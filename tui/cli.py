@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from engine.catalog import DEFAULT_MODEL
+from dit_explore.engine.core.catalog import DEFAULT_MODEL
 
 EXIT_USAGE = 2
 
@@ -110,7 +110,7 @@ SUBCOMMANDS = ("run", "models", "analyze", "plans", "bench")
 
 
 def build_tui_parser() -> argparse.ArgumentParser:
-    from tui.config import GRAPHICS
+    from dit_explore.tui.config import GRAPHICS
 
     p = _Parser(prog="dit-explore", description="Open the layer explorer on MODEL (default: the built-in "
                 f"{DEFAULT_MODEL}). Other commands: {', '.join(SUBCOMMANDS)} (dit-explore COMMAND --help).")
@@ -128,10 +128,10 @@ def build_tui_parser() -> argparse.ArgumentParser:
 def tui_main(argv: list[str]) -> int:
     """Check everything the explorer needs (model, plan, config, theme) before any screen appears."""
     args = build_tui_parser().parse_args(argv)
-    from engine import plan as plans
-    from engine.resolve import ModelError, resolve
-    from tui.config import ConfigError, load_config
-    from tui.themes import DEFAULT_THEME, ThemeError, available_themes
+    from dit_explore.engine.core import plan as plans
+    from dit_explore.engine.core.resolve import ModelError, resolve
+    from dit_explore.tui.config import ConfigError, load_config
+    from dit_explore.tui.themes import DEFAULT_THEME, ThemeError, available_themes
 
     def fail(message: str) -> int:
         for line in message.splitlines():
@@ -155,7 +155,7 @@ def tui_main(argv: list[str]) -> int:
         os.environ["COLORTERM"] = "truecolor"  # Kitty placeholders need truecolor; plain ssh often drops it
     import textual_image.widget  # noqa: F401 - probes the terminal once, before Textual takes it over
 
-    from tui.app import ExplorerApp
+    from dit_explore.tui.app import ExplorerApp
 
     app = ExplorerApp(source, plan=plan, graphics=graphics, plans_dir=args.plans_dir, runs_dir=args.runs_dir,
                       theme=theme, keymap=config.keymap, device=args.device, dtype=args.dtype,
@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")):
         return tui_main(argv)
     args = build_parser().parse_args(argv)
-    from engine.headless import UsageError
+    from dit_explore.engine.headless import UsageError
 
     try:
         return _dispatch(args)
@@ -182,8 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from engine import headless
-    from engine.plan import Sampling
+    from dit_explore.engine import headless
+    from dit_explore.engine.core.plan import Sampling
 
     if args.command == "models":
         return headless.models_command()

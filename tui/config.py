@@ -20,7 +20,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tui.keys import IDS
+from dit_explore.tui.keys import IDS
 
 GRAPHICS = ("auto", "tgp", "sixel", "halfcell", "unicode")
 _KEY = re.compile(r"^([a-z0-9_]+\+)*([a-z0-9_]+|[^\sa-z0-9_,])$", re.IGNORECASE)
@@ -37,12 +37,16 @@ class Config:
     graphics: str | None = None
 
 
+def config_dir() -> Path:
+    """~/.config/dit-explore (or $XDG_CONFIG_HOME/dit-explore): the config file and user themes."""
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "dit-explore"
+
+
 def config_path() -> Path:
     override = os.environ.get("DIT_EXPLORE_CONFIG")
     if override:
         return Path(override)
-    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    return base / "dit-explore" / "config.toml"
+    return config_dir() / "config.toml"
 
 
 def load_config(path: Path | None = None) -> Config:

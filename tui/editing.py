@@ -13,8 +13,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from engine.layout import Layout, Stack
-from engine.plan import MAX_COUNT, Group, Order, Plan, Unit, format_order, identity_order, parse_order
+from dit_explore.engine.core.layout import Layout, Stack
+from dit_explore.engine.core.plan import (
+    MAX_COUNT,
+    MAX_EXECUTIONS,
+    Group,
+    Order,
+    Plan,
+    Unit,
+    executions,
+    format_order,
+    identity_order,
+    parse_order,
+)
 
 _LABEL_CAP = 99  # grid cells are narrow: "×99" / "∥99" at most
 
@@ -86,6 +97,16 @@ def parallel(plan: Plan, layout: Layout, stack: str, first: int, last: int, loop
         raise ValueError(f"loop count must be in 1..{MAX_COUNT}, got {loops}")
     new: list[Unit] = [first] * loops if first == last else [Group(tuple(range(first, last + 1)), loops)]
     return _replace_range(plan, layout, stack, first, last, new)
+
+
+def max_loops(plan: Plan, layout: Layout, stack: str, first: int, last: int) -> int:
+    """The most loops a looped-parallel group over the range can run in this plan: the grammar's count
+    limit, and what the stack's per-step execution limit leaves once the range's blocks are taken out
+    (0: not even one)."""
+    first, last = _selection(layout, stack, first, last)
+    kept, _ = _without(plan.resolved(layout)[stack], first, last)
+    room = MAX_EXECUTIONS - executions(tuple(kept))
+    return max(0, min(MAX_COUNT, room // (last - first + 1)))
 
 
 def restore(plan: Plan, layout: Layout, stack: str, first: int, last: int) -> Plan:

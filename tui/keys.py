@@ -1,14 +1,21 @@
-"""Every keyboard action of the explorer in one table: binding id, default keys, what it does.
+"""Every keyboard action of the explorer in one table: binding id, default keys, what it does; and the
+plan edits as one registry row each (id, keys, the function, the palette's verb, whether it asks for a
+loop count), so nothing has to agree by name.
 
-The app and the layer grid build their bindings from it, the help screen and the README list it, and
-the config file's [keys] table may rebind any id (validated against it).
+The app and the layer grid build their bindings from these tables, the help screen and the README list
+them, and the config file's [keys] table may rebind any id (validated against them).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from textual.binding import Binding
+
+from dit_explore.engine.core.layout import Layout
+from dit_explore.engine.core.plan import Plan
+from dit_explore.tui import editing
 
 
 @dataclass(frozen=True)
@@ -34,15 +41,40 @@ GRID_KEYS = (
     Key("grid.group", "g", "select_group", "group", "select the similarity group under the cursor"),
 )
 
-EDIT_KEYS = (
-    Key("skip", "s", "edit('skip')", "skip", "skip the selected blocks"),
-    Key("middle-repeat", "m", "edit('middle_repeat')", "repeat", "run the selection's center block once per selected block"),
-    Key("reverse", "r", "edit('reverse')", "reverse", "run the selected blocks in reverse order"),
-    Key("parallel", "p", "edit('parallel')", "parallel", "run the selected blocks in parallel (outputs averaged)"),
+
+
+@dataclass(frozen=True)
+class Edit:
+    """A plan edit on the selected blocks of one stack: its key binding and what it does. With
+    `asks_loops`, the app asks for a loop count first and `apply` receives it as `loops=`."""
+
+    id: str
+    keys: str
+    verb: str  # the palette's "plan: {verb} selection"
+    description: str  # short, for the footer
+    help: str
+    apply: Callable[..., Plan]
+    asks_loops: bool = False
+
+    @property
+    def key(self) -> Key:
+        return Key(self.id, self.keys, f"edit('{self.id}')", self.description, self.help)
+
+
+EDITS = (
+    Edit("skip", "s", "Skip", "skip", "skip the selected blocks", editing.skip),
+    Edit("middle-repeat", "m", "Middle-repeat", "repeat", "run the selection's center block once per selected block",
+         editing.middle_repeat),
+    Edit("reverse", "r", "Reverse", "reverse", "run the selected blocks in reverse order", editing.reverse),
+    Edit("parallel", "p", "Parallel", "parallel", "run the selected blocks in parallel (outputs averaged)",
+         editing.parallel),
     # "l" moves right (vim keys), so looped parallel takes "x", as in the plan grammar's "[10-28]x3".
-    Key("looped-parallel", "x", "looped", "loop", "looped parallel: the parallel group runs N times (asks N)"),
-    Key("restore", "d", "edit('restore')", "restore", "restore the selected blocks to normal"),
+    Edit("looped-parallel", "x", "Looped parallel", "loop", "looped parallel: the parallel group runs N times (asks N)",
+         editing.parallel, asks_loops=True),
+    Edit("restore", "d", "Restore", "restore", "restore the selected blocks to normal", editing.restore),
 )
+EDITS_BY_ID = {edit.id: edit for edit in EDITS}
+EDIT_KEYS = tuple(edit.key for edit in EDITS)
 
 APP_KEYS = (
     Key("run", "enter", "run", "run", "run the plan (and its baseline) on the engine"),

@@ -1,4 +1,5 @@
-"""Themes from `themes/*.toml` (and the user's `~/.config/dit-explore/themes/`), as Textual themes.
+"""Themes from the shipped `themes/*.toml` and the user's `~/.config/dit-explore/themes/*.toml`, as
+Textual themes.
 
 A theme file holds Textual's base colors under [colors] and dit-explore's own CSS variables under
 [variables] (the similarity-group and stack colors the layer grid uses). Problems are reported as one
@@ -9,15 +10,19 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import fields
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from textual.theme import Theme
 
-THEMES_DIR = Path(__file__).resolve().parents[1] / "themes"
 DEFAULT_THEME = "dit-dark"
+# Stacks are colored by position (stack-1 is a model's first stack), never by name: a family may name
+# its stacks anything.
+STACK_COLORS = 3
 REQUIRED_VARIABLES = (
     "group-first", "group-middle-1", "group-middle-2", "group-middle-3", "group-middle-4", "group-last",
-    "stack-double", "stack-single", "cell-text", "cell-skipped", "cell-selected",
+    *(f"stack-{i}" for i in range(1, STACK_COLORS + 1)), "cell-text", "cell-skipped", "cell-selected",
 )
 _COLOR_KEYS = {f.name for f in fields(Theme)} - {"name", "dark", "variables", "luminosity_spread", "text_alpha", "ansi"}
 
@@ -26,7 +31,19 @@ class ThemeError(ValueError):
     pass
 
 
-def load_theme(path: Path) -> Theme:
+def shipped_themes() -> Traversable:
+    """The themes folder installed with dit-explore (package data, wherever the package lives)."""
+    return files("dit_explore.themes")
+
+
+def user_themes_dir() -> Path:
+    """~/.config/dit-explore/themes (beside the config file; $XDG_CONFIG_HOME is honored)."""
+    from dit_explore.tui.config import config_dir
+
+    return config_dir() / "themes"
+
+
+def load_theme(path: Path | Traversable) -> Theme:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
@@ -48,11 +65,12 @@ def load_theme(path: Path) -> Theme:
 
 
 def available_themes(user_dir: Path | None = None) -> dict[str, Theme]:
-    """Shipped themes, then the user's (which may replace a shipped one by name)."""
+    """Shipped themes, then the user's (default: user_themes_dir()), which may replace a shipped one
+    by name."""
     themes: dict[str, Theme] = {}
-    for folder in (THEMES_DIR, user_dir):
-        if folder is not None and folder.is_dir():
-            for path in sorted(folder.glob("*.toml")):
-                theme = load_theme(path)
-                themes[theme.name] = theme
+    shipped = sorted((p for p in shipped_themes().iterdir() if p.name.endswith(".toml")), key=lambda p: p.name)
+    user = user_dir if user_dir is not None else user_themes_dir()
+    for path in [*shipped, *(sorted(user.glob("*.toml")) if user.is_dir() else [])]:
+        theme = load_theme(path)
+        themes[theme.name] = theme
     return themes

@@ -6,16 +6,16 @@ from collections.abc import Callable
 
 import pytest
 
-from engine.generate import Generator
-from engine.models import Loaded
+from dit_explore.engine.generate import Generator
+from dit_explore.engine.models import Loaded
 
 
 @pytest.fixture(scope="session")
 def load_tiny() -> Callable[[str], Loaded]:
     import torch
 
-    from engine.models import load
-    from engine.resolve import resolve
+    from dit_explore.engine.models import load
+    from dit_explore.engine.core.resolve import resolve
 
     cache: dict[str, Loaded] = {}
 

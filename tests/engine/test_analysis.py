@@ -13,12 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-from engine.analysis import CaptureBlock, analyze
-from engine.executor import Cancelled, PlanList
-from engine.generate import Generator
-from engine.sampling import Settings
-from engine.similarity import SIMILARITY_JSON, SIMILARITY_PNG, group_blocks, read_result
-from tui.cli import main
+from dit_explore.engine.analysis import CaptureBlock, analyze
+from dit_explore.engine.executor import Cancelled, PlanList
+from dit_explore.engine.generate import Generator
+from dit_explore.engine.core.sampling import Settings
+from dit_explore.engine.core.similarity import SIMILARITY_JSON, SIMILARITY_PNG, group_blocks, read_result
+from dit_explore.tui.cli import main
 
 PROMPTS = ["a red cube on a table", "a city at night"]
 GUIDANCE = {"tiny-flux": 0.0, "tiny-sd3": 7.0, "tiny-auraflow": 3.5}
@@ -145,8 +145,8 @@ def test_analyze_and_plans_commands(tmp_path: Path) -> None:
 
     plans_out = tmp_path / "plans"
     assert main(["plans", "tiny-flux", "--from-groups", str(out), "--out", str(plans_out)]) == 0
-    from engine import plan as plans
-    from engine.resolve import resolve
+    from dit_explore.engine.core import plan as plans
+    from dit_explore.engine.core.resolve import resolve
 
     written = sorted(plans_out.glob("*.plan.toml"))
     middles = [g for g in read_result(out).stacks["single"].groups[1:-1]]

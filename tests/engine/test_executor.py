@@ -15,11 +15,11 @@ import pytest
 import torch
 from torch import nn
 
-from engine.executor import Cancelled, PlanList, applied
-from engine.generate import Generator
-from engine.sampling import Settings
-from engine.models import Loaded
-from engine.plan import Plan, parse_order, parse_steps
+from dit_explore.engine.executor import Cancelled, PlanList, applied
+from dit_explore.engine.generate import Generator
+from dit_explore.engine.core.sampling import Settings
+from dit_explore.engine.models import Loaded
+from dit_explore.engine.core.plan import Plan, parse_order, parse_steps
 
 FAMILIES = ["tiny-flux", "tiny-sd3", "tiny-auraflow"]
 PROMPT = "a red cube"
@@ -278,7 +278,7 @@ def test_nested_application_is_refused(load_tiny: Callable[[str], Loaded]) -> No
 
 def test_fused_average_equals_the_running_average() -> None:
     """The compiled averaging used with compiled blocks gives the running float32 average's result."""
-    from engine.executor import _fused_mean
+    from dit_explore.engine.executor import _fused_mean
 
     gen = torch.Generator().manual_seed(0)
     parts = [torch.randn(2, 5, 7, generator=gen).to(torch.bfloat16) for _ in range(3)]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.heatmap import (
+from dit_explore.engine.core.heatmap import (
     ALL_TITLE,
     OUTLINE,
     OUTLINE_WIDTH,
@@ -26,7 +26,7 @@ from engine.heatmap import (
     render_heatmaps,
     save_heatmaps,
 )
-from engine.similarity import SimilarityResult, StackResult
+from dit_explore.engine.core.similarity import SimilarityResult, StackResult
 
 VIRIDIS = ["#440154", "#472d7b", "#3b528b", "#2c728e", "#21918c", "#28ae80", "#5ec962", "#addc30", "#fde725"]
 TOLERANCE = 3

@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from engine.catalog import MODELS
-from engine.generate import Generator
-from engine.sampling import Settings
-from engine.layout import Stack
-from engine.models import Loaded, load, pick_device, pick_dtype, tiny_path
-from engine.plan import Plan
-from engine.resolve import ModelError, resolve
-from engine.tiny import build_tiny_pipeline
+from dit_explore.engine.core.catalog import MODELS
+from dit_explore.engine.core.families import family
+from dit_explore.engine.generate import Generator
+from dit_explore.engine.core.sampling import Settings
+from dit_explore.engine.core.layout import Stack
+from dit_explore.engine.models import Loaded, load, pick_device, pick_dtype, tiny_path
+from dit_explore.engine.core.plan import Plan
+from dit_explore.engine.core.resolve import ModelError, resolve
+from dit_explore.engine.tiny import build_tiny_pipeline
 
 # Published parameter counts of the real transformers (billions), and their block stacks.
 REAL_SIZES = {
@@ -36,12 +37,10 @@ def test_shipped_configs_build_the_real_size_architecture(alias: str) -> None:
     """On the meta device: no memory, but the real classes, parameter counts and block lists."""
     import diffusers
 
-    from engine.models import _TRANSFORMERS
-
     spec = MODELS[alias]
     billions, stacks = REAL_SIZES[alias]
     with torch.device("meta"):
-        transformer = getattr(diffusers, _TRANSFORMERS[spec.family]).from_config(dict(spec.transformer))
+        transformer = getattr(diffusers, family(spec.family).transformer_class).from_config(dict(spec.transformer))
     assert sum(p.numel() for p in transformer.parameters()) / 1e9 == pytest.approx(billions, abs=0.1)
     assert {attr: len(getattr(transformer, attr)) for attr in stacks} == stacks
     assert {s.attr: s.blocks for s in spec.layout.stacks} == stacks
@@ -70,7 +69,7 @@ def test_aliases_resolve_without_downloading() -> None:
 
 @pytest.mark.parametrize("name", ["tiny-flux", "tiny-sd3", "tiny-auraflow"])
 def test_tiny_models_reload_from_disk_as_local_folders(name: str) -> None:
-    folder = tiny_path(name)
+    folder = tiny_path(resolve(name))
     source = resolve(str(folder))
     assert source.kind == "local"
     assert source.layout == resolve(name).layout  # the catalog's tiny layout is what the builder builds
@@ -78,8 +77,8 @@ def test_tiny_models_reload_from_disk_as_local_folders(name: str) -> None:
 
 
 def test_tiny_builds_are_deterministic(tmp_path: Path) -> None:
-    build_tiny_pipeline("tiny-sd3", tmp_path / "a")
-    build_tiny_pipeline("tiny-sd3", tmp_path / "b")
+    build_tiny_pipeline(family("sd3"), tmp_path / "a")
+    build_tiny_pipeline(family("sd3"), tmp_path / "b")
     files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
     assert files_a == files_b and any(f.suffix == ".safetensors" for f in files_a)
@@ -125,7 +124,7 @@ def test_missing_weights_of_an_alias_explain_download_and_random_weights(monkeyp
 def test_random_weights_build_the_architecture_and_generate_with_pseudo_embeddings(tmp_path: Path) -> None:
     """The --random-weights path on a small config: transformer + VAE from configs, no text encoders."""
     folder = tmp_path / "model"
-    shutil.copytree(tiny_path("tiny-flux"), folder)
+    shutil.copytree(tiny_path(resolve("tiny-flux")), folder)
     source = resolve(str(folder))
     loaded = load(source, torch.device("cpu"), torch.float32, random_weights=True)
     assert loaded.random_weights
@@ -164,7 +163,7 @@ def test_device_and_dtype_choices() -> None:
 
 def test_model_index_family_detection(tmp_path: Path) -> None:
     folder = tmp_path / "m"
-    shutil.copytree(tiny_path("tiny-auraflow"), folder)
+    shutil.copytree(tiny_path(resolve("tiny-auraflow")), folder)
     index = json.loads((folder / "model_index.json").read_text())
     assert index["_class_name"] == "AuraFlowPipeline"
     assert resolve(str(folder)).family == "auraflow"
@@ -174,7 +173,7 @@ def test_a_compile_failure_falls_back_to_eager_with_a_warning(load_tiny: Callabl
     """If torch.compile cannot trace a block on the first call, the run goes on eagerly and says so."""
     import torch._dynamo.exc
 
-    from engine.models import load
+    from dit_explore.engine.models import load
 
     loaded = load(resolve("tiny-flux"), torch.device("cpu"), torch.float32)
     settings = Settings(seed=0, steps=2, width=64, height=64, guidance=0.0, max_sequence_length=32)
@@ -195,7 +194,7 @@ def test_a_compile_failure_falls_back_to_eager_with_a_warning(load_tiny: Callabl
 
 
 def test_a_model_error_is_not_mistaken_for_a_compile_failure(load_tiny: Callable[[str], Loaded]) -> None:
-    from engine.models import load
+    from dit_explore.engine.models import load
 
     loaded = load(resolve("tiny-flux"), torch.device("cpu"), torch.float32)
     loaded.compiled = True
@@ -205,4 +204,4 @@ def test_a_model_error_is_not_mistaken_for_a_compile_failure(load_tiny: Callable
 
     loaded.transformer.single_transformer_blocks[0]._compiled_call_impl = broken
     with pytest.raises(RuntimeError, match="a real bug"):
-        Generator(loaded).generate("a", Settings(0, 1, 64, 64, 0.0, 32), Plan())
+        Generator(loaded).generate("a", Settings(seed=0, steps=1, width=64, height=64, guidance=0.0, max_sequence_length=32), Plan())

@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import engine.plan as plan_mod
-from engine.layout import Layout, Stack
-from engine.plan import (
+import dit_explore.engine.core.plan as plan_mod
+from dit_explore.engine.core.layout import Layout, Stack
+from dit_explore.engine.core.plan import (
     MAX_COUNT,
     MAX_EXECUTIONS,
     PLAN_VERSION,

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import plan as plans
-from tui.cli import main
+from dit_explore.engine.core import plan as plans
+from dit_explore.tui.cli import main
 
 SKIP_MIDDLE = """\
 version = 1
@@ -162,7 +162,7 @@ def test_refuses_a_non_empty_out_unless_overwrite(tmp_path: Path, capsys: pytest
 
 
 def test_interrupted_run_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine.generate import Generator
+    from dit_explore.engine.generate import Generator
 
     real = Generator.generate
     calls = [0]
@@ -190,7 +190,7 @@ def test_console_script_reports_bad_plan_without_traceback(tmp_path: Path) -> No
     plan_file = tmp_path / "bad.plan.toml"
     plan_file.write_text('version = 2\n[order]\nsingle = "0-3,[4,4]"\nfoo = "1"\n')
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    proc = subprocess.run([sys.executable, "-c", "from tui.cli import entry; entry()", "run", "tiny-flux",
+    proc = subprocess.run([sys.executable, "-c", "from dit_explore.tui.cli import entry; entry()", "run", "tiny-flux",
                            "--plan", str(plan_file), "--out", str(tmp_path / "out")],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2

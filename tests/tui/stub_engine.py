@@ -7,63 +7,69 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-from engine.client import READY, STOPPED
-from engine.protocol import Event
-from engine.resolve import ModelSource
+from dit_explore.engine.core import protocol
+from dit_explore.engine.core.protocol import EngineState, Event, Status
+from dit_explore.engine.core.resolve import ModelSource
+from dit_explore.engine.core.similarity import SimilarityResult, StackResult, group_blocks
+
+
+def synthetic_result(source: ModelSource, prompts: tuple[str, ...] | None = None) -> SimilarityResult:
+    order = [(s.name, i) for s in source.layout.stacks for i in range(s.blocks)]
+    n = len(order)
+    matrix = [[1.0 if i == j else 0.35 + 0.6 * math.exp(-abs(i - j) / 5) * (0.5 if 0 in (i, j) else 1.0)
+               for j in range(n)] for i in range(n)]
+    stacks, start = {}, 0
+    for s in source.layout.stacks:
+        sub = [row[start : start + s.blocks] for row in matrix[start : start + s.blocks]]
+        stacks[s.name] = StackResult(s.blocks, sub, group_blocks(sub))
+        start += s.blocks
+    return SimilarityResult(source.name, stacks, order, matrix, group_blocks(matrix),
+                            list(prompts or ["p1", "p2", "p3", "p4", "p5"]), 4, 0)
 
 
 class StubEngine:
     def __init__(self, source: ModelSource) -> None:
         self.source = source
-        self.state = STOPPED
+        self.state = EngineState.STOPPED
         self.log_path = Path("engine.log")
-        self.hello: Event | None = None
+        self.hello: protocol.Hello | None = None
         self._events: asyncio.Queue[Event] = asyncio.Queue()
 
     @property
     def alive(self) -> bool:
-        return self.state != STOPPED
+        return self.state != EngineState.STOPPED
 
-    async def start(self, timeout: float = 60.0) -> Event:
-        self.hello = Event("hello", {"layout": self.source.layout.to_json(), "model": self.source.name})
+    async def start(self, timeout: float = 60.0) -> protocol.Hello:
+        s = self.source
+        self.hello = protocol.Hello(protocol=protocol.PROTOCOL_VERSION, model=s.name, location=s.location,
+                                    kind=s.kind, family=s.family, layout=s.layout, defaults=s.defaults,
+                                    size_multiple=s.size_multiple, max_side=s.max_side, pid=os.getpid(), log=None,
+                                    device="cuda", dtype=None, random_weights=False)
         self._events.put_nowait(self.hello)
-        self._events.put_nowait(Event("ready", {"device": "cuda:0", "dtype": "bfloat16", "load_seconds": 12.5,
-                                                "random_weights": False}))
-        self.state = READY
+        self._events.put_nowait(protocol.Ready(device="cuda:0", dtype="bfloat16", load_seconds=12.5,
+                                               random_weights=False))
+        self.state = EngineState.READY
         return self.hello
 
     async def events(self) -> AsyncIterator[Event]:
         while True:
             yield await self._events.get()
 
-    async def run(self, plan_text: str, prompts: list[str], sampling: Any = None, **kwargs: Any) -> int:
-        raise AssertionError("the stub engine does not run plans")
-
-    async def analyze(self, prompts: list[str] | None = None, sampling: Any = None, **kwargs: Any) -> int:
-        from engine.similarity import SimilarityResult, StackResult, group_blocks
-
-        order = [(s.name, i) for s in self.source.layout.stacks for i in range(s.blocks)]
-        n = len(order)
-        matrix = [[1.0 if i == j else 0.35 + 0.6 * math.exp(-abs(i - j) / 5) * (0.5 if 0 in (i, j) else 1.0)
-                   for j in range(n)] for i in range(n)]
-        stacks, start = {}, 0
-        for s in self.source.layout.stacks:
-            sub = [row[start : start + s.blocks] for row in matrix[start : start + s.blocks]]
-            stacks[s.name] = StackResult(s.blocks, sub, group_blocks(sub))
-            start += s.blocks
-        result = SimilarityResult(self.source.name, stacks, order, matrix, group_blocks(matrix),
-                                  list(prompts or ["p1", "p2", "p3", "p4", "p5"]), 4, 0)
-        self._events.put_nowait(Event("analysis", {"job": 1, "cached": True, "result": result.to_json()}))
-        self._events.put_nowait(Event("done", {"job": 1, "status": "ok", "seconds": 0.0}))
-        return 1
+    async def submit(self, request: protocol.Run | protocol.Analyze) -> int:
+        if isinstance(request, protocol.Run):
+            raise AssertionError("the stub engine does not run plans")
+        self._events.put_nowait(protocol.Analysis(job=request.job, cached=True,
+                                                  result=synthetic_result(self.source, request.prompts)))
+        self._events.put_nowait(protocol.Done(job=request.job, status=Status.OK))
+        return request.job
 
     async def cancel(self, job: int | None = None) -> None:
         return None
 
     async def shutdown(self, timeout: float = 5.0) -> int | None:
-        self.state = STOPPED
+        self.state = EngineState.STOPPED
         return 0

@@ -15,13 +15,13 @@ import textual_image.widget  # noqa: F401 - the CLI imports it before the app ru
 from textual.pilot import Pilot
 from textual.widgets import Input, Static
 
-from engine import plan as plans
-from engine.client import CRASHED, READY
-from engine.resolve import resolve
-from tui.app import ExplorerApp
-from tui.screens.dialogs import AskDialog, OpenDialog
-from tui.widgets.image_pane import ImageSlot
-from tui.widgets.layer_grid import LayerGrid
+from dit_explore.engine.core import plan as plans
+from dit_explore.engine.core.protocol import EngineState
+from dit_explore.engine.core.resolve import resolve
+from dit_explore.tui.app import ExplorerApp
+from dit_explore.tui.screens.dialogs import AskDialog, OpenDialog
+from dit_explore.tui.widgets.image_pane import ImageSlot
+from dit_explore.tui.widgets.layer_grid import LayerGrid
 
 SIZE = (140, 44)
 
@@ -46,8 +46,8 @@ def drive(app: ExplorerApp, scenario: Callable[[Pilot[Any]], Coroutine[Any, Any,
             try:
                 await scenario(pilot)
             finally:
-                if app.client is not None:
-                    await app.client.shutdown()
+                if app.session.client is not None:
+                    await app.session.client.shutdown()
 
     asyncio.run(main())
 
@@ -113,8 +113,8 @@ def test_run_shows_plan_baseline_difference_and_timing(tmp_path: Path) -> None:
 
     async def scenario(pilot: Pilot[Any]) -> None:
         await pilot.press("down", "right", "right", "shift+right", "shift+right", "shift+right", "s", "enter")
-        await until(pilot, lambda: any(r.status == "ok" for r in app.records.values()))
-        record = next(iter(app.records.values()))
+        await until(pilot, lambda: any(r.status == "ok" for r in app.session.records.values()))
+        record = next(iter(app.session.records.values()))
         assert record.image is not None and record.baseline is not None and record.image.size == (64, 64)
         slots = app.query(ImageSlot)
         assert [s.image is not None for s in slots] == [True, True]
@@ -132,13 +132,13 @@ def test_escape_cancels_a_running_job(tmp_path: Path) -> None:
     app = make_app(tmp_path)
 
     async def scenario(pilot: Pilot[Any]) -> None:
-        await until(pilot, lambda: app.client is not None and app.client.state == READY)
+        await until(pilot, lambda: app.session.client is not None and app.session.client.state == EngineState.READY)
         app.query_one("#steps", Input).value = "1000"
         await pilot.press("enter")
         await until(pilot, lambda: "step" in static_text(app, "#engine-state"))
         await pilot.press("escape")
-        await until(pilot, lambda: any(r.status == "cancelled" for r in app.records.values()))
-        assert app.client is not None and app.client.state == READY
+        await until(pilot, lambda: any(r.status == "cancelled" for r in app.session.records.values()))
+        assert app.session.client is not None and app.session.client.state == EngineState.READY
 
     drive(app, scenario)
 
@@ -185,14 +185,14 @@ def test_engine_kill_shows_crashed_and_enter_restarts_it(tmp_path: Path) -> None
     app = make_app(tmp_path)
 
     async def scenario(pilot: Pilot[Any]) -> None:
-        await until(pilot, lambda: app.client is not None and app.client.state == READY)
-        assert app.client is not None
-        old = app.client
+        await until(pilot, lambda: app.session.client is not None and app.session.client.state == EngineState.READY)
+        assert app.session.client is not None
+        old = app.session.client
         os.kill(old.pid, signal.SIGKILL)  # type: ignore[arg-type]
-        await until(pilot, lambda: old.state == CRASHED and "crashed" in static_text(app, "#engine-state"))
+        await until(pilot, lambda: old.state == EngineState.CRASHED and "crashed" in static_text(app, "#engine-state"))
         await pilot.press("enter")
-        await until(pilot, lambda: any(r.status == "ok" for r in app.records.values()))
-        assert app.client is not old and app.client.state == READY
+        await until(pilot, lambda: any(r.status == "ok" for r in app.session.records.values()))
+        assert app.session.client is not old and app.session.client.state == EngineState.READY
 
     drive(app, scenario)
 
@@ -204,7 +204,7 @@ def test_themes_provide_the_group_colors(tmp_path: Path, theme: str) -> None:
     async def scenario(pilot: Pilot[Any]) -> None:
         variables = app.theme_variables
         assert app.theme == theme
-        assert variables["group-first"] == "#D55E00" and variables["stack-single"] == "#56B4E9"
+        assert variables["group-first"] == "#D55E00" and variables["stack-2"] == "#56B4E9"
 
     drive(app, scenario)
 
@@ -214,14 +214,14 @@ def test_grid_recolors_when_the_similarity_analysis_lands(tmp_path: Path) -> Non
 
     async def scenario(pilot: Pilot[Any]) -> None:
         grid = app.query_one(LayerGrid)
-        assert grid.group_of("single", 0) == ("S", "stack-single")  # colored by stack until analyzed
-        await until(pilot, lambda: app.similarity is not None)  # runs by itself once the model is ready
-        groups = app.similarity.stack_groups()
+        assert grid.group_of("single", 0) == ("S", "stack-2")  # colored by stack (position) until analyzed
+        await until(pilot, lambda: app.session.similarity is not None)  # runs by itself once the model is ready
+        groups = app.session.similarity.stack_groups()
         assert grid.groups == groups
         first, last = groups["single"][0], groups["single"][-1]
         assert grid.group_of("single", first[0]) == ("F", "group-first")
         assert grid.group_of("single", last[1]) == ("L", "group-last")
-        assert len(app.similarity.prompts) == 5  # the default prompt set
+        assert len(app.session.similarity.prompts) == 5  # the default prompt set
         # g selects the group under the cursor; s then skips it
         await pilot.press("down", "right", "g")
         stack, a, b = grid.selection
@@ -231,7 +231,7 @@ def test_grid_recolors_when_the_similarity_analysis_lands(tmp_path: Path) -> Non
         kept = [i for i in range(8) if not group[0] <= i <= group[1]]
         assert app.plan.order("single") == tuple(kept)
         await pilot.press("t")
-        from tui.screens.heatmap import HeatmapScreen
+        from dit_explore.tui.screens.heatmap import HeatmapScreen
 
         await until(pilot, lambda: isinstance(app.screen, HeatmapScreen))
         await pilot.press("t")

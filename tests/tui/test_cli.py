@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tui.cli import main
+from dit_explore.tui.cli import main
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tui.config import Config, ConfigError, load_config
-from tui.keys import ALL_KEYS, IDS
-from tui.themes import REQUIRED_VARIABLES, ThemeError, available_themes, load_theme
+from dit_explore.tui.config import Config, ConfigError, load_config
+from dit_explore.tui.keys import ALL_KEYS, IDS
+from dit_explore.tui.themes import REQUIRED_VARIABLES, ThemeError, available_themes, load_theme
 
 
 def write(tmp_path: Path, text: str) -> Path:

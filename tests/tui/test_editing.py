@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.layout import Layout, Stack
-from engine.plan import MAX_COUNT, Group, Order, Plan, PlanError, Sampling, format_order, parse_order, validate
-from tui.editing import (
+from dit_explore.engine.core.layout import Layout, Stack
+from dit_explore.engine.core.plan import MAX_COUNT, Group, Order, Plan, PlanError, Sampling, format_order, parse_order, validate
+from dit_explore.tui.editing import (
     CellState,
     annotate,
     clear,

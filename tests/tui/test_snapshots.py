@@ -11,10 +11,10 @@ from typing import Any
 
 import textual_image.widget  # noqa: F401 - imported before any app runs, as the CLI does
 
-from engine import plan as plans
-from engine.resolve import resolve
+from dit_explore.engine.core import plan as plans
+from dit_explore.engine.core.resolve import resolve
 from tests.tui.stub_engine import StubEngine
-from tui.app import ExplorerApp
+from dit_explore.tui.app import ExplorerApp
 
 SIZE = (150, 48)
 EVERY_OP = """\

@@ -26,7 +26,7 @@ class Terminal:
         # A cache of its own: the engine's log path (on its command line) then tells its engines apart.
         env = {**os.environ, "DIT_EXPLORE_CACHE": str(self.cache), "TERM": "xterm-256color",
                "PYTHONPATH": str(ROOT)}
-        command = (f"cd {tmp_path} && {sys.executable} -c 'from tui.cli import entry; entry()' "
+        command = (f"cd {tmp_path} && {sys.executable} -c 'from dit_explore.tui.cli import entry; entry()' "
                    f"tiny-flux --graphics halfcell; echo $? > {self.exit_file}; sleep 60")
         self.tmux("new-session", "-d", "-s", "main", "-x", "140", "-y", "44", command, env=env)
 
@@ -54,7 +54,7 @@ class Terminal:
 
     def engines(self) -> list[str]:
         ps = subprocess.run(["ps", "-eww", "-o", "pid,args"], capture_output=True, text=True).stdout
-        return [line for line in ps.splitlines() if "-m engine" in line and str(self.cache) in line]
+        return [line for line in ps.splitlines() if "-m dit_explore.engine" in line and str(self.cache) in line]
 
     def close(self) -> None:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)

@@ -17,9 +17,9 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Static
 
-from engine.heatmap import color_scale, colormap
-from engine.similarity import SimilarityResult, group_names
-from tui.widgets.layer_grid import group_style
+from dit_explore.engine.core.heatmap import color_scale, colormap
+from dit_explore.engine.core.similarity import SimilarityResult, group_names
+from dit_explore.tui.widgets.layer_grid import group_style
 
 def pixel_grid(matrix: list[list[float]], scale: tuple[float, float]) -> list[list[tuple[int, int, int]]]:
     """One RGB per matrix cell (the same colormap as similarity.png)."""
@@ -38,9 +38,10 @@ class MatrixView(Widget):
     }
     """
 
-    def __init__(self, stack: str, matrix: list[list[float]], groups: list[tuple[int, int]],
+    def __init__(self, position: int, stack: str, matrix: list[list[float]], groups: list[tuple[int, int]],
                  scale: tuple[float, float]) -> None:
         super().__init__()
+        self.position = position
         self.stack = stack
         self.groups = groups
         self.pixels = pixel_grid(matrix, scale)
@@ -52,7 +53,7 @@ class MatrixView(Widget):
         return 1 + (len(self.pixels) + 1) // 2
 
     def _group(self, block: int) -> tuple[str, Color]:
-        glyph, var = group_style(self.groups, self.stack, block)
+        glyph, var = group_style(self.groups, self.position, self.stack, block)
         return glyph, Color.parse(self.app.theme_variables.get(var, "#888888"))
 
     def render_line(self, y: int) -> Strip:
@@ -126,11 +127,11 @@ class HeatmapScreen(ModalScreen[None]):
     def _panels(self) -> ComposeResult:
         scale = color_scale(self.result)
         with Horizontal():
-            for name, stack in self.result.stacks.items():
+            for position, (name, stack) in enumerate(self.result.stacks.items()):
                 names = group_names(len(stack.groups))
                 title = Text(f"{name} · {stack.blocks} blocks\n", style="bold")
                 title.append(" | ".join(f"{n} {a}-{b}" if a != b else f"{n} {a}" for n, (a, b) in zip(names, stack.groups)),
                              style="dim")
                 with VerticalScroll(classes="panel"):  # a tall matrix scrolls on its own
                     yield Static(title)
-                    yield MatrixView(name, stack.matrix, stack.groups, scale)
+                    yield MatrixView(position, name, stack.matrix, stack.groups, scale)

@@ -10,8 +10,8 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from tui.keys import APP_KEYS, EDIT_KEYS, GRID_KEYS, Key
-from tui.widgets.layer_grid import LEGEND
+from dit_explore.tui.keys import APP_KEYS, EDIT_KEYS, GRID_KEYS, Key
+from dit_explore.tui.widgets.layer_grid import LEGEND
 
 GRAMMAR = """\
 Each stack's order:  0-9, [10-28]x3, 29-37

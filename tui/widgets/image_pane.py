@@ -6,15 +6,13 @@ pane's pixel size before being handed over, so redraws never resample a full 102
 
 from __future__ import annotations
 
-from typing import Any
-
 from PIL import Image
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widget import Widget
 from textual.widgets import Label, Static
 
-from tui.metrics import difference
+from dit_explore.tui.metrics import Difference
 
 def image_widget_class(graphics: str) -> type[Widget]:
     """The textual-image widget for a protocol. `textual_image.widget` must have been imported before
@@ -129,14 +127,15 @@ class ImagePane(Vertical):
         slot = "#plan-image" if role == "plan" else "#baseline-image"
         self.query_one(slot, ImageSlot).show(preview, f"{role} · step {step}/{steps} (preview)", upscale=True)
 
-    def show_result(self, plan: Image.Image | None, baseline: Image.Image | None, meta: dict[str, Any]) -> None:
-        """A finished run (or one from the history): both images and their difference."""
-        label = meta.get("label", "")
+    def show_result(self, plan: Image.Image | None, baseline: Image.Image | None, label: str,
+                    apart: Difference | None) -> None:
+        """A finished run (or one from the history): both images and their difference (computed once, by
+        the session)."""
         self.query_one("#plan-image", ImageSlot).show(plan, f"plan · {label}" if label else "plan")
         self.query_one("#baseline-image", ImageSlot).show(baseline, "baseline (identity plan)")
         text = ""
-        if plan is not None and baseline is not None:
-            text = difference(plan, baseline).describe()
-        elif plan is not None:
+        if apart is not None:
+            text = apart.describe()
+        elif plan is not None and baseline is None:
             text = "baseline not computed"
         self.query_one("#difference", Static).update(text)

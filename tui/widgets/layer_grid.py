@@ -18,20 +18,28 @@ from textual.message import Message
 from textual.strip import Strip
 from textual.widget import Widget
 
-from engine.layout import Layout
-from engine.plan import Plan
-from tui.editing import CellState, annotate
-from tui.keys import EDIT_KEYS, GRID_KEYS, bindings
+from dit_explore.engine.core.layout import Layout
+from dit_explore.engine.core.plan import Plan
+from dit_explore.tui.editing import CellState, annotate
+from dit_explore.tui.keys import EDIT_KEYS, EDITS_BY_ID, GRID_KEYS, Edit, bindings
+from dit_explore.tui.themes import STACK_COLORS
 
 CELL = 7  # "F12×3" plus padding: glyph, index, marker, gap
 LEGEND = "×N repeated  ∥ parallel  ∥K looped K times  ↺ reversed  – skipped"
 
 
-def group_style(ranges: list[tuple[int, int]] | None, stack: str, block: int) -> tuple[str, str]:
-    """(glyph, theme variable) of a block: its similarity group (F first, 1.. middle, L last), or its
-    stack until groups are known. Middle groups past the fourth share the fourth's color, not its digit."""
+def stack_color(position: int) -> str:
+    """The theme variable coloring a model's `position`-th stack (0-based) until groups are known: by
+    position, never by name, so any family's stacks have colors."""
+    return f"stack-{position % STACK_COLORS + 1}"
+
+
+def group_style(ranges: list[tuple[int, int]] | None, position: int, stack: str, block: int) -> tuple[str, str]:
+    """(glyph, theme variable) of a block of the `position`-th stack, named `stack`: its similarity group
+    (F first, 1.. middle, L last), or its stack (initial and position color) until groups are known.
+    Middle groups past the fourth share the fourth's color, not its digit."""
     if not ranges:
-        return stack[0].upper(), f"stack-{stack}" if stack in ("double", "single") else "stack-single"
+        return stack[:1].upper(), stack_color(position)
     for i, (a, b) in enumerate(ranges):
         if a <= block <= b:
             if i == 0:
@@ -39,7 +47,7 @@ def group_style(ranges: list[tuple[int, int]] | None, stack: str, block: int) ->
             if i == len(ranges) - 1:
                 return "L", "group-last"
             return str(i), f"group-middle-{min(i, 4)}"
-    return "?", "stack-single"
+    return "?", stack_color(position)
 
 
 @dataclass(frozen=True)
@@ -67,26 +75,12 @@ class LayerGrid(Widget, can_focus=True):
     """
     BINDINGS = bindings(GRID_KEYS + EDIT_KEYS)
 
-    class CursorMoved(Message):
-        def __init__(self, stack: str, block: int, selection: tuple[int, int]) -> None:
-            super().__init__()
-            self.stack = stack
-            self.block = block
-            self.selection = selection
-
     class EditRequested(Message):
-        """A plan edit on a block range of one stack (`op` names a function of tui.editing)."""
+        """A plan edit (a row of the edits registry) on a block range of one stack."""
 
-        def __init__(self, op: str, stack: str, first: int, last: int) -> None:
+        def __init__(self, edit: Edit, stack: str, first: int, last: int) -> None:
             super().__init__()
-            self.op = op
-            self.stack = stack
-            self.first = first
-            self.last = last
-
-    class LoopedRequested(Message):
-        def __init__(self, stack: str, first: int, last: int) -> None:
-            super().__init__()
+            self.edit = edit
             self.stack = stack
             self.first = first
             self.last = last
@@ -253,13 +247,9 @@ class LayerGrid(Widget, can_focus=True):
         self.notify("no similarity groups yet: they appear when the analysis lands (or press a)",
                     severity="warning")
 
-    def action_edit(self, op: str) -> None:
+    def action_edit(self, edit_id: str) -> None:
         stack, first, last = self.selection
-        self.post_message(self.EditRequested(op, stack, first, last))
-
-    def action_looped(self) -> None:
-        stack, first, last = self.selection
-        self.post_message(self.LoopedRequested(stack, first, last))
+        self.post_message(self.EditRequested(EDITS_BY_ID[edit_id], stack, first, last))
 
     def _moved(self) -> None:
         self._invalidate()
@@ -267,8 +257,6 @@ class LayerGrid(Widget, can_focus=True):
         if isinstance(parent, Widget) and parent.is_scrollable:  # keep the cursor in view
             offset = self.virtual_region.offset + (self.gutter.left, self.gutter.top)
             parent.scroll_to_region(self._cursor_region().translate(offset), animate=False)
-        stack, first, last = self.selection
-        self.post_message(self.CursorMoved(stack, self.cursor.block, (first, last)))
 
     def on_click(self, event: Click) -> None:
         cell = self._cell_at(event.x - self.gutter.left, event.y - self.gutter.top)
@@ -292,7 +280,7 @@ class LayerGrid(Widget, can_focus=True):
             return Color.parse(fallback)
 
     def group_of(self, stack: str, block: int) -> tuple[str, str]:
-        return group_style((self.groups or {}).get(stack), stack, block)
+        return group_style((self.groups or {}).get(stack), self.layout_info.names.index(stack), stack, block)
 
     def render_line(self, y: int) -> Strip:
         width = self.content_size.width
@@ -353,8 +341,8 @@ class LayerGrid(Widget, can_focus=True):
             return ([("F", "group-first", "first")]
                     + [(str(i), f"group-middle-{min(i, 4)}", f"middle {i}") for i in range(1, longest - 1)]
                     + [("L", "group-last", "last")])
-        return [(s.name[0].upper(), f"stack-{s.name}", f"{s.name} (groups not analyzed yet)")
-                for s in self.layout_info.stacks]
+        return [(s.name[:1].upper(), stack_color(i), f"{s.name} (groups not analyzed yet)")
+                for i, s in enumerate(self.layout_info.stacks)]
 
     def _legend_lines(self, width: int) -> list[list[Segment]]:
         """The color legend wrapped to `width`, then the marker legend."""

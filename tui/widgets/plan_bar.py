@@ -5,14 +5,9 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from engine import plan as plans
-from engine.layout import Layout
-
-
-def predicted_cost(plan: plans.Plan, layout: Layout) -> tuple[int, int]:
-    """Block executions per step under the plan, and for the full model."""
-    orders = plan.resolved(layout)
-    return sum(plans.executions(o) for o in orders.values()), layout.total_blocks
+from dit_explore.engine.core import plan as plans
+from dit_explore.engine.core.layout import Layout
+from dit_explore.engine.core.sampling import executions_per_step
 
 
 class PlanBar(Static):
@@ -37,7 +32,7 @@ class PlanBar(Static):
             text.append(f"{stack.name:>7}  ", style="bold")
             text.append(shown if shown else '"" (no block runs)', style="dim" if order is None else "")
             text.append("\n")
-        runs, full = predicted_cost(plan, layout)
+        runs, full = executions_per_step(plan, layout)
         text.append("   cost  ", style="bold")
         text.append(f"{runs} / {full} block executions per step", style="")
         if runs:

@@ -9,6 +9,9 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Input, Label
 
+from dit_explore.engine.core.plan import Sampling
+from dit_explore.engine.core.sampling import Settings
+
 _NUMBERS = {"seed": "integer", "steps": "integer", "width": "integer", "height": "integer", "guidance": "number"}
 
 
@@ -49,10 +52,10 @@ class SamplingForm(Vertical):
     class Submitted(Message):
         """Enter in any field: run."""
 
-    def __init__(self, prompt: str, values: dict[str, Any], *, id: str | None = None) -> None:
+    def __init__(self, prompt: str, settings: Settings, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self._prompt = prompt
-        self._values = values
+        self._settings = settings
 
     def compose(self) -> ComposeResult:
         with Horizontal():
@@ -61,7 +64,7 @@ class SamplingForm(Vertical):
         with Horizontal():
             for key in ("seed", "steps", "width", "height", "guidance"):
                 yield Label({"width": "size", "height": "×"}.get(key, key))
-                yield Input(str(self._values[key]), id=key, type=_NUMBERS[key],
+                yield Input(str(getattr(self._settings, key)), id=key, type=_NUMBERS[key],
                             classes="number" if key != "guidance" else "")
 
     @property
@@ -71,19 +74,20 @@ class SamplingForm(Vertical):
     def set_prompt(self, prompt: str) -> None:
         self.query_one("#prompt", Input).value = prompt
 
-    def sampling(self) -> dict[str, Any]:
-        """The numeric fields that hold a value (empty ones fall back to the model's defaults)."""
-        out: dict[str, Any] = {}
+    def sampling(self) -> Sampling:
+        """The numeric fields as sampling overrides: an empty field is None, so the model's default
+        applies (resolved in one place: engine/core/sampling.py). Raises ValueError for non-numbers."""
+        values: dict[str, Any] = {}
         for key, kind in _NUMBERS.items():
             text = self.query_one(f"#{key}", Input).value.strip()
             if text:
-                out[key] = float(text) if kind == "number" else int(text)
-        return out
+                values[key] = float(text) if kind == "number" else int(text)
+        return Sampling(**values)
 
-    def set_values(self, values: dict[str, Any]) -> None:
-        for key, value in values.items():
-            if key in _NUMBERS and value is not None:
-                self.query_one(f"#{key}", Input).value = str(value)
+    def set_values(self, settings: Settings) -> None:
+        """Show fully resolved settings (a plan's [sampling] over the model's defaults)."""
+        for key in _NUMBERS:
+            self.query_one(f"#{key}", Input).value = str(getattr(settings, key))
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()

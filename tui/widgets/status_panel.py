@@ -3,37 +3,36 @@
 from __future__ import annotations
 
 import statistics
-from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import ProgressBar, Static
 
+from dit_explore.engine.core.sampling import BlockRuns, Timing
+
 
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
 
 
-def timing_text(plan: dict[str, Any] | None, baseline: dict[str, Any] | None,
-                block_runs: dict[str, Any] | None) -> Text:
+def timing_text(plan: Timing | None, baseline: Timing | None, block_runs: BlockRuns | None) -> Text:
     """The last run's timing; the measured speedup (baseline transformer time / plan transformer time)
     next to the predicted one (block executions)."""
     text = Text()
     if plan is None:
         text.append("no run yet — press enter to run the plan", style="dim")
         return text
-    steps = plan.get("transformer_steps") or [0.0]
+    steps = plan.transformer_steps or (0.0,)
     text.append("last run  ", style="bold")
-    text.append(f"total {_ms(plan['total'])} · transformer {_ms(statistics.median(steps))}/step")
-    encode = "cached" if plan.get("text_encode_cached") else _ms(plan.get("text_encode", 0.0))
-    text.append(f" · text encode {encode} · decode {_ms(plan.get('decode', 0.0))}")
-    if block_runs and block_runs.get("total"):
-        predicted = block_runs["full_total"] / block_runs["total"]
+    text.append(f"total {_ms(plan.total)} · transformer {_ms(statistics.median(steps))}/step")
+    encode = "cached" if plan.text_encode_cached else _ms(plan.text_encode)
+    text.append(f" · text encode {encode} · decode {_ms(plan.decode)}")
+    predicted = block_runs.predicted_speedup if block_runs is not None else None
+    if predicted is not None:
         text.append("\nspeedup   ", style="bold")
-        if baseline is not None and plan.get("transformer_total"):
-            measured = baseline["transformer_total"] / plan["transformer_total"]
-            text.append(f"measured {measured:.2f}× · ")
+        if baseline is not None and plan.transformer_total:
+            text.append(f"measured {baseline.transformer_total / plan.transformer_total:.2f}× · ")
         else:
             text.append("measured — (no baseline) · ")
         text.append(f"predicted {predicted:.2f}×")
@@ -74,6 +73,5 @@ class StatusPanel(Vertical):
         bar.display = total != 0
         bar.update(total=total, progress=done)
 
-    def show_timing(self, plan: dict[str, Any] | None, baseline: dict[str, Any] | None,
-                    block_runs: dict[str, Any] | None) -> None:
+    def show_timing(self, plan: Timing | None, baseline: Timing | None, block_runs: BlockRuns | None) -> None:
         self.query_one("#timing", Static).update(timing_text(plan, baseline, block_runs))

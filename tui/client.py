@@ -1,13 +1,15 @@
-"""Async client of the engine process: start it, send requests, receive events, notice when it dies.
+"""Async client of the engine process: start it, send typed requests, receive typed events, notice when it
+dies.
 
-The TUI drives the engine only through this class, and tests drive it directly. It never imports
-torch: the TUI process stays light and starts instantly.
+The TUI's session drives the engine only through this class. It never imports torch: the TUI process
+stays light and starts instantly.
 
-Events are `protocol.Event`s from the engine (hello, loading, ready, progress, image, done, error;
-pongs are kept as `last_pong`) plus those the client makes itself: `stopped` (after `shutdown()`),
-`crashed` (the process exited unexpectedly: exit code and the tail of its log), `unresponsive` (no
-pong for a while) and `responsive` (pongs again).
-Events of jobs older than the latest submitted one are dropped: the latest request wins.
+Events are the engine's (`protocol.EngineEvent`: hello, loading, ready, progress, image, analysis, done,
+error; pongs are kept as `last_pong`) plus those the client makes itself (`protocol.ClientEvent`):
+`Stopped` (after `shutdown()`), `Crashed` (the process exited unexpectedly: exit code and the tail of its
+log), `Unresponsive` (no pong for a while) and `Responsive` (pongs again).
+Job ids are chosen by the caller (they stay unique across engine restarts); events of jobs older than
+the latest submitted one are dropped, except their `done` (how they ended): the latest request wins.
 """
 
 from __future__ import annotations
@@ -19,17 +21,11 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-from engine import protocol
-from engine.protocol import Event
-
-# Engine states, in words the TUI shows.
-STARTING, LOADING, READY, BUSY, CRASHED, UNRESPONSIVE, STOPPED = (
-    "starting", "loading", "ready", "busy", "crashed", "unresponsive", "stopped")
-_JOB_EVENTS = ("progress", "image", "analysis", "done")
+from dit_explore.engine.core import protocol
+from dit_explore.engine.core.protocol import EngineState, Event
 
 
 class EngineError(RuntimeError):
@@ -37,7 +33,7 @@ class EngineError(RuntimeError):
 
 
 def default_log_path() -> Path:
-    from engine.resolve import cache_dir
+    from dit_explore.engine.core.resolve import cache_dir
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return cache_dir() / "logs" / f"engine-{stamp}-{os.getpid()}.log"
@@ -66,8 +62,8 @@ class EngineClient:
         log_path: Path | None = None,
         heartbeat: float = 1.0,
         unresponsive_after: float = 5.0,
-        env: Mapping[str, str] | None = None,
-        module: str = "engine",
+        env: dict[str, str] | None = None,
+        module: str = "dit_explore.engine",
     ) -> None:
         self.model = model
         self.device = device
@@ -79,9 +75,9 @@ class EngineClient:
         self.unresponsive_after = unresponsive_after
         self._env = dict(env or {})
         self._module = module  # `python -m MODULE`; tests substitute an engine with injected faults
-        self.state = STOPPED
-        self.hello: Event | None = None
-        self.ready: Event | None = None
+        self.state = EngineState.STOPPED
+        self.hello: protocol.Hello | None = None
+        self.ready: protocol.Ready | None = None
         self.exit_code: int | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._events: asyncio.Queue[Event] = asyncio.Queue()
@@ -90,7 +86,7 @@ class EngineClient:
         self._running_job: int | None = None
         self._last_pong = 0.0
         self._stopping = False
-        self._pongs: deque[Event] = deque(maxlen=8)
+        self._pongs: deque[protocol.Pong] = deque(maxlen=8)
         self._hello_seen, self._ready_seen, self._ended = asyncio.Event(), asyncio.Event(), asyncio.Event()
         self._end_message = ""
 
@@ -104,7 +100,7 @@ class EngineClient:
     def alive(self) -> bool:
         return self._proc is not None and self._proc.returncode is None
 
-    async def start(self, timeout: float = 60.0) -> Event:
+    async def start(self, timeout: float = 60.0) -> protocol.Hello:
         """Start the engine and wait for its `hello` (it comes before the weights load)."""
         if self.alive:
             raise EngineError("the engine is already running")
@@ -118,15 +114,13 @@ class EngineClient:
         if self.compile:
             args.append("--compile")
         env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", **self._env}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[1]),
-                                                        env.get("PYTHONPATH", "")) if p)
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
                 env=env, start_new_session=True)  # own process group: the TUI's ^C is not the engine's
         finally:
             log.close()
-        self.state, self.hello, self.ready, self.exit_code = STARTING, None, None, None
+        self.state, self.hello, self.ready, self.exit_code = EngineState.STARTING, None, None, None
         self._stopping = False
         self._running_job = None
         self._events = asyncio.Queue()
@@ -156,7 +150,7 @@ class EngineClient:
         if not flag.is_set():
             raise EngineError(self._end_message)
 
-    async def wait_ready(self, timeout: float | None = None) -> Event:
+    async def wait_ready(self, timeout: float | None = None) -> protocol.Ready:
         """Wait until the weights are loaded."""
         await self._until(self._ready_seen, timeout)
         assert self.ready is not None
@@ -168,9 +162,10 @@ class EngineClient:
         self._stopping = True
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(Exception):
-                await self._send({"type": "shutdown"})
+                await self.send(protocol.Shutdown())
             with contextlib.suppress(Exception):
-                proc.stdin.close()  # type: ignore[union-attr]
+                assert proc.stdin is not None
+                proc.stdin.close()
             try:
                 await asyncio.wait_for(proc.wait(), timeout)
             except TimeoutError:
@@ -183,74 +178,48 @@ class EngineClient:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
-        self.state = STOPPED
+        self.state = EngineState.STOPPED
         if proc is not None:
             self.exit_code = proc.returncode
         return self.exit_code
 
-    async def restart(self, timeout: float = 60.0) -> Event:
+    async def restart(self, timeout: float = 60.0) -> protocol.Hello:
         await self.shutdown()
         return await self.start(timeout)
 
     # ---------------------------------------------------------------------------------- requests
 
-    async def _send(self, message: Mapping[str, Any]) -> None:
+    async def send(self, request: protocol.Request) -> None:
+        """One request, as it is (see `submit` for runs and analyses)."""
+        await self._write(protocol.encode(request))
+
+    async def _write(self, frame: bytes) -> None:
         proc = self._proc
         if proc is None or proc.returncode is not None or proc.stdin is None:
             raise EngineError(f"the engine is not running ({self.state}); log: {self.log_path}")
         try:
-            proc.stdin.write(protocol.encode(message))
+            proc.stdin.write(frame)
             await proc.stdin.drain()
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise EngineError(f"the engine is gone ({exc}); log: {self.log_path}") from None
 
-    async def run(
-        self,
-        plan_text: str,
-        prompts: list[str],
-        sampling: Mapping[str, Any] | None = None,
-        *,
-        baseline: bool = True,
-        previews: bool = True,
-        out_dir: Path | None = None,
-        plan_source: str | None = None,
-    ) -> int:
-        """Submit a run; returns its job id. A run in flight is cancelled by the engine (latest wins)."""
-        return await self._submit({"type": "run", "plan": plan_text, "prompts": list(prompts),
-                                   "sampling": dict(sampling or {}), "baseline": baseline, "previews": previews,
-                                   "out_dir": str(out_dir) if out_dir else None, "plan_source": plan_source})
-
-    async def analyze(self, prompts: list[str] | None = None, sampling: Mapping[str, Any] | None = None, *,
-                      groups: int | None = None, use_cache: bool = True) -> int:
-        """Submit a similarity analysis (default prompts when None); an `analysis` event carries the result.
-        Like a run, it cancels the job in flight."""
-        message: dict[str, Any] = {"type": "analyze", "sampling": dict(sampling or {}), "groups": groups,
-                                   "use_cache": use_cache}
-        if prompts is not None:
-            message["prompts"] = list(prompts)
-        return await self._submit(message)
-
-    async def _submit(self, message: dict[str, Any]) -> int:
-        """Send a job request under a new job id; from now on, events of older jobs are stale."""
-        self._latest_job += 1
-        job = self._latest_job
-        await self._send({**message, "job": job})
-        self._running_job = job
-        if self.state in (READY, BUSY):
-            self.state = BUSY
-        return job
+    async def submit(self, request: protocol.Run | protocol.Analyze) -> int:
+        """Send a job; from now on, events of older jobs are stale. A job in flight is superseded by the
+        engine (latest wins). Returns the job id (the caller's, which must increase)."""
+        if request.job <= self._latest_job:
+            raise ValueError(f"job ids must increase: {request.job} after {self._latest_job}")
+        self._latest_job = request.job
+        await self.send(request)
+        self._running_job = request.job
+        if self.state in (EngineState.READY, EngineState.BUSY):
+            self.state = EngineState.BUSY
+        return request.job
 
     async def cancel(self, job: int | None = None) -> None:
-        await self._send({"type": "cancel", "job": job if job is not None else self._running_job})
+        await self.send(protocol.Cancel(job=job if job is not None else self._running_job))
 
     async def ping(self, ident: int = 0) -> None:
-        await self._send({"type": "ping", "id": ident})
-
-    async def send_raw(self, data: bytes) -> None:
-        """Bytes as they are (tests of the engine's handling of malformed input)."""
-        assert self._proc is not None and self._proc.stdin is not None
-        self._proc.stdin.write(data)
-        await self._proc.stdin.drain()
+        await self.send(protocol.Ping(id=ident))
 
     # ------------------------------------------------------------------------------------ events
 
@@ -258,33 +227,37 @@ class EngineClient:
         return await asyncio.wait_for(self._events.get(), timeout)
 
     async def events(self) -> AsyncIterator[Event]:
-        """Every event until the engine stops (a `crashed` event is the last one after a crash)."""
+        """Every event until the engine stops (a `Crashed` event is the last one after a crash)."""
         while True:
             event = await self._events.get()
             yield event
-            if event.type in ("crashed", "stopped"):
+            if isinstance(event, (protocol.Crashed, protocol.Stopped)):
                 return
 
-    def _deliver(self, event: Event) -> None:
-        job = event.job
-        if event.type in _JOB_EVENTS or (event.type == "error" and job is not None):
-            if job is not None and job < self._latest_job:
-                return  # stale: a newer run has been submitted
-        if event.type == "hello":
-            self.hello, self.state = event, LOADING
+    def _deliver(self, event: protocol.EngineEvent) -> None:
+        job = getattr(event, "job", None)
+        stale = job is not None and job < self._latest_job
+        if stale and not isinstance(event, protocol.Done):
+            return  # a newer request has been submitted; how the old one ended still counts
+        if isinstance(event, protocol.Hello):
+            if event.protocol != protocol.PROTOCOL_VERSION:
+                raise protocol.ProtocolError(f"the engine speaks protocol {event.protocol}, this TUI "
+                                             f"{protocol.PROTOCOL_VERSION}: reinstall dit-explore")
+            self.hello, self.state = event, EngineState.LOADING
             self._hello_seen.set()
-        elif event.type == "ready":
+        elif isinstance(event, protocol.Ready):
             self.ready = event
-            self.state = BUSY if self._running_job is not None else READY  # a run sent while loading waits
+            # A request sent while loading waits for the load.
+            self.state = EngineState.BUSY if self._running_job is not None else EngineState.READY
             self._ready_seen.set()
-        elif event.type == "done" and job == self._running_job:
+        elif isinstance(event, protocol.Done) and job == self._running_job:
             self._running_job = None
-            self.state = READY
-        elif event.type == "error" and event.get("fatal"):
-            self._end(CRASHED, str(event.get("message")))
+            self.state = EngineState.READY
+        elif isinstance(event, protocol.Error) and event.fatal:
+            self._end(EngineState.CRASHED, event.message)
         self._events.put_nowait(event)
 
-    def _end(self, state: str, message: str) -> None:
+    def _end(self, state: EngineState, message: str) -> None:
         self.state = state
         if not self._ended.is_set():
             self._end_message = message
@@ -299,37 +272,40 @@ class EngineClient:
                 json_len, bin_len = protocol.parse_header(header)
                 message = protocol.parse_payload(await reader.readexactly(json_len))
                 binary = await reader.readexactly(bin_len) if bin_len else b""
-                event = protocol.event_from_frame(message, binary)
-                if event.type == "pong":
+                event = protocol.decode_event(message, binary)
+                if isinstance(event, protocol.Pong):
                     self._on_pong(event)  # heartbeats stay inside the client: see last_pong
                 else:
                     self._deliver(event)
         except asyncio.IncompleteReadError:
             pass  # end of stream: the process is exiting
         except protocol.ProtocolError as exc:
-            self._deliver(Event("error", {"job": None, "message": f"engine protocol error: {exc}",
-                                          "log": str(self.log_path), "fatal": True}))
+            self._deliver(protocol.Error(job=None, message=f"engine protocol error: {exc}", log=str(self.log_path),
+                                         fatal=True))
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
         code = await proc.wait()
         self.exit_code = code
         if self._stopping:
-            self._end(STOPPED, "the engine was stopped")
-            self._events.put_nowait(Event("stopped", {"exit_code": code}))
+            self._end(EngineState.STOPPED, "the engine was stopped")
+            self._events.put_nowait(protocol.Stopped(exit_code=code))
             return
         tail = log_tail(self.log_path)
-        self._end(CRASHED, f"the engine exited with code {code}; log: {self.log_path}")
-        self._events.put_nowait(Event("crashed", {"exit_code": code, "log": str(self.log_path), "log_tail": tail}))
+        self._end(EngineState.CRASHED, f"the engine exited with code {code}; log: {self.log_path}")
+        self._events.put_nowait(protocol.Crashed(exit_code=code, log=str(self.log_path), log_tail=tail))
 
-    def _on_pong(self, event: Event) -> None:
+    def _on_pong(self, event: protocol.Pong) -> None:
         self._last_pong = time.monotonic()
         self._pongs.append(event)
-        if self.state == UNRESPONSIVE:
-            self.state = BUSY if self._running_job is not None else (READY if self.ready else LOADING)
-            self._events.put_nowait(Event("responsive", {}))
+        if self.state == EngineState.UNRESPONSIVE:
+            if self._running_job is not None:
+                self.state = EngineState.BUSY
+            else:
+                self.state = EngineState.READY if self.ready else EngineState.LOADING
+            self._events.put_nowait(protocol.Responsive())
 
     @property
-    def last_pong(self) -> Event | None:
+    def last_pong(self) -> protocol.Pong | None:
         return self._pongs[-1] if self._pongs else None
 
     async def _heartbeat(self, proc: asyncio.subprocess.Process) -> None:
@@ -340,6 +316,7 @@ class EngineClient:
             with contextlib.suppress(EngineError):
                 await self.ping(ident)
             silent = time.monotonic() - self._last_pong
-            if silent > self.unresponsive_after and self.state not in (UNRESPONSIVE, CRASHED, STOPPED):
-                self.state = UNRESPONSIVE
-                self._events.put_nowait(Event("unresponsive", {"seconds": silent}))
+            if silent > self.unresponsive_after and self.state not in (
+                    EngineState.UNRESPONSIVE, EngineState.CRASHED, EngineState.STOPPED):
+                self.state = EngineState.UNRESPONSIVE
+                self._events.put_nowait(protocol.Unresponsive(seconds=silent))

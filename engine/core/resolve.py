@@ -10,7 +10,6 @@ Torch-free.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -18,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.catalog import FAMILY_DEFAULTS, MODELS, PIPELINE_FAMILIES, Defaults, ModelSpec, spec_for_repo
-from engine.layout import Layout, layout_from_config
+from dit_explore.engine.core.catalog import MODELS, ModelSpec, spec_for_repo
+from dit_explore.engine.core.families import Defaults, Family, FamilyError, all_families, family, family_for_pipeline
+from dit_explore.engine.core.layout import Layout
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -41,21 +41,19 @@ class ModelSource:
     scheduler_config: Mapping[str, Any]
 
     @property
+    def family_info(self) -> Family:
+        """The model family object: everything that differs between families (engine/core/families/)."""
+        return family(self.family)
+
+    @property
     def size_multiple(self) -> int:
-        """Width and height must be multiples of this: VAE downsampling times the patch size (Flux
-        packs 2x2 latents into one token)."""
-        vae_scale = 2 ** (len(self.vae_config.get("block_out_channels", [0] * 4)) - 1)
-        patch = 2 if self.family == "flux" else int(self.transformer_config.get("patch_size", 2))
-        return vae_scale * patch
+        """Width and height must be multiples of this: VAE downsampling times the patch size."""
+        return self.family_info.size_multiple(self.transformer_config, self.vae_config)
 
     @property
     def max_side(self) -> int | None:
-        """Largest width or height the positional embedding covers (SD3, AuraFlow); None if unbounded."""
-        pos = self.transformer_config.get("pos_embed_max_size")
-        if pos is None or self.family == "flux":
-            return None
-        patches = int(pos) if self.family == "sd3" else math.isqrt(int(pos))  # AuraFlow: a square grid
-        return patches * self.size_multiple
+        """Largest width or height the positional embedding covers; None if unbounded."""
+        return self.family_info.max_side(self.transformer_config, self.vae_config)
 
     def check_size(self, width: int, height: int) -> None:
         m = self.size_multiple
@@ -89,12 +87,16 @@ def resolve(model: str) -> ModelSource:
 
 
 def _from_spec(name: str, spec: ModelSpec) -> ModelSource:
+    try:
+        layout = spec.layout
+    except FamilyError as exc:
+        raise ModelError(f"{name}: {exc}") from None
     return ModelSource(
         name=name,
         kind="tiny" if spec.tiny else "alias",
         family=spec.family,
         location=spec.alias if spec.tiny else str(spec.repo),
-        layout=spec.layout,
+        layout=layout,
         defaults=spec.defaults,
         transformer_config=spec.transformer,
         vae_config=spec.vae,
@@ -114,19 +116,18 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def _family(index: Mapping[str, Any], where: str) -> str:
+def _family(index: Mapping[str, Any], where: str) -> Family:
     cls = index.get("_class_name")
-    family = PIPELINE_FAMILIES.get(str(cls))
-    if family is None:
-        raise ModelError(
-            f"{where}: unsupported pipeline {cls!r}; dit-explore supports {', '.join(PIPELINE_FAMILIES)}"
-        )
-    return family
+    found = family_for_pipeline(str(cls))
+    if found is None:
+        supported = ", ".join(f.pipeline_class for f in all_families().values())
+        raise ModelError(f"{where}: unsupported pipeline {cls!r}; dit-explore supports {supported}")
+    return found
 
 
 def _from_folder(name: str, root: Path) -> ModelSource:
     index = _read_json(root / "model_index.json", "the pipeline index")
-    family = _family(index, str(root))
+    found = _family(index, str(root))
     transformer = _read_json(root / "transformer" / "config.json", "the transformer config")
     vae = _read_json(root / "vae" / "config.json", "the VAE config")
     scheduler_path = root / "scheduler" / "scheduler_config.json"
@@ -134,10 +135,10 @@ def _from_folder(name: str, root: Path) -> ModelSource:
     return ModelSource(
         name=name,
         kind="local",
-        family=family,
+        family=found.name,
         location=str(root.resolve()),
-        layout=layout_from_config(family, transformer),
-        defaults=FAMILY_DEFAULTS[family],
+        layout=found.layout(transformer),
+        defaults=found.defaults,
         transformer_config=transformer,
         vae_config=vae,
         scheduler_config=scheduler,
@@ -153,14 +154,14 @@ def _from_hub(repo: str) -> ModelSource:
         ("vae", "vae/config.json"),
     ):
         files[key] = _hub_json(repo, filename)
-    family = _family(files["index"], repo)
+    found = _family(files["index"], repo)
     return ModelSource(
         name=repo,
         kind="repo",
-        family=family,
+        family=found.name,
         location=repo,
-        layout=layout_from_config(family, files["transformer"]),
-        defaults=FAMILY_DEFAULTS[family],
+        layout=found.layout(files["transformer"]),
+        defaults=found.defaults,
         transformer_config=files["transformer"],
         vae_config=files["vae"],
         scheduler_config={},

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from engine.similarity import SimilarityResult, group_names
+from dit_explore.engine.core.similarity import SimilarityResult, group_names
 
 ANCHORS = ("#440154", "#472d7b", "#3b528b", "#2c728e", "#21918c", "#28ae80", "#5ec962", "#addc30", "#fde725")
 ALL_TITLE = "all blocks (execution order)"

@@ -11,27 +11,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.layout import Layout, layout_from_config
+from dit_explore.engine.core.families import Defaults, Family, family
+from dit_explore.engine.core.layout import Layout
 
 DEFAULT_MODEL = "tiny-flux"
 DEFAULT_PROMPT = "a lighthouse on a rocky coast at dusk, waves breaking, warm light in the window"
 
 
 @dataclass(frozen=True)
-class Defaults:
-    """What a user of this model would pass to the pipeline if they said nothing."""
-
-    steps: int
-    guidance: float
-    width: int = 1024
-    height: int = 1024
-    max_sequence_length: int | None = None  # passed to encode_prompt where the family takes it
-
-
-@dataclass(frozen=True)
 class ModelSpec:
     alias: str
-    family: str  # "flux" | "sd3" | "auraflow"
+    family: str  # the name of its model family (engine/core/families/)
     repo: str | None  # None for the built-in tiny models
     transformer: Mapping[str, Any]
     vae: Mapping[str, Any] = field(default_factory=dict)
@@ -41,7 +31,7 @@ class ModelSpec:
 
     @property
     def layout(self) -> Layout:
-        return layout_from_config(self.family, self.transformer)
+        return family(self.family).layout(self.transformer)
 
     @property
     def tiny(self) -> bool:
@@ -106,8 +96,13 @@ _AURAFLOW = {
     "pos_embed_max_size": 9216,
 }
 _FLOW = {"num_train_timesteps": 1000}
-# The parts of the tiny models' configs that resolution needs; engine/tiny.py builds the rest.
-_TINY_VAE = {"block_out_channels": [16, 32, 32]}
+TINY_VAE_BLOCKS = [16, 32, 32]  # the tiny pipelines' VAE (engine/tiny.py): a 4x downsampling
+
+
+def tiny_model(alias: str, of: Family, description: str) -> ModelSpec:
+    """The catalog entry of a family's built-in tiny pipeline (its TinySpec; engine/tiny.py builds it)."""
+    return ModelSpec(alias, of.name, None, dict(of.tiny.transformer), {"block_out_channels": TINY_VAE_BLOCKS},
+                     {**_FLOW, "shift": of.tiny.scheduler_shift}, of.tiny.defaults, description)
 
 MODELS: dict[str, ModelSpec] = {
     spec.alias: spec
@@ -187,47 +182,19 @@ MODELS: dict[str, ModelSpec] = {
             "AuraFlow v0.2, 6.8B",
         ),
         # Built-in tiny models: random weights of the real classes, built locally (engine/tiny.py).
-        ModelSpec(
-            "tiny-flux",
-            "flux",
-            None,
-            {"num_layers": 4, "num_single_layers": 8},
-            _TINY_VAE,
-            defaults=Defaults(steps=2, guidance=0.0, width=64, height=64, max_sequence_length=32),
-            description="built-in tiny Flux (random weights, CPU-fast)",
-        ),
-        ModelSpec(
-            "tiny-sd3",
-            "sd3",
-            None,
-            {"num_layers": 6, "patch_size": 2, "pos_embed_max_size": 32},
-            _TINY_VAE,
-            defaults=Defaults(steps=2, guidance=7.0, width=64, height=64, max_sequence_length=32),
-            description="built-in tiny SD3 (random weights, CPU-fast)",
-        ),
-        ModelSpec(
-            "tiny-auraflow",
-            "auraflow",
-            None,
-            {"num_mmdit_layers": 2, "num_single_dit_layers": 6, "patch_size": 2, "pos_embed_max_size": 256},
-            _TINY_VAE,
-            defaults=Defaults(steps=2, guidance=3.5, width=64, height=64, max_sequence_length=32),
-            description="built-in tiny AuraFlow (random weights, CPU-fast)",
-        ),
+        tiny_model("tiny-flux", family("flux"), "built-in tiny Flux (random weights, CPU-fast)"),
+        tiny_model("tiny-sd3", family("sd3"), "built-in tiny SD3 (random weights, CPU-fast)"),
+        tiny_model("tiny-auraflow", family("auraflow"), "built-in tiny AuraFlow (random weights, CPU-fast)"),
     )
 }
 
-# Diffusers pipeline class name (model_index.json "_class_name") -> family.
-PIPELINE_FAMILIES = {
-    "FluxPipeline": "flux",
-    "StableDiffusion3Pipeline": "sd3",
-    "AuraFlowPipeline": "auraflow",
-}
-FAMILY_DEFAULTS = {
-    "flux": Defaults(steps=28, guidance=3.5, max_sequence_length=512),
-    "sd3": Defaults(steps=28, guidance=7.0, max_sequence_length=256),
-    "auraflow": Defaults(steps=50, guidance=3.5, max_sequence_length=256),
-}
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Make an alias known (a family's catalog entries from outside this file: a plugin, a test)."""
+    family(spec.family)  # an unknown family is an error now, not when the model is used
+    if spec.alias in MODELS and MODELS[spec.alias] != spec:
+        raise ValueError(f"model alias {spec.alias!r} is already taken")
+    MODELS[spec.alias] = spec
+    return spec
 
 
 def spec_for_repo(repo: str) -> ModelSpec | None:

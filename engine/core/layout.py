@@ -1,4 +1,6 @@
-"""What a model's block stacks look like: names, sizes, and the one structural rule (SD3's last block).
+"""What a model's block stacks look like: names, sizes, and the one structural rule (a last block that
+returns no text stream, as SD3's). A model family (engine/core/families/) reads a Layout from a
+transformer config; the Layout is what plans are validated against and what the TUI draws.
 
 Torch-free, so the TUI can draw the layer grid from a config file before any weights load.
 """
@@ -9,17 +11,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-FAMILIES = ("flux", "sd3", "auraflow")
-
-
 @dataclass(frozen=True)
 class Stack:
     """One `nn.ModuleList` of transformer blocks, addressed in plans by `name`."""
 
-    name: str  # "double" or "single": the plan-file key
+    name: str  # the plan-file key ("double", "single", ...), declared by the model family
     attr: str  # attribute of the transformer holding the ModuleList
     blocks: int
-    # SD3's last block is "context pre-only": it returns no text stream, so it can only end a stack.
+    # The last block returns no text stream (SD3's "context pre-only" block), so it can only end a stack.
     pre_only_last: bool = False
 
     @property
@@ -29,7 +28,7 @@ class Stack:
 
 @dataclass(frozen=True)
 class Layout:
-    family: str
+    family: str  # the name of its model family
     stacks: tuple[Stack, ...]
 
     @property
@@ -67,27 +66,3 @@ class Layout:
                 for s in data["stacks"]
             ),
         )
-
-
-def layout_from_config(family: str, config: Mapping[str, Any]) -> Layout:
-    """The stacks of a transformer, read from its `config.json` (diffusers' constructor defaults apply)."""
-    if family == "flux":
-        return Layout(
-            "flux",
-            (
-                Stack("double", "transformer_blocks", int(config.get("num_layers", 19))),
-                Stack("single", "single_transformer_blocks", int(config.get("num_single_layers", 38))),
-            ),
-        )
-    if family == "sd3":
-        # SD3Transformer2DModel builds block i with context_pre_only=(i == num_layers - 1).
-        return Layout("sd3", (Stack("double", "transformer_blocks", int(config.get("num_layers", 18)), True),))
-    if family == "auraflow":
-        return Layout(
-            "auraflow",
-            (
-                Stack("double", "joint_transformer_blocks", int(config.get("num_mmdit_layers", 4))),
-                Stack("single", "single_transformer_blocks", int(config.get("num_single_dit_layers", 32))),
-            ),
-        )
-    raise ValueError(f"unknown model family {family!r} (known: {', '.join(FAMILIES)})")

@@ -24,7 +24,7 @@ from typing import Any
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from engine import plan as plans
+from dit_explore.engine.core import plan as plans
 
 RUN_JSON = "run.json"
 RUN_FORMAT = 1

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from dit_explore.engine.core.plan import span_text
+
 SIMILARITY_JSON = "similarity.json"
 SIMILARITY_PNG = "similarity.png"
 RESULT_FORMAT = 1
@@ -94,6 +96,12 @@ def group_names(count: int) -> list[str]:
     if count <= 1:
         return ["first"][:count]
     return ["first", *[f"middle {i}" for i in range(1, count - 1)], "last"]
+
+
+def group_labels(groups: Sequence[tuple[int, int]]) -> list[str]:
+    """Each group as its name and range: "first 0", "middle 1 1-9", "last 10-11". The one way groups
+    are written, in the TUI, the CLI, plan comments and similarity.png."""
+    return [f"{name} {span_text(a, b)}" for name, (a, b) in zip(group_names(len(groups)), groups)]
 
 
 @dataclass

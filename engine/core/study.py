@@ -12,10 +12,16 @@ from __future__ import annotations
 
 import textwrap
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
-from engine import plan as plans
-from engine.layout import Layout
+from dit_explore.engine.core import plan as plans
+from dit_explore.engine.core.layout import Layout
+
+
+def shipped_plans_dir() -> Path:
+    """The saved_plans folder installed with dit-explore (package data: MODEL/*.plan.toml)."""
+    return Path(str(files("dit_explore.saved_plans")))
 
 
 @dataclass(frozen=True)

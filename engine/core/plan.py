@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from engine.layout import Layout
+from dit_explore.engine.core.layout import Layout
 
 T = TypeVar("T")
 PLAN_VERSION = 1
@@ -289,14 +289,14 @@ def _runs(indices: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
-def _span_text(first: int, last: int) -> str:
+def span_text(first: int, last: int) -> str:
     return str(first) if first == last else f"{first}-{last}"
 
 
 def format_unit(unit: Unit) -> str:
     if isinstance(unit, int):
         return str(unit)
-    members = ",".join(_span_text(a, b) for a, b in _runs(list(unit.members)))
+    members = ",".join(span_text(a, b) for a, b in _runs(list(unit.members)))
     return f"[{members}]" + (f"x{unit.loops}" if unit.loops > 1 else "")
 
 
@@ -318,7 +318,7 @@ def _single_tokens(seq: list[int]) -> list[str]:
             step = seq[i + 1] - seq[i]
             while j + 1 < len(seq) and seq[j + 1] - seq[j] == step and not (j + 2 < len(seq) and seq[j + 2] == seq[j + 1]):
                 j += 1
-        tokens.append(_span_text(seq[i], seq[j]))
+        tokens.append(span_text(seq[i], seq[j]))
         i = j + 1
     return tokens
 
@@ -350,7 +350,7 @@ def format_order(order: Order) -> str:
 
 
 def format_steps(steps: tuple[int, ...]) -> str:
-    return ",".join(_span_text(a, b) for a, b in _runs(list(steps)))
+    return ",".join(span_text(a, b) for a, b in _runs(list(steps)))
 
 
 # ----------------------------------------------------------------------------------------- validation
@@ -367,7 +367,7 @@ def validate(plan: Plan, layout: Layout, source: str = "plan") -> None:
         stack = layout.stack(stack_name)
         bad = sorted({b for b in blocks_in(order) if not 0 <= b < stack.blocks})
         if bad:
-            tokens = ",".join(_span_text(a, b) for a, b in _runs(bad))
+            tokens = ",".join(span_text(a, b) for a, b in _runs(bad))
             problems.append(
                 f"{where}: block index out of range at '{tokens}' "
                 f"('{stack_name}' has {stack.blocks} blocks: 0-{stack.last})"

@@ -1,0 +1,87 @@
+"""AuraFlow: MMDiT ("joint") blocks, then single DiT blocks over one joint sequence.
+
+The single blocks take and return one tensor: the text tokens (with the register tokens) first, the
+image tokens last. Text: one UMT5. The VAE is SDXL's (4 latent channels, no shift); the pipeline
+upcasts a float16 VAE before decoding. Positions form a square grid stored flat.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from dit_explore.engine.core.families.base import (
+    BlockIO,
+    Defaults,
+    EmbeddingShape,
+    Family,
+    StackSpec,
+    TextEncoderSpec,
+    TinySpec,
+)
+
+
+class AuraFlow(Family):
+    name = "auraflow"
+    pipeline_class = "AuraFlowPipeline"
+    transformer_class = "AuraFlowTransformer2DModel"
+    stacks = (
+        StackSpec("double", "joint_transformer_blocks", "num_mmdit_layers", 4, "AuraFlowJointTransformerBlock",
+                  BlockIO(inputs=("hidden_states", "encoder_hidden_states"),
+                          outputs=("encoder_hidden_states", "hidden_states"))),
+        StackSpec("single", "single_transformer_blocks", "num_single_dit_layers", 32, "AuraFlowSingleTransformerBlock",
+                  BlockIO(inputs=("hidden_states",), outputs=("hidden_states",), text_first=True)),
+    )
+    text_slots = ("text_encoder", "tokenizer")
+    defaults = Defaults(steps=50, guidance=3.5, max_sequence_length=256)
+    upcasts_vae = True
+    # SDXL's VAE: the widely used fit of its 4 latent channels to RGB.
+    preview_factors = {4: (
+        [[0.3651, 0.4232, 0.4341], [-0.2533, -0.0042, 0.1068], [0.1076, 0.1111, -0.0362], [-0.3165, -0.2492, -0.2188]],
+        [0.1084, -0.0175, -0.0011],
+    )}
+    # caption_projection_dim equals the width (2 heads x 16): projected captions enter the joint blocks.
+    tiny = TinySpec(
+        transformer={"sample_size": 16, "patch_size": 2, "in_channels": 4, "out_channels": 4, "num_mmdit_layers": 2,
+                     "num_single_dit_layers": 6, "attention_head_dim": 16, "num_attention_heads": 2,
+                     "joint_attention_dim": 32, "caption_projection_dim": 32, "pos_embed_max_size": 256},
+        text_encoders=(TextEncoderSpec("text_encoder", "tokenizer", "UMT5EncoderModel", "t5", 32),),
+        vae_scaling=0.13025,
+        vae_shift=None,
+        scheduler_shift=1.73,
+        structure=(4.0, 48.0),
+        defaults=Defaults(steps=2, guidance=3.5, width=64, height=64, max_sequence_length=32),
+    )
+
+    def max_side(self, transformer: Mapping[str, Any], vae: Mapping[str, Any]) -> int | None:
+        positions = transformer.get("pos_embed_max_size")
+        if positions is None:
+            return None
+        return math.isqrt(int(positions)) * self.size_multiple(transformer, vae)  # a square grid, stored flat
+
+    def encode_prompt(self, pipe: Any, prompt: str, cfg: bool, max_sequence_length: int | None,
+                      device: Any) -> dict[str, Any]:
+        extra = {"max_sequence_length": max_sequence_length} if max_sequence_length else {}
+        embeds, mask, negative, negative_mask = pipe.encode_prompt(
+            prompt=prompt, do_classifier_free_guidance=cfg, device=device, **extra)
+        out = {"prompt_embeds": embeds, "prompt_attention_mask": mask}
+        if cfg:
+            out.update(negative_prompt_embeds=negative, negative_prompt_attention_mask=negative_mask)
+        return out
+
+    def pseudo_embeddings(self, config: Mapping[str, Any], sequence: int, cfg: bool) -> dict[str, EmbeddingShape]:
+        # The pipeline's mask has the embeddings' shape (it multiplies them).
+        shape = (1, sequence, int(config["joint_attention_dim"]))
+        out = {"prompt_embeds": EmbeddingShape(shape), "prompt_attention_mask": EmbeddingShape(shape, mask=True)}
+        if cfg:
+            out.update(negative_prompt_embeds=EmbeddingShape(shape),
+                       negative_prompt_attention_mask=EmbeddingShape(shape, mask=True))
+        return out
+
+    def latents_for_vae(self, pipe: Any, latents: Any, width: int, height: int) -> Any:
+        vae = pipe.vae
+        return latents.to(vae.dtype) / vae.config.scaling_factor
+
+
+FAMILY = AuraFlow()

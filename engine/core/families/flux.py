@@ -1,0 +1,87 @@
+"""FLUX.1 (schnell, dev): a double-stream MMDiT stack, then a single-stream stack.
+
+The pipeline packs 2x2 latent patches into one token itself (the transformer's patch size is 1, its
+in_channels four times the VAE's latent channels), so sizes are multiples of twice the VAE factor and
+latents come back packed. FLUX.1 is guidance-distilled: no classifier-free guidance, ever; flux-dev
+feeds the guidance scale to the transformer instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from dit_explore.engine.core.families.base import (
+    BlockIO,
+    Defaults,
+    EmbeddingShape,
+    Family,
+    StackSpec,
+    TextEncoderSpec,
+    TinySpec,
+)
+
+# Since diffusers 0.35 single blocks take and return both streams, like the double blocks.
+_STREAMS = BlockIO(inputs=("hidden_states", "encoder_hidden_states"), outputs=("encoder_hidden_states", "hidden_states"))
+
+
+class Flux(Family):
+    name = "flux"
+    pipeline_class = "FluxPipeline"
+    transformer_class = "FluxTransformer2DModel"
+    stacks = (
+        StackSpec("double", "transformer_blocks", "num_layers", 19, "FluxTransformerBlock", _STREAMS),
+        StackSpec("single", "single_transformer_blocks", "num_single_layers", 38, "FluxSingleTransformerBlock",
+                  _STREAMS),
+    )
+    text_slots = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+    defaults = Defaults(steps=28, guidance=3.5, max_sequence_length=512)
+    packs_latents = True
+    default_patch_size = 1
+    # The widely used least-squares fit of FLUX.1's 16 latent channels to RGB.
+    preview_factors = {16: (
+        [
+            [-0.0346, 0.0244, 0.0681], [0.0034, 0.0210, 0.0687], [0.0275, -0.0668, -0.0433],
+            [-0.0174, 0.0160, 0.0617], [0.0859, 0.0721, 0.0329], [0.0004, 0.0383, 0.0115],
+            [0.0405, 0.0861, 0.0915], [-0.0236, -0.0185, -0.0259], [-0.0245, 0.0250, 0.1180],
+            [0.1008, 0.0755, -0.0421], [-0.0515, 0.0201, 0.0011], [0.0428, -0.0012, -0.0036],
+            [0.0817, 0.0765, 0.0749], [-0.1264, -0.0522, -0.1103], [-0.0280, -0.0881, -0.0499],
+            [-0.1262, -0.0982, -0.0778],
+        ],
+        [-0.0329, -0.0718, -0.0851],
+    )}
+    # CLIP pooled vector + T5 sequence; in_channels is 4x the tiny VAE's 4 latent channels, and the RoPE
+    # axes sum to the head dimension.
+    tiny = TinySpec(
+        transformer={"patch_size": 1, "in_channels": 16, "num_layers": 4, "num_single_layers": 8,
+                     "attention_head_dim": 16, "num_attention_heads": 2, "joint_attention_dim": 32,
+                     "pooled_projection_dim": 32, "guidance_embeds": False, "axes_dims_rope": (4, 6, 6)},
+        text_encoders=(
+            TextEncoderSpec("text_encoder", "tokenizer", "CLIPTextModel", "clip", 32),
+            TextEncoderSpec("text_encoder_2", "tokenizer_2", "T5EncoderModel", "t5", 32),
+        ),
+        vae_scaling=0.3611,
+        vae_shift=0.1159,
+        scheduler_shift=1.0,
+        structure=(2.0, 24.0),
+        defaults=Defaults(steps=2, guidance=0.0, width=64, height=64, max_sequence_length=32),
+    )
+
+    def uses_cfg(self, guidance: float) -> bool:
+        return False
+
+    def encode_prompt(self, pipe: Any, prompt: str, cfg: bool, max_sequence_length: int | None,
+                      device: Any) -> dict[str, Any]:
+        extra = {"max_sequence_length": max_sequence_length} if max_sequence_length else {}
+        embeds, pooled, _ids = pipe.encode_prompt(prompt=prompt, prompt_2=None, device=device, **extra)
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+
+    def pseudo_embeddings(self, config: Mapping[str, Any], sequence: int, cfg: bool) -> dict[str, EmbeddingShape]:
+        return {"prompt_embeds": EmbeddingShape((1, sequence, int(config["joint_attention_dim"]))),
+                "pooled_prompt_embeds": EmbeddingShape((1, int(config["pooled_projection_dim"])))}
+
+    def spatial_latents(self, pipe: Any, latents: Any, width: int, height: int) -> Any:
+        return pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+
+
+FAMILY = Flux()

@@ -1,0 +1,602 @@
+"""The wire protocol between the TUI (client) and the engine process: every request and event as a typed
+value, defined once here and used by the server, the client and the app alike; and the framing.
+
+A frame is a fixed 12-byte header — magic b"DXP1", JSON length, binary length (big-endian uint32) —
+then a UTF-8 JSON object, then raw binary (PNG bytes, possibly empty). No base64, no line-delimited
+JSON: a 1024x1024 PNG is megabytes and asyncio's readline() fails past 64 KiB.
+
+Each message is a frozen dataclass with a `TYPE` (the JSON "type") whose fields are the JSON fields;
+a `bytes` field, at most one per message, travels as the frame's binary part. `encode`/`decode` turn
+values into frames and back, checking every field against its annotation, so a renamed or mistyped
+field is a ProtocolError at the boundary, never a silent None later. docs/protocol.md's message tables
+are generated from these classes (`markdown_tables`; a test keeps them equal).
+
+Torch-free: shared by both processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import IO, Any, ClassVar, TypeVar, Union
+
+from dit_explore.engine.core.families import Defaults
+from dit_explore.engine.core.layout import Layout
+from dit_explore.engine.core.plan import Sampling
+from dit_explore.engine.core.sampling import BlockRuns, Settings, Timing
+from dit_explore.engine.core.similarity import SimilarityResult
+
+PROTOCOL_VERSION = 2
+MAGIC = b"DXP1"
+HEADER = struct.Struct(">4sII")
+MAX_JSON = 4 << 20  # 4 MiB: similarity matrices are the largest JSON payloads
+MAX_BINARY = 256 << 20  # 256 MiB: a PNG of the largest image a model can make
+
+
+class ProtocolError(ValueError):
+    """A frame or message that breaks the protocol; the message says how, in one line."""
+
+
+class FrameTooLarge(ProtocolError):
+    def __init__(self, json_len: int, bin_len: int) -> None:
+        super().__init__(f"frame too large: {json_len} bytes of JSON (max {MAX_JSON}), "
+                         f"{bin_len} bytes of binary (max {MAX_BINARY})")
+        self.json_len = json_len
+        self.bin_len = bin_len
+
+
+# -------------------------------------------------------------------------------------------- words
+
+
+class Status(StrEnum):
+    """How a job (a run or an analysis) stands: running, or how it ended."""
+
+    RUNNING = "running"
+    OK = "ok"
+    CANCELLED = "cancelled"  # the user cancelled it
+    SUPERSEDED = "superseded"  # a newer request replaced it (latest wins)
+    ERROR = "error"  # it failed; the engine serves on
+    CRASHED = "crashed"  # the engine died under it
+
+
+class EngineState(StrEnum):
+    """The engine process as the user sees it."""
+
+    STARTING = "starting"
+    LOADING = "loading"
+    READY = "ready"
+    BUSY = "busy"
+    CRASHED = "crashed"
+    UNRESPONSIVE = "unresponsive"
+    STOPPED = "stopped"
+
+
+class Role(StrEnum):
+    """What an image or a progress event belongs to."""
+
+    PLAN = "plan"  # the plan's image
+    BASELINE = "baseline"  # the identity plan's image, same prompt and settings
+    ANALYZE = "analyze"  # a similarity analysis (progress only)
+
+
+def doc(text: str, default: Any = dataclasses.MISSING) -> Any:
+    """A message field with its documentation (for docs/protocol.md) and, optionally, a default."""
+    return field(default=default, metadata={"doc": text})
+
+
+# ------------------------------------------------------------------------------------------ requests
+
+
+@dataclass(frozen=True, kw_only=True)
+class Run:
+    """Run a plan on prompts, each followed by its baseline. Validated at once (plan against the model's
+    layout, sizes, steps); an invalid run gets `error` and `done` with status `error`. Latest wins: a
+    valid run cancels the job in flight and replaces a queued one (which gets `done` `superseded`)."""
+
+    TYPE: ClassVar[str] = "run"
+    job: int = doc("job id, chosen by the client, increasing (also across engine restarts)")
+    plan: str = doc("the text of a `.plan.toml` file")
+    prompts: tuple[str, ...] = doc("non-empty list of non-empty prompts")
+    sampling: Sampling = doc("any of `seed`, `steps`, `width`, `height`, `guidance` (`prompt` must be "
+                             "null); overrides the plan's `[sampling]`, which overrides the model's defaults",
+                             Sampling())
+    baseline: bool = doc("also deliver each prompt's baseline", True)
+    previews: bool = doc("send a latent preview with each step's `progress`", True)
+    out_dir: str | None = doc("run directory to write as results arrive, or null", None)
+    plan_source: str | None = doc("name of the plan for messages", None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Analyze:
+    """The similarity analysis: from the on-disk cache when the same model revision, prompts, steps,
+    size, seed, guidance and dtype were analyzed before, else measured (with `progress` of role
+    `analyze`); then `analysis` and `done`. Latest wins, as for `run`."""
+
+    TYPE: ClassVar[str] = "analyze"
+    job: int = doc("job id, as for `run`")
+    prompts: tuple[str, ...] | None = doc("prompts, or null for the five built-in ones", None)
+    sampling: Sampling = doc("as for `run`", Sampling())
+    groups: int | None = doc("group into exactly this many groups, or null: automatic", None)
+    use_cache: bool = doc("answer from the on-disk cache when it has this analysis", True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cancel:
+    """Stop a job before its next block execution; `done` `cancelled` follows."""
+
+    TYPE: ClassVar[str] = "cancel"
+    job: int | None = doc("the job, or null: the current one", None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ping:
+    """Answered with `pong` by the reader thread, even while a run or the load is in progress."""
+
+    TYPE: ClassVar[str] = "ping"
+    id: int = doc("echoed in the pong")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Shutdown:
+    """Cancel what runs and exit with code 0."""
+
+    TYPE: ClassVar[str] = "shutdown"
+
+
+Request = Run | Analyze | Cancel | Ping | Shutdown
+REQUESTS: dict[str, type[Any]] = {cls.TYPE: cls for cls in (Run, Analyze, Cancel, Ping, Shutdown)}
+
+
+# -------------------------------------------------------------------------------- events (engine)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hello:
+    """Sent at once, before the weights load: the client can draw the layer grid meanwhile."""
+
+    TYPE: ClassVar[str] = "hello"
+    protocol: int = doc(f"protocol version ({PROTOCOL_VERSION})")
+    model: str = doc("the model as named")
+    location: str = doc("tiny name, repo id or folder")
+    kind: str = doc("tiny, alias, repo or local")
+    family: str = doc("the model family (flux, sd3, auraflow, ...)")
+    layout: Layout = doc("`family`, `stacks`: list of `name`, `attr`, `blocks`, `pre_only_last`")
+    defaults: Defaults = doc("`steps`, `guidance`, `width`, `height`, `max_sequence_length`")
+    size_multiple: int = doc("width and height must be multiples of this")
+    max_side: int | None = doc("largest width or height, or null")
+    pid: int = doc("the engine's process id")
+    log: str | None = doc("path of the engine's log")
+    device: str = doc("device as requested")
+    dtype: str | None = doc("dtype as requested, or null: the device's default")
+    random_weights: bool = doc("real-size architecture with random weights")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Loading:
+    TYPE: ClassVar[str] = "loading"
+    stage: str = doc("what is being done, in words")
+    fraction: float | None = doc("0..1, or null when unknown")
+    elapsed: float = doc("seconds since loading began")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ready:
+    TYPE: ClassVar[str] = "ready"
+    device: str = doc("e.g. `cuda:0`")
+    dtype: str = doc("e.g. `bfloat16`")
+    load_seconds: float = doc("seconds the load took")
+    random_weights: bool = doc("real-size architecture with random weights")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Progress:
+    """One denoising step done. The binary is a PNG preview at latent resolution (a fixed linear
+    latent-to-RGB map, no VAE), absent for the last step or when `previews` is false."""
+
+    TYPE: ClassVar[str] = "progress"
+    job: int = doc("the job")
+    index: int = doc("prompt index")
+    role: Role = doc("`plan`, `baseline` or `analyze`")
+    step: int = doc("steps done")
+    steps: int = doc("steps in all")
+    prompts: int = doc("prompts in all", 1)
+    elapsed: float = doc("seconds since this image began")
+    preview: bytes = doc("the frame's binary: a PNG preview, or empty", b"")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Image:
+    """A finished image (the binary: its PNG, carrying its plan for replay)."""
+
+    TYPE: ClassVar[str] = "image"
+    job: int = doc("the job")
+    index: int = doc("prompt index")
+    role: Role = doc("`plan` or `baseline`")
+    prompt: str = doc("the prompt")
+    cached: bool = doc("a baseline from the cache (no new generation)")
+    path: str | None = doc("the file written, or null")
+    settings: Settings = doc("`seed`, `steps`, `width`, `height`, `guidance`, `max_sequence_length`")
+    timing: Timing = doc("`total`, `text_encode`, `text_encode_cached`, `transformer_steps` (list), `decode`; "
+                         "seconds")
+    block_runs: BlockRuns = doc("`per_step`, `full_per_step`, `total`, `full_total`")
+    png: bytes = doc("the frame's binary: the PNG")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Analysis:
+    TYPE: ClassVar[str] = "analysis"
+    job: int = doc("the job")
+    cached: bool = doc("from the on-disk cache")
+    result: SimilarityResult = doc("the content of similarity.json (`stacks`, `all`, `prompts`, `steps`, "
+                                   "`seed`, `model`, `settings`, `key`)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Done:
+    TYPE: ClassVar[str] = "done"
+    job: int = doc("the job")
+    status: Status = doc("`ok`, `cancelled`, `superseded` or `error`")
+    message: str | None = doc("why, for `error`; else null", None)
+    images: int = doc("prompts finished", 0)
+    seconds: float = doc("seconds the job took", 0.0)
+    blocks_restored: bool = doc("the model's block lists are its own again", True)
+    path: str | None = doc("the run directory, or null", None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Error:
+    TYPE: ClassVar[str] = "error"
+    job: int | None = doc("the job, or null")
+    message: str = doc("one line")
+    log: str | None = doc("path of the engine log with the traceback")
+    fatal: bool = doc("the engine is exiting", False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pong:
+    TYPE: ClassVar[str] = "pong"
+    id: int = doc("the ping's id")
+    state: EngineState = doc("`starting`, `loading`, `ready` or `busy`")
+    job: int | None = doc("the running job, or null")
+    rss: int | None = doc("resident memory in bytes, or null")
+
+
+# -------------------------------------------------------------------------------- events (client)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Crashed:
+    """The engine process ended without having been asked to."""
+
+    TYPE: ClassVar[str] = "crashed"
+    exit_code: int | None = doc("its exit code")
+    log: str = doc("path of its log")
+    log_tail: str = doc("the last lines of its log")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stopped:
+    """The engine process ended after `shutdown()`."""
+
+    TYPE: ClassVar[str] = "stopped"
+    exit_code: int | None = doc("its exit code")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Unresponsive:
+    """No pong for a while (pings go out every second)."""
+
+    TYPE: ClassVar[str] = "unresponsive"
+    seconds: float = doc("seconds without a pong")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Responsive:
+    """Pongs again after `unresponsive`."""
+
+    TYPE: ClassVar[str] = "responsive"
+
+
+EngineEvent = Hello | Loading | Ready | Progress | Image | Analysis | Done | Error | Pong
+ClientEvent = Crashed | Stopped | Unresponsive | Responsive
+Event = EngineEvent | ClientEvent
+EVENTS: dict[str, type[Any]] = {cls.TYPE: cls for cls in typing.get_args(EngineEvent)}
+CLIENT_EVENTS: dict[str, type[Any]] = {cls.TYPE: cls for cls in typing.get_args(ClientEvent)}
+
+
+# ------------------------------------------------------------------------------------------- codec
+
+T = TypeVar("T")
+
+
+def _hints(cls: type[Any]) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _binary_field(cls: type[Any]) -> str | None:
+    names = [f.name for f in dataclasses.fields(cls) if _hints(cls)[f.name] is bytes]
+    return names[0] if names else None
+
+
+def to_json(value: Any) -> Any:
+    """A typed value as JSON data: dataclasses as objects (their `to_json` where they have one), enums
+    as their values, tuples as lists."""
+    if hasattr(value, "to_json") and dataclasses.is_dataclass(value):
+        return value.to_json()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if not isinstance(getattr(value, f.name), bytes)}
+    if isinstance(value, StrEnum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    return value
+
+
+def from_json(annotation: Any, data: Any, where: str) -> Any:
+    """JSON data as a value of `annotation`, checked all the way down; ProtocolError names the field."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if data is None and type(None) in options:
+            return None
+        problems = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return from_json(option, data, where)
+            except ProtocolError as exc:
+                problems.append(str(exc))
+        raise ProtocolError(problems[0] if len(problems) == 1 else f"{where}: not any of the allowed types")
+    if origin is tuple:
+        item = typing.get_args(annotation)[0]
+        if not isinstance(data, list):
+            raise ProtocolError(f"{where}: expected a list, got {_kind(data)}")
+        return tuple(from_json(item, v, f"{where}[{i}]") for i, v in enumerate(data))
+    if origin is dict:
+        key_type, item = typing.get_args(annotation)
+        if not isinstance(data, dict) or key_type is not str:
+            raise ProtocolError(f"{where}: expected an object, got {_kind(data)}")
+        return {k: from_json(item, v, f"{where}.{k}") for k, v in data.items()}
+    if annotation is Any:
+        return data
+    if isinstance(annotation, type) and issubclass(annotation, StrEnum):
+        try:
+            return annotation(data)
+        except ValueError:
+            allowed = ", ".join(m.value for m in annotation)
+            raise ProtocolError(f"{where}: {data!r} is not one of {allowed}") from None
+    if annotation is bool:
+        if not isinstance(data, bool):
+            raise ProtocolError(f"{where}: expected true or false, got {_kind(data)}")
+        return data
+    if annotation is int:
+        if not isinstance(data, int) or isinstance(data, bool):
+            raise ProtocolError(f"{where}: expected an integer, got {_kind(data)}")
+        return data
+    if annotation is float:
+        if not isinstance(data, (int, float)) or isinstance(data, bool):
+            raise ProtocolError(f"{where}: expected a number, got {_kind(data)}")
+        return float(data)
+    if annotation is str:
+        if not isinstance(data, str):
+            raise ProtocolError(f"{where}: expected a string, got {_kind(data)}")
+        return data
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        if not isinstance(data, dict):
+            raise ProtocolError(f"{where}: expected an object, got {_kind(data)}")
+        reader = _READERS.get(annotation)
+        if reader is not None:
+            try:
+                return reader(data)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise ProtocolError(f"{where}: not a valid {annotation.__name__} ({type(exc).__name__}: {exc})") from None
+        return _fields(annotation, data, where)
+    raise ProtocolError(f"{where}: cannot read values of type {annotation!r}")  # a bug in a message class
+
+
+def _kind(data: Any) -> str:
+    return "null" if data is None else type(data).__name__.replace("dict", "object").replace("list", "list")
+
+
+def _fields(cls: type[T], data: Mapping[str, Any], where: str, binary: bytes = b"") -> T:
+    hints = _hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known - {"type"})
+    if unknown:
+        raise ProtocolError(f"{where}: unknown field {unknown[0]!r}")
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        annotation = hints[f.name]
+        if annotation is bytes:
+            values[f.name] = binary
+            continue
+        if f.name in data:
+            values[f.name] = from_json(annotation, data[f.name], f"{where}.{f.name}")
+        elif f.default is dataclasses.MISSING:
+            raise ProtocolError(f"{where}: missing field {f.name!r}")
+    return cls(**values)
+
+
+# Types with their own JSON reader (they check their own structure).
+_READERS: dict[type[Any], Callable[[Mapping[str, Any]], Any]] = {
+    SimilarityResult: SimilarityResult.from_json,
+}
+
+
+def encode(message: Any) -> bytes:
+    """A request or an event as one frame."""
+    binary_name = _binary_field(type(message))
+    binary = getattr(message, binary_name) if binary_name else b""
+    payload = json.dumps({"type": message.TYPE, **to_json(message)}, separators=(",", ":"), ensure_ascii=False,
+                         allow_nan=False).encode()
+    if len(payload) > MAX_JSON or len(binary) > MAX_BINARY:
+        raise FrameTooLarge(len(payload), len(binary))
+    return HEADER.pack(MAGIC, len(payload), len(binary)) + payload + binary
+
+
+def decode(message: Mapping[str, Any], binary: bytes, kinds: Mapping[str, type[T]], what: str = "message") -> T:
+    """One parsed frame as the message class its "type" names among `kinds` (`what` they are, for errors)."""
+    kind = message.get("type")
+    cls = kinds.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        shown = repr(kind) if len(repr(kind)) <= 40 else repr(kind)[:40] + "…"
+        raise ProtocolError(f"unknown {what} type {shown} (known: {', '.join(kinds)})")
+    if binary and _binary_field(cls) is None:
+        raise ProtocolError(f"{kind}: carries {len(binary)} bytes of binary, but takes none")
+    return _fields(cls, message, kind, binary)
+
+
+def decode_request(message: Mapping[str, Any], binary: bytes = b"") -> Request:
+    return typing.cast(Request, decode(message, binary, REQUESTS, "request"))
+
+
+def decode_event(message: Mapping[str, Any], binary: bytes = b"") -> EngineEvent:
+    return typing.cast(EngineEvent, decode(message, binary, EVENTS, "event"))
+
+
+# ------------------------------------------------------------------------------------------ framing
+
+
+def parse_header(header: bytes) -> tuple[int, int]:
+    magic, json_len, bin_len = HEADER.unpack(header)
+    if magic != MAGIC:
+        raise ProtocolError(f"bad frame header {header[:4]!r} (expected {MAGIC!r}): not a dit-explore peer?")
+    if json_len > MAX_JSON or bin_len > MAX_BINARY:
+        raise FrameTooLarge(json_len, bin_len)
+    return json_len, bin_len
+
+
+def parse_payload(payload: bytes) -> dict[str, Any]:
+    try:
+        message = json.loads(payload.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"malformed JSON in frame: {type(exc).__name__}: {str(exc)[:200]}") from None
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ProtocolError("a message must be a JSON object with a string 'type'")
+    return message
+
+
+class FrameReader:
+    """Blocking frame reader (the engine side), over a binary stream such as stdin.
+
+    It keeps the stream in step with the peer whatever arrives: a frame that is too large is skipped
+    whole and reported by raising FrameTooLarge; after a bad header the stream is scanned for the next
+    MAGIC, which is kept as the start of the next frame, and ProtocolError is raised.
+    """
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+        self._pending = b""
+
+    def _read(self, n: int) -> bytes | None:
+        out = self._pending[:n]
+        self._pending = self._pending[n:]
+        while len(out) < n:
+            chunk = self._raw.read(n - len(out))
+            if not chunk:
+                return None
+            out += chunk
+        return out
+
+    def read_frame(self) -> tuple[dict[str, Any], bytes] | None:
+        """One frame as (message, binary); None at the end of the stream."""
+        header = self._read(HEADER.size)
+        if header is None:
+            return None
+        try:
+            json_len, bin_len = parse_header(header)
+        except FrameTooLarge as exc:
+            self._skip(exc.json_len + exc.bin_len)
+            raise
+        except ProtocolError:
+            self._resync(header)
+            raise
+        payload = self._read(json_len)
+        binary = self._read(bin_len) if bin_len else b""
+        if payload is None or binary is None:
+            return None
+        return parse_payload(payload), binary
+
+    def _skip(self, n: int) -> None:
+        while n > 0:
+            chunk = self._read(min(n, 1 << 20))
+            if chunk is None:
+                return
+            n -= len(chunk)
+
+    def _resync(self, seen: bytes) -> None:
+        window = seen[1:]
+        while MAGIC not in window:
+            chunk = self._read(1)
+            if chunk is None:
+                return
+            window = (window + chunk)[-(HEADER.size + len(MAGIC)) :]
+        self._pending = window[window.index(MAGIC) :] + self._pending
+
+
+# ------------------------------------------------------------------------------------ documentation
+
+
+def _type_words(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return " or ".join(_type_words(a) for a in options) + " or null"
+    if origin is tuple:
+        return f"list of {_type_words(typing.get_args(annotation)[0])}"
+    if origin is dict:
+        return f"object of {_type_words(typing.get_args(annotation)[1])}"
+    if isinstance(annotation, type) and issubclass(annotation, StrEnum):
+        return "word"
+    names = {bool: "bool", int: "int", float: "number", str: "string", bytes: "binary"}
+    if annotation in names:
+        return names[annotation]
+    return "object"
+
+
+def _table(classes: Mapping[str, type[Any]]) -> list[str]:
+    lines = ["| type | fields | meaning |", "|---|---|---|"]
+    for kind, cls in classes.items():
+        hints = _hints(cls)
+        parts = []
+        for f in dataclasses.fields(cls):
+            default = "" if f.default is dataclasses.MISSING else f", default {_default_words(f.default)}"
+            parts.append(f"`{f.name}` ({_type_words(hints[f.name])}{default}): {f.metadata.get('doc', '')}")
+        meaning = " ".join((cls.__doc__ or "").split()) if cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "(") else ""
+        lines.append(f"| `{kind}` | {'<br>'.join(parts) or '—'} | {meaning or '—'} |")
+    return lines
+
+
+def _default_words(value: Any) -> str:
+    if isinstance(value, bytes):
+        return "empty"
+    if dataclasses.is_dataclass(value):
+        return "{}" if not any(v is not None for v in to_json(value).values()) else json.dumps(to_json(value))
+    return json.dumps(to_json(value))
+
+
+def markdown_tables() -> str:
+    """The message tables of docs/protocol.md, generated from the classes above."""
+    sections = [("Requests (client to engine)", REQUESTS), ("Events (engine to client)", EVENTS),
+                ("Client-side events (made by the client)", CLIENT_EVENTS)]
+    out = []
+    for title, classes in sections:
+        out += [f"### {title}", "", *_table(classes), ""]
+    words = [("Status", Status), ("EngineState", EngineState), ("Role", Role)]
+    out += ["### Words", ""]
+    out += [f"- `{name}`: " + ", ".join(f"`{m.value}`" for m in enum) for name, enum in words]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":  # `python -m dit_explore.engine.core.protocol`: the tables of docs/protocol.md
+    print(markdown_tables(), end="")

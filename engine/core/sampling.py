@@ -1,0 +1,112 @@
+"""Sampling settings of one image, resolved in one place from model defaults, plan file and command line
+(or the TUI's form); what a plan costs in block executions; and what an image cost in time. Torch-free:
+the engine validates requests with it before any model work, and the TUI predicts costs with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from dit_explore.engine.core.families import Defaults
+from dit_explore.engine.core.layout import Layout
+from dit_explore.engine.core.plan import Plan, PlanError, Sampling, executions
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Sampling parameters of one image, fully resolved."""
+
+    seed: int
+    steps: int
+    width: int
+    height: int
+    guidance: float
+    max_sequence_length: int | None
+
+    def for_prompt(self, prompt: str) -> Sampling:
+        """These settings as a plan file's [sampling] table: what reproduces one image."""
+        return Sampling(prompt=prompt, seed=self.seed, steps=self.steps, width=self.width, height=self.height,
+                        guidance=self.guidance)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_settings(defaults: Defaults, *layers: Sampling) -> Settings:
+    """Model defaults, overridden by each of `layers` in turn (plan file, then command line or form).
+    The one place where an unset field falls back to the model's default."""
+    merged = Sampling()
+    for layer in layers:
+        merged = merged.merged(layer)
+    return Settings(
+        seed=merged.seed if merged.seed is not None else 0,
+        steps=merged.steps if merged.steps is not None else defaults.steps,
+        width=merged.width if merged.width is not None else defaults.width,
+        height=merged.height if merged.height is not None else defaults.height,
+        guidance=merged.guidance if merged.guidance is not None else defaults.guidance,
+        max_sequence_length=defaults.max_sequence_length,
+    )
+
+
+def check_prompts(prompts: Sequence[str], where: str) -> tuple[str, ...]:
+    """The prompts of a request, stripped; PlanError (one line) if there are none or one is blank. The
+    one prompt check of the CLI, the engine and the TUI."""
+    if not prompts:
+        raise PlanError([f"{where}: give at least one prompt"])
+    if any(not p.strip() for p in prompts):
+        raise PlanError([f"{where}: a prompt must not be empty"])
+    return tuple(p.strip() for p in prompts)
+
+
+# ------------------------------------------------------------------------------------------- costs
+
+
+def executions_per_step(plan: Plan, layout: Layout) -> tuple[int, int]:
+    """Block executions one denoising step costs under `plan` (where it applies), and under the full model:
+    the predicted cost everything shows."""
+    orders = plan.resolved(layout)
+    return sum(executions(o) for o in orders.values()), layout.total_blocks
+
+
+@dataclass(frozen=True, kw_only=True)
+class BlockRuns:
+    """Block executions per step and stack under a plan, next to the full model's."""
+
+    full_per_step: dict[str, int]
+    per_step: tuple[dict[str, int], ...]
+    total: int
+    full_total: int
+
+    @property
+    def predicted_speedup(self) -> float | None:
+        """Full model's block executions over the plan's (None when the plan runs no block)."""
+        return self.full_total / self.total if self.total else None
+
+
+def block_runs(plan: Plan, layout: Layout, steps: int) -> BlockRuns:
+    """What `plan` costs over `steps` denoising steps, per step and stack (active_steps respected)."""
+    full = {s.name: s.blocks for s in layout.stacks}
+    planned = {name: executions(order) for name, order in plan.resolved(layout).items()}
+    per_step = tuple(dict(planned) if plan.applies_at(step) else dict(full) for step in range(steps))
+    return BlockRuns(full_per_step=full, per_step=per_step, total=sum(sum(s.values()) for s in per_step),
+                     full_total=sum(full.values()) * steps)
+
+
+# ------------------------------------------------------------------------------------------ timing
+
+
+@dataclass(frozen=True, kw_only=True)
+class Timing:
+    """Seconds one image took: measured with CUDA events on a GPU (engine/timing.py)."""
+
+    total: float
+    text_encode: float  # 0.0 when the embeddings came from the cache
+    text_encode_cached: bool
+    transformer_steps: tuple[float, ...]  # transformer forward time of each denoising step
+    decode: float
+
+    @property
+    def transformer_total(self) -> float:
+        return sum(self.transformer_steps)

@@ -1,0 +1,47 @@
+"""Typed requests for tests that drive an engine through its client directly (the TUI's session builds
+them in production)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dit_explore.engine.core import protocol
+from dit_explore.engine.core.plan import Sampling
+from dit_explore.tui.client import EngineClient
+
+_ids = itertools.count(1)  # one counter for every client: ids only ever increase
+
+
+def next_job() -> int:
+    return next(_ids)
+
+
+async def run(client: EngineClient, plan: str, prompts: Sequence[str], sampling: dict[str, Any] | None = None, *,
+              out_dir: Path | None = None, **fields: Any) -> int:
+    return await client.submit(protocol.Run(job=next_job(), plan=plan, prompts=tuple(prompts),
+                                            sampling=Sampling(**(sampling or {})),
+                                            out_dir=str(out_dir) if out_dir else None, **fields))
+
+
+async def analyze(client: EngineClient, prompts: Sequence[str] | None = None, sampling: dict[str, Any] | None = None,
+                  **fields: Any) -> int:
+    return await client.submit(protocol.Analyze(job=next_job(), prompts=tuple(prompts) if prompts else None,
+                                                sampling=Sampling(**(sampling or {})), **fields))
+
+
+async def send_raw(client: EngineClient, data: bytes) -> None:
+    """Bytes as they are (tests of the engine's handling of malformed input)."""
+    assert client._proc is not None and client._proc.stdin is not None
+    client._proc.stdin.write(data)
+    await client._proc.stdin.drain()
+
+
+def raw_frame(message: dict[str, Any], binary: bytes = b"") -> bytes:
+    """A frame of any JSON object, bypassing the typed encoder (malformed requests)."""
+    import json
+
+    payload = json.dumps(message).encode()
+    return protocol.HEADER.pack(protocol.MAGIC, len(payload), len(binary)) + payload + binary

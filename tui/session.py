@@ -1,0 +1,399 @@
+"""The explorer's session with the engine: job state and scheduling, without a widget.
+
+The app draws; this object decides. It owns the engine client (one per engine process, started and
+restarted here), the job ids (they keep increasing across engine restarts, so two runs never share an
+id), the run records and their status, the run that waits for an engine to start, the similarity
+analysis and the policy around it:
+
+- when the model is ready and no analysis is known, analyze (the built-in prompts; cached on disk);
+- a run pre-empts an analysis in flight (latest wins); when a run ends well and the analysis is still
+  missing, ask again;
+- a run entered while the engine starts or loads waits for its hello, then goes;
+- a run replaced by a newer one ends as superseded (the engine's `done` says so), a run under a crashed
+  engine as crashed.
+
+It turns the engine's typed events into Textual messages (below) posted through `post`; the app reacts
+by drawing. Nothing here needs a running app or engine: tests feed it scripted events
+(tests/tui/test_session.py). Every failure while handling an event becomes a `Notice`, never an
+exception that takes the interface down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+from PIL import Image
+from textual.message import Message
+
+from dit_explore.engine.core import plan as plans
+from dit_explore.engine.core import protocol
+from dit_explore.engine.core.layout import Layout
+from dit_explore.engine.core.protocol import EngineState, Event, Role, Status
+from dit_explore.engine.core.sampling import BlockRuns, Timing
+from dit_explore.engine.core.similarity import SimilarityResult
+from dit_explore.tui.client import EngineError
+from dit_explore.tui.metrics import Difference, difference
+
+
+class Engine(Protocol):
+    """What the session needs of an engine client (tui.client.EngineClient; tests pass stand-ins)."""
+
+    state: EngineState
+    log_path: Path
+    hello: protocol.Hello | None
+
+    @property
+    def alive(self) -> bool: ...
+
+    async def start(self, timeout: float = ...) -> protocol.Hello: ...
+    def events(self) -> AsyncIterator[Event]: ...
+    async def submit(self, request: protocol.Run | protocol.Analyze) -> int: ...
+    async def cancel(self, job: int | None = ...) -> None: ...
+    async def shutdown(self, timeout: float = ...) -> int | None: ...
+
+
+@dataclass
+class RunRecord:
+    """One run of the session, as the TUI keeps it (the engine writes the same to `path`)."""
+
+    job: int
+    label: str
+    started: str  # HH:MM:SS
+    plan_text: str
+    prompt: str
+    status: Status = Status.RUNNING
+    path: Path | None = None
+    image: Image.Image | None = None
+    baseline: Image.Image | None = None
+    timing: Timing | None = None
+    baseline_timing: Timing | None = None
+    block_runs: BlockRuns | None = None
+    difference: Difference | None = None  # computed once, when both images are there
+
+
+# ------------------------------------------------------------------------------------------ messages
+
+
+class StateShown(Message):
+    """The engine's state, in words, with a style (`yellow`, `green`, `bold red`, or none)."""
+
+    def __init__(self, text: str, style: str = "") -> None:
+        super().__init__()
+        self.text = text
+        self.style = style
+
+
+class ProgressShown(Message):
+    """Progress of the work in flight: `total` None is indeterminate, 0 hides the bar."""
+
+    def __init__(self, done: float, total: float | None) -> None:
+        super().__init__()
+        self.done = done
+        self.total = total
+
+
+class PreviewShown(Message):
+    def __init__(self, image: Image.Image, role: Role, step: int, steps: int) -> None:
+        super().__init__()
+        self.image = image
+        self.role = role
+        self.step = step
+        self.steps = steps
+
+
+class RecordChanged(Message):
+    """A run record is new (`added`) or changed; `show`: its images or timing changed, draw them."""
+
+    def __init__(self, record: RunRecord, *, added: bool = False, show: bool = False) -> None:
+        super().__init__()
+        self.record = record
+        self.added = added
+        self.show = show
+
+
+class LayoutChanged(Message):
+    """The engine's model has other stacks than the app drew (e.g. after a restart on a changed folder)."""
+
+    def __init__(self, layout: Layout) -> None:
+        super().__init__()
+        self.layout = layout
+
+
+class AnalysisLanded(Message):
+    def __init__(self, result: SimilarityResult, cached: bool) -> None:
+        super().__init__()
+        self.result = result
+        self.cached = cached
+
+
+class Notice(Message):
+    """Something to tell the user (a toast)."""
+
+    def __init__(self, text: str, *, title: str = "", severity: str = "information", timeout: float = 5) -> None:
+        super().__init__()
+        self.text = text
+        self.title = title
+        self.severity = severity
+        self.timeout = timeout
+
+
+# ------------------------------------------------------------------------------------------ session
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:60] or "plan"
+
+
+@dataclass(frozen=True)
+class RunWish:
+    """A run the user asked for, before it has a job id."""
+
+    plan: plans.Plan  # without sampling: the form's `sampling` is the one source of it
+    prompt: str
+    sampling: plans.Sampling
+    label: str
+
+
+class Session:
+    def __init__(
+        self,
+        layout: Layout,
+        engine_factory: Callable[[], Engine],
+        post: Callable[[Message], object],
+        *,
+        runs_dir: Path,
+        ensure_engine: Callable[[], object],
+    ) -> None:
+        self.layout = layout
+        self.client: Engine | None = None
+        self.records: dict[int, RunRecord] = {}
+        self.similarity: SimilarityResult | None = None
+        self.runs_dir = runs_dir
+        self._engine_factory = engine_factory
+        self._post = post
+        self._ensure_engine = ensure_engine  # starts `follow` (as a worker, in the app)
+        self._job_ids = itertools.count(1)
+        self._latest_job = 0
+        self._pending: RunWish | None = None
+        self._analysis_job: int | None = None
+        self._analysis_prompts: tuple[str, ...] | None = None  # None: the built-in prompt set
+        self._analysis_sampling = plans.Sampling()
+
+    # ------------------------------------------------------------------------------- engine
+
+    @property
+    def state(self) -> EngineState:
+        return self.client.state if self.client is not None else EngineState.STOPPED
+
+    @property
+    def busy(self) -> bool:
+        return self.client is not None and self.client.alive and self.state in (EngineState.BUSY,
+                                                                                 EngineState.UNRESPONSIVE)
+
+    async def follow(self) -> None:
+        """One engine: start it, handle its events until it stops or crashes."""
+        client = self._engine_factory()
+        self.client = client
+        self._post(StateShown("starting…"))
+        try:
+            await client.start()
+        except EngineError as exc:
+            self._post(StateShown(f"failed to start: {exc}", "bold red"))
+            self._post(Notice(str(exc), title="engine", severity="error", timeout=15))
+            return
+        async for event in client.events():
+            await self.handle(event)
+
+    async def restart(self) -> None:
+        await self.shutdown()
+        self._ensure_engine()
+
+    async def shutdown(self) -> None:
+        if self.client is not None:
+            await self.client.shutdown()
+
+    async def handle(self, event: Event) -> None:
+        """One event from the engine (or its client); any failure becomes a notice."""
+        try:
+            await self._handle(event)
+        except Exception as exc:  # noqa: BLE001 - the one funnel: a bad event never takes the app down
+            self._post(Notice(f"could not handle the engine's {event.TYPE} event: {type(exc).__name__}: {exc}",
+                              title="internal error", severity="error", timeout=15))
+
+    async def _handle(self, event: Event) -> None:
+        match event:
+            case protocol.Hello():
+                if event.layout != self.layout:
+                    self.layout = event.layout
+                    self._post(LayoutChanged(event.layout))
+                self._post(StateShown("loading the model…", "yellow"))
+                await self._submit_pending()
+            case protocol.Loading():
+                pct = f" {event.fraction * 100:.0f}%" if event.fraction is not None else ""
+                self._post(StateShown(f"loading{pct} — {event.stage} ({event.elapsed:.0f} s)", "yellow"))
+                self._post(ProgressShown(event.fraction or 0, 1 if event.fraction is not None else None))
+            case protocol.Ready():
+                kind = " · random weights" if event.random_weights else ""
+                self._post(StateShown(f"ready on {event.device} ({event.dtype}{kind}), loaded in "
+                                      f"{event.load_seconds:.1f} s", "green"))
+                self._post(ProgressShown(0, 0))
+                if self.similarity is None:
+                    self._analysis_prompts = None  # the built-in prompt set; cached on disk after the first time
+                    await self.submit_analysis()
+            case protocol.Progress():
+                await self._on_progress(event)
+            case protocol.Image():
+                await self._on_image(event)
+            case protocol.Analysis():
+                self.similarity = event.result
+                self._post(AnalysisLanded(event.result, event.cached))
+            case protocol.Done():
+                await self._on_done(event)
+            case protocol.Error():
+                self._post(Notice(f"{event.message}\nlog: {event.log}", title="engine error", severity="error",
+                                  timeout=15))
+                if event.fatal:
+                    self._post(StateShown(f"stopped: {event.message}", "bold red"))
+            case protocol.Crashed():
+                self._post(StateShown(f"crashed (exit code {event.exit_code}) — enter restarts it", "bold red"))
+                self._post(ProgressShown(0, 0))
+                for record in self.records.values():
+                    if record.status == Status.RUNNING:
+                        record.status = Status.CRASHED
+                        self._post(RecordChanged(record))
+                tail = event.log_tail.strip().splitlines()
+                last = f"\n{tail[-1]}" if tail else ""
+                self._post(Notice(f"the engine exited with code {event.exit_code}{last}\nlog: {event.log}",
+                                  title="engine crashed", severity="error", timeout=20))
+            case protocol.Unresponsive():
+                self._post(StateShown(f"unresponsive — no answer for {event.seconds:.0f} s", "bold red"))
+            case protocol.Responsive():
+                self._post(StateShown("responsive again", "green"))
+            case protocol.Stopped():
+                self._post(StateShown("stopped"))
+
+    async def _on_progress(self, event: protocol.Progress) -> None:
+        if event.role == Role.ANALYZE:
+            self._post(ProgressShown(event.index * event.steps + event.step, event.prompts * event.steps))
+            self._post(StateShown(f"analyzing block similarity — prompt {event.index + 1}/{event.prompts}, "
+                                  f"step {event.step}/{event.steps}", "yellow"))
+            return
+        record = self.records.get(event.job)
+        phases = 2 if event.role == Role.BASELINE or (record is not None and record.baseline is None) else 1
+        done = event.step + (event.steps if event.role == Role.BASELINE else 0)
+        self._post(ProgressShown(done, event.steps * phases))
+        self._post(StateShown(f"busy — {event.role} step {event.step}/{event.steps} ({event.elapsed:.1f} s)",
+                              "yellow"))
+        if event.preview:
+            self._post(PreviewShown(_open_png(event.preview), event.role, event.step, event.steps))
+
+    async def _on_image(self, event: protocol.Image) -> None:
+        record = self.records.get(event.job)
+        if record is None:
+            return
+        image = await asyncio.to_thread(_open_png, event.png)
+        if event.role == Role.PLAN:
+            record.image, record.timing, record.block_runs = image, event.timing, event.block_runs
+        else:
+            record.baseline, record.baseline_timing = image, event.timing
+        if record.image is not None and record.baseline is not None:
+            record.difference = await asyncio.to_thread(difference, record.image, record.baseline)
+        self._post(RecordChanged(record, show=True))
+
+    async def _on_done(self, event: protocol.Done) -> None:
+        record = self.records.get(event.job)
+        if record is not None:
+            record.status = event.status
+            self._post(RecordChanged(record))
+        if event.job != self._latest_job:
+            return  # a job the latest one superseded: only its record changes
+        if event.status == Status.CANCELLED:
+            self._post(Notice("run cancelled", timeout=3))
+        is_analysis = event.job == self._analysis_job
+        if self.state == EngineState.READY:
+            what = "analysis" if is_analysis else "last run"
+            self._post(StateShown(f"ready — {what} {event.status} in {event.seconds:.2f} s", "green"))
+        self._post(ProgressShown(0, 0))
+        if is_analysis:
+            self._analysis_job = None
+        elif self.similarity is None and self._analysis_job is None and event.status == Status.OK:
+            await self.submit_analysis()  # the analysis a run pre-empted: ask again
+
+    # --------------------------------------------------------------------------------- jobs
+
+    async def run(self, wish: RunWish) -> None:
+        """Run a plan and its baseline; starts an engine first if there is none (the run waits for it)."""
+        self._pending = wish
+        client = self.client
+        if client is None or not client.alive or client.state in (EngineState.CRASHED, EngineState.STOPPED):
+            self._post(Notice("starting a new engine", timeout=3))
+            self._ensure_engine()  # the pending run goes on its hello
+            return
+        await self._submit_pending()
+
+    async def _submit_pending(self) -> None:
+        client, wish = self.client, self._pending
+        if client is None or wish is None or client.hello is None or not client.alive:
+            return
+        self._pending = None
+        self._analysis_job = None  # a run pre-empts an analysis in flight; it is asked again after
+        job = next(self._job_ids)
+        out_dir = (self.runs_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{job:03d}-{slug(wish.label)}").resolve()
+        plan_text = plans.dumps(replace(wish.plan, sampling=plans.Sampling()))
+        request = protocol.Run(job=job, plan=plan_text, prompts=(wish.prompt,), sampling=wish.sampling,
+                               out_dir=str(out_dir), plan_source=wish.plan.name or "plan")
+        try:
+            await client.submit(request)
+        except EngineError as exc:
+            self._post(Notice(str(exc), title="engine", severity="error"))
+            return
+        self._latest_job = job  # a run in flight is superseded: its `done` says so
+        record = RunRecord(job=job, label=wish.label, started=time.strftime("%H:%M:%S"), plan_text=plan_text,
+                           prompt=wish.prompt, path=out_dir)
+        self.records[job] = record
+        self._post(RecordChanged(record, added=True))
+        self._post(StateShown("busy — submitted", "yellow"))
+
+    def analyze_prompt(self, prompt: str, sampling: plans.Sampling) -> None:
+        """The next analysis measures this prompt (the user asked); the current result is dropped."""
+        self._analysis_prompts = (prompt,)
+        self._analysis_sampling = sampling
+        self.similarity = None
+
+    async def submit_analysis(self) -> None:
+        """Analyze now, unless a run waits or runs (an analysis would supersede it; its `done` asks again)."""
+        client = self.client
+        if client is None or not client.alive or client.hello is None or self._pending is not None:
+            return
+        if client.state == EngineState.BUSY or any(r.status == Status.RUNNING for r in self.records.values()):
+            return
+        job = next(self._job_ids)
+        try:
+            await client.submit(protocol.Analyze(job=job, prompts=self._analysis_prompts,
+                                                 sampling=self._analysis_sampling))
+        except EngineError as exc:
+            self._post(Notice(f"analysis: {exc}", severity="error"))
+            return
+        self._latest_job = self._analysis_job = job
+
+    async def cancel(self) -> bool:
+        """Cancel the job in flight; False if nothing runs."""
+        if not self.busy:
+            return False
+        assert self.client is not None
+        await self.client.cancel()
+        return True
+
+
+def _open_png(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
