@@ -18,12 +18,13 @@ from typing import Any
 
 import torch
 
-from dit_explore.engine.core import plan as plans
 from dit_explore.engine.analysis import SimilarityAccumulator, image_token_count
+from dit_explore.engine.core import plan as plans
+from dit_explore.engine.core.sampling import Settings
 from dit_explore.engine.executor import applied
 from dit_explore.engine.generate import Generator
 from dit_explore.engine.models import Loaded, compile_blocks, is_compile_failure
-from dit_explore.engine.core.sampling import Settings
+from dit_explore.engine.timing import Timer
 
 Variant = Callable[[], AbstractContextManager[Any]]
 
@@ -55,32 +56,6 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
-
-
-class Timer:
-    """Per-call milliseconds of a callable: CUDA events on a GPU, perf_counter elsewhere."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.device = device
-
-    def sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-
-    def ms(self, fn: Callable[[], Any], calls: int) -> float:
-        if self.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(calls):
-                fn()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end) / calls
-        begin = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        return (time.perf_counter() - begin) * 1000 / calls
 
 
 @dataclass
@@ -196,7 +171,7 @@ def run_bench(gen: Generator, settings: Settings, *, compile: bool = False, repe
     def measure(variants: dict[str, Variant]) -> dict[str, float]:
         """Interleaved medians of per-call milliseconds."""
         samples: dict[str, list[float]] = {name: [] for name in variants}
-        for name, variant in variants.items():  # warm each variant once (allocator, caches)
+        for variant in variants.values():  # warm each variant once (allocator, caches)
             with variant():
                 step()
         for _ in range(repeats):
@@ -256,17 +231,19 @@ def run_bench(gen: Generator, settings: Settings, *, compile: bool = False, repe
     for k, loops in groups:
         members = f"{start}-{start + k - 1}"
         rest_head, rest_tail = f"0-{start - 1}", f"{start + k}-{n - 1}"
-        variants[f"without {members}"] = plan_variant(plans.Plan().with_order(stack.name, plans.parse_order(f"{rest_head}, {rest_tail}")))
+        without = plans.parse_order(f"{rest_head}, {rest_tail}")
+        variants[f"without {members}"] = plan_variant(plans.Plan().with_order(stack.name, without))
         variants[f"[{members}]x{loops}"] = plan_variant(plans.Plan().with_order(
             stack.name, plans.parse_order(f"{rest_head}, [{members}]x{loops}, {rest_tail}")))
     timed = measure(variants)
     for k, loops in groups:
         members = f"{start}-{start + k - 1}"
-        without = timed[f"without {members}"]
-        member_ms = timed["full"] - without  # the members run one after another in the full model
-        group_ms = timed[f"[{members}]x{loops}"] - without
+        without_ms = timed[f"without {members}"]
+        member_ms = timed["full"] - without_ms  # the members run one after another in the full model
+        group_ms = timed[f"[{members}]x{loops}"] - without_ms
         report.add("parallel", group=f"{stack.name} [{members}]x{loops}", group_ms=group_ms,
-                   members_sum_ms=member_ms * loops, ratio=group_ms / (member_ms * loops) if member_ms > 0 else float("nan"))
+                   members_sum_ms=member_ms * loops,
+                   ratio=group_ms / (member_ms * loops) if member_ms > 0 else float("nan"))
 
     say("similarity capture")
     report.add("similarity", **_similarity_cost(gen, settings, inputs, step, timer, repeats, inner))

@@ -147,7 +147,7 @@ class PlanList(nn.ModuleList):
     def __iter__(self) -> Iterator[nn.Module]:
         for module in self._modules.values():
             self._check()
-            yield module  # type: ignore[misc]
+            yield module
 
 
 Wrap = Callable[[str, int, nn.Module], nn.Module]  # (stack, block index, block) -> module run in its place

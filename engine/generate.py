@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from PIL import Image
 
-from dit_explore.engine.executor import Check, Wrap, applied
-from dit_explore.engine.models import Loaded, is_compile_failure
 from dit_explore.engine.core.plan import Plan, dumps, format_order, format_steps
 from dit_explore.engine.core.runs import versions
 from dit_explore.engine.core.sampling import BlockRuns, Settings, Timing, block_runs
+from dit_explore.engine.executor import Check, Wrap, applied
+from dit_explore.engine.models import Loaded, is_compile_failure
 from dit_explore.engine.timing import Intervals, sync
 
 EMBEDDING_CACHE_SIZE = 32

@@ -18,7 +18,6 @@ from dit_explore.engine.core.resolve import ModelError, ModelSource, resolve
 from dit_explore.engine.core.sampling import Settings, check_prompts, resolve_settings
 
 
-
 class UsageError(Exception):
     """Bad input: printed as given (one line per problem), exit code 2."""
 
@@ -140,6 +139,7 @@ def _generate_all(req: RunRequest, source: ModelSource, plan: plans.Plan, prompt
     try:
         for i, prompt in enumerate(prompts):
             result = generator.generate(prompt, settings, plan)
+            assert result.image is not None  # decoded: generate's default
             writer.add_image(result.image, image_plan(plan, source.name, settings.for_prompt(prompt)))
             results.append(result)
             _say(f"[{i + 1}/{len(prompts)}] {result.timing.total:.2f} s  {prompt}")

@@ -1,10 +1,10 @@
 """The engine process: holds the model on the device and serves requests over stdin/stdout.
 
-Started by the TUI's engine client (tui/client.py) as `python -m dit_explore.engine MODEL ...`. stdout carries protocol frames only (any
-stray print goes to stderr, the log); stdin carries requests. A reader thread answers `ping` at once
-and turns `cancel`/`shutdown`/a newer `run` into flags that the generating main thread checks between
-two block executions. End of stdin (the TUI died or closed it), SIGTERM and SIGHUP all end the process
-cleanly, so no orphan keeps holding GPU memory.
+Started by the TUI's engine client (tui/client.py) as `python -m dit_explore.engine MODEL ...`.
+stdout carries protocol frames only (any stray print goes to stderr, the log); stdin carries requests.
+A reader thread answers `ping` at once and turns `cancel`/`shutdown`/a newer `run` into flags that the
+generating main thread checks between two block executions. End of stdin (the TUI died or closed it),
+SIGTERM and SIGHUP all end the process cleanly, so no orphan keeps holding GPU memory.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import IO, Any
 
 from dit_explore.engine.core import plan as plans
 from dit_explore.engine.core import protocol
-from dit_explore.engine.core.resolve import ModelError, ModelSource, resolve
 from dit_explore.engine.core.protocol import EngineState, Role, Status
+from dit_explore.engine.core.resolve import ModelError, ModelSource, resolve
 from dit_explore.engine.core.sampling import BlockRuns, Settings, Timing, check_prompts, resolve_settings
 
 log = logging.getLogger("dit-explore.engine")
@@ -259,8 +259,9 @@ class Engine:
                     self._jobs.wait()
                 if self._stopping.is_set():
                     return 0
-                job, self._pending = self._pending, None
-                self._current = job
+                job = self._pending
+                assert job is not None
+                self._pending, self._current = None, job
             self._state = EngineState.BUSY
             try:
                 self.execute(job)
@@ -288,7 +289,7 @@ class Engine:
         except ModelError as exc:
             self.send_error(str(exc), fatal=True)
             return False
-        except Exception as exc:  # noqa: BLE001 - any load failure ends this engine with a report
+        except Exception as exc:
             log.exception("loading failed")
             self.send_error(f"loading {self.source.name} failed: {type(exc).__name__}: {exc}", fatal=True)
             return False

@@ -1,13 +1,15 @@
-"""Honest timings on CPU and GPU.
+"""Honest timings on CPU and GPU: the one timing utility of the generation path and the benchmarks.
 
 On CUDA, kernels run asynchronously, so wall-clock around a Python call measures the launch, not the work.
-Intervals are therefore recorded with CUDA events and resolved once at the end (one synchronize), and
-wall-clock stages call `sync()` before reading the clock.
+Intervals (the generation's per-step transformer time) are therefore recorded with CUDA events and
+resolved once at the end (one synchronize); Timer (the benchmarks' per-call milliseconds) brackets a
+batch of calls with two events; wall-clock stages call `sync()` before reading the clock.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -52,3 +54,28 @@ class Intervals:
             seconds = begin.elapsed_time(end) / 1000.0 if self._cuda else end - begin
             out[key] = out.get(key, 0.0) + seconds
         return out
+
+
+class Timer:
+    """Per-call milliseconds of a callable: CUDA events on a GPU, perf_counter elsewhere."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.device = device
+
+    def sync(self) -> None:
+        sync(self.device)
+
+    def ms(self, fn: Callable[[], Any], calls: int) -> float:
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(calls):
+                fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / calls
+        begin = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        return (time.perf_counter() - begin) * 1000 / calls

@@ -26,7 +26,7 @@ from dit_explore.engine.core import plan as plans
 from dit_explore.engine.core.catalog import DEFAULT_PROMPT
 from dit_explore.engine.core.layout import Layout
 from dit_explore.engine.core.resolve import ModelSource
-from dit_explore.engine.core.sampling import resolve_settings
+from dit_explore.engine.core.sampling import check_prompts, resolve_settings
 from dit_explore.engine.core.similarity import group_labels
 from dit_explore.tui import editing
 from dit_explore.tui.client import EngineClient
@@ -87,7 +87,7 @@ class ExplorerApp(App[int]):
         self.graphics = graphics
         self.plans_dir = plans_dir
         self._theme_name = theme
-        self._keymap = dict(keymap or {})
+        self._user_keys = dict(keymap or {})
         factory = engine_factory or (lambda: EngineClient(
             source.name, device=device, dtype=dtype, random_weights=random_weights, compile=compile))
         self.session = Session(source.layout, factory, self.post_message, runs_dir=runs_dir,
@@ -120,8 +120,8 @@ class ExplorerApp(App[int]):
         for theme in available_themes().values():
             self.register_theme(theme)
         self.theme = self._theme_name
-        if self._keymap:
-            self.set_keymap(self._keymap)
+        if self._user_keys:
+            self.set_keymap(self._user_keys)
         self.query_one(LayerGrid).focus()
         self._show_plan()
         self.start_engine()
@@ -264,39 +264,40 @@ class ExplorerApp(App[int]):
 
     # ----------------------------------------------------------------------------------- runs
 
+    def _form_values(self) -> tuple[str, plans.Sampling] | None:
+        """The prompt and the sampling overrides of the form, checked as the CLI and the engine check
+        them; None (and the reason shown) when they cannot run."""
+        form = self.query_one(SamplingForm)
+        try:
+            (prompt,) = check_prompts([form.prompt], "prompt")
+            sampling = plans.check_sampling(form.sampling(), "")
+        except plans.PlanError as exc:
+            self.notify(f"{exc} (e edits the prompt)", severity="error")
+            return None
+        except ValueError as exc:
+            self.notify(f"sampling: {exc}", severity="error")
+            return None
+        return prompt, sampling
+
     async def action_run(self) -> None:
         problem = self._problem(self.plan)
         if problem:
             self.notify(problem, title="the plan cannot run", severity="error")
             return
-        form = self.query_one(SamplingForm)
-        if not form.prompt:
-            self.notify("the prompt is empty: press e to write one", severity="error")
-            return
-        try:
-            sampling = form.sampling()
-        except ValueError as exc:
-            self.notify(f"sampling: {exc}", severity="error")
-            return
-        label = self.plan.name or self._describe(self.plan)
-        await self.session.run(RunWish(self.plan, form.prompt, sampling, label))
+        values = self._form_values()
+        if values is not None:
+            label = self.plan.name or self._describe(self.plan)
+            await self.session.run(RunWish(self.plan, values[0], values[1], label))
 
     async def action_analyze(self) -> None:
-        form = self.query_one(SamplingForm)
-        if not form.prompt:
-            self.notify("the prompt is empty: press e to write one", severity="error")
-            return
         client = self.session.client
         if client is None or not client.alive:
             self.notify("the engine is not running: press enter to start it", severity="error")
             return
-        try:
-            sampling = form.sampling()
-        except ValueError as exc:
-            self.notify(f"sampling: {exc}", severity="error")
-            return
-        self.session.analyze_prompt(form.prompt, sampling)
-        await self.session.submit_analysis()
+        values = self._form_values()
+        if values is not None:
+            self.session.analyze_prompt(*values)
+            await self.session.submit_analysis()
 
     def _heatmap_open(self) -> bool:
         from dit_explore.tui.screens.heatmap import HeatmapScreen
@@ -333,8 +334,8 @@ class ExplorerApp(App[int]):
     def on_history_list_chosen(self, message: HistoryList.Chosen) -> None:
         self._show_record(message.record)
 
-    def on_sampling_form_submitted(self, _message: SamplingForm.Submitted) -> None:
-        self.run_action("run")
+    async def on_sampling_form_submitted(self, _message: SamplingForm.Submitted) -> None:
+        await self.action_run()
 
     def action_edit_prompt(self) -> None:
         self.query_one("#prompt", Input).focus()
@@ -393,7 +394,7 @@ class ExplorerApp(App[int]):
     # ----------------------------------------------------------------------------- app-level
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen(self._keymap))
+        self.push_screen(HelpScreen(self._user_keys))
 
     async def action_quit(self) -> None:
         await self.session.shutdown()

@@ -1,6 +1,6 @@
 """How long from launching `dit-explore MODEL` to a layer grid that takes keys, in a real terminal.
 
-    python -m tui.bench_startup [MODEL] [--runs N]
+    python -m dit_explore.tui.bench_startup [MODEL] [--runs N]
 
 Starts the explorer in a detached tmux pane N times and polls the screen every 10 ms until the grid
 (a stack label) is drawn, then until the engine reports ready. Reports the median, min and max of
@@ -19,8 +19,6 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _launch_once(model: str, workdir: Path) -> tuple[float, float]:
@@ -49,7 +47,7 @@ def _launch_once(model: str, workdir: Path) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tui.bench_startup", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m dit_explore.tui.bench_startup", description=__doc__)
     parser.add_argument("model", nargs="?", default="tiny-flux")
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args(argv)

@@ -20,7 +20,6 @@ import os
 import signal
 import sys
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -86,8 +85,8 @@ class EngineClient:
         self._running_job: int | None = None
         self._last_pong = 0.0
         self._stopping = False
-        self._pongs: deque[protocol.Pong] = deque(maxlen=8)
-        self._hello_seen, self._ready_seen, self._ended = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        self.last_pong: protocol.Pong | None = None
+        self._hello_seen, self._ended = asyncio.Event(), asyncio.Event()
         self._end_message = ""
 
     # ------------------------------------------------------------------------------- lifecycle
@@ -124,7 +123,7 @@ class EngineClient:
         self._stopping = False
         self._running_job = None
         self._events = asyncio.Queue()
-        self._hello_seen, self._ready_seen, self._ended = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        self._hello_seen, self._ended = asyncio.Event(), asyncio.Event()
         self._end_message = ""
         self._last_pong = time.monotonic()
         self._tasks = [asyncio.create_task(self._read_events(self._proc)),
@@ -149,12 +148,6 @@ class EngineClient:
             raise TimeoutError
         if not flag.is_set():
             raise EngineError(self._end_message)
-
-    async def wait_ready(self, timeout: float | None = None) -> protocol.Ready:
-        """Wait until the weights are loaded."""
-        await self._until(self._ready_seen, timeout)
-        assert self.ready is not None
-        return self.ready
 
     async def shutdown(self, timeout: float = 5.0) -> int | None:
         """Ask the engine to exit, close its stdin, and make sure it is gone."""
@@ -182,10 +175,6 @@ class EngineClient:
         if proc is not None:
             self.exit_code = proc.returncode
         return self.exit_code
-
-    async def restart(self, timeout: float = 60.0) -> protocol.Hello:
-        await self.shutdown()
-        return await self.start(timeout)
 
     # ---------------------------------------------------------------------------------- requests
 
@@ -223,9 +212,6 @@ class EngineClient:
 
     # ------------------------------------------------------------------------------------ events
 
-    async def next_event(self, timeout: float | None = None) -> Event:
-        return await asyncio.wait_for(self._events.get(), timeout)
-
     async def events(self) -> AsyncIterator[Event]:
         """Every event until the engine stops (a `Crashed` event is the last one after a crash)."""
         while True:
@@ -249,7 +235,6 @@ class EngineClient:
             self.ready = event
             # A request sent while loading waits for the load.
             self.state = EngineState.BUSY if self._running_job is not None else EngineState.READY
-            self._ready_seen.set()
         elif isinstance(event, protocol.Done) and job == self._running_job:
             self._running_job = None
             self.state = EngineState.READY
@@ -296,17 +281,13 @@ class EngineClient:
 
     def _on_pong(self, event: protocol.Pong) -> None:
         self._last_pong = time.monotonic()
-        self._pongs.append(event)
+        self.last_pong = event
         if self.state == EngineState.UNRESPONSIVE:
             if self._running_job is not None:
                 self.state = EngineState.BUSY
             else:
                 self.state = EngineState.READY if self.ready else EngineState.LOADING
             self._events.put_nowait(protocol.Responsive())
-
-    @property
-    def last_pong(self) -> protocol.Pong | None:
-        return self._pongs[-1] if self._pongs else None
 
     async def _heartbeat(self, proc: asyncio.subprocess.Process) -> None:
         ident = 0

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from textual.binding import Binding
 
-from dit_explore.engine.core.layout import Layout
 from dit_explore.engine.core.plan import Plan
 from dit_explore.tui import editing
 
@@ -95,5 +94,5 @@ ALL_KEYS = GRID_KEYS + EDIT_KEYS + APP_KEYS
 IDS = {k.id for k in ALL_KEYS}
 
 
-def bindings(keys: tuple[Key, ...]) -> list[Binding]:
+def bindings(keys: tuple[Key, ...]) -> list[Binding | tuple[str, str] | tuple[str, str, str]]:
     return [Binding(k.keys, k.action, k.description, show=k.show, tooltip=k.help, id=k.id) for k in keys]

@@ -183,6 +183,7 @@ class Session:
         self._job_ids = itertools.count(1)
         self._latest_job = 0
         self._pending: RunWish | None = None
+        self._starting = False  # an engine process is being started (one at a time: no orphans)
         self._analysis_job: int | None = None
         self._analysis_prompts: tuple[str, ...] | None = None  # None: the built-in prompt set
         self._analysis_sampling = plans.Sampling()
@@ -200,8 +201,10 @@ class Session:
 
     async def follow(self) -> None:
         """One engine: start it, handle its events until it stops or crashes."""
+        self._end_running(Status.CANCELLED)  # runs of an engine that was stopped or restarted never end
         client = self._engine_factory()
         self.client = client
+        self._starting = True
         self._post(StateShown("starting…"))
         try:
             await client.start()
@@ -209,11 +212,14 @@ class Session:
             self._post(StateShown(f"failed to start: {exc}", "bold red"))
             self._post(Notice(str(exc), title="engine", severity="error", timeout=15))
             return
+        finally:
+            self._starting = False
         async for event in client.events():
             await self.handle(event)
 
     async def restart(self) -> None:
         await self.shutdown()
+        self._starting = True
         self._ensure_engine()
 
     async def shutdown(self) -> None:
@@ -265,10 +271,7 @@ class Session:
             case protocol.Crashed():
                 self._post(StateShown(f"crashed (exit code {event.exit_code}) — enter restarts it", "bold red"))
                 self._post(ProgressShown(0, 0))
-                for record in self.records.values():
-                    if record.status == Status.RUNNING:
-                        record.status = Status.CRASHED
-                        self._post(RecordChanged(record))
+                self._end_running(Status.CRASHED)
                 tail = event.log_tail.strip().splitlines()
                 last = f"\n{tail[-1]}" if tail else ""
                 self._post(Notice(f"the engine exited with code {event.exit_code}{last}\nlog: {event.log}",
@@ -279,6 +282,14 @@ class Session:
                 self._post(StateShown("responsive again", "green"))
             case protocol.Stopped():
                 self._post(StateShown("stopped"))
+                self._end_running(Status.CANCELLED)
+
+    def _end_running(self, status: Status) -> None:
+        """The engine is gone: its runs end with `status` (else they stay running, and block the analysis)."""
+        for record in self.records.values():
+            if record.status == Status.RUNNING:
+                record.status = status
+                self._post(RecordChanged(record))
 
     async def _on_progress(self, event: protocol.Progress) -> None:
         if event.role == Role.ANALYZE:
@@ -333,8 +344,11 @@ class Session:
         """Run a plan and its baseline; starts an engine first if there is none (the run waits for it)."""
         self._pending = wish
         client = self.client
+        if self._starting:
+            return  # an engine is on its way: the pending run goes on its hello
         if client is None or not client.alive or client.state in (EngineState.CRASHED, EngineState.STOPPED):
             self._post(Notice("starting a new engine", timeout=3))
+            self._starting = True  # until follow() has it started (the worker starts a moment later)
             self._ensure_engine()  # the pending run goes on its hello
             return
         await self._submit_pending()

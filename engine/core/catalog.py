@@ -1,8 +1,8 @@
 """The models dit-explore knows by name: aliases, Hugging Face repos, shipped configs, sampling defaults.
 
-Torch-free. The transformer and VAE configs are those the real repositories ship (the facts in
-shared/DESIGN.md); they give layouts without a download and let `--random-weights` build the real-size
-architecture.
+Torch-free. The transformer and VAE configs are those the real repositories ship (their config.json
+files); they give layouts without a download and let `--random-weights` build the real-size
+architecture. A model family's entries name it by `family` (engine/core/families/).
 """
 
 from __future__ import annotations

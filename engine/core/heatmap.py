@@ -23,6 +23,7 @@ cell (`panel_geometry` gives every panel's matrix origin and cell size).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -102,7 +103,7 @@ def color_scale(result: SimilarityResult) -> tuple[float, float]:
     return min(low, 1.0 - 1e-3), 1.0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)
@@ -112,12 +113,12 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 def _width(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> int:
     left, _, right, _ = font.getbbox(text)
-    return int(math.ceil(right - left))
+    return math.ceil(right - left)
 
 
 def _line_height(font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> int:
     _, top, _, bottom = font.getbbox("Hg|")
-    return int(math.ceil(bottom - top))
+    return math.ceil(bottom - top)
 
 
 def _text(draw: ImageDraw.ImageDraw, x: float, y: float, text: str,
@@ -427,8 +428,6 @@ def save_heatmaps(result: SimilarityResult, path: Path) -> None:
             image.save(f, format="PNG")
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+
 @dataclass(frozen=True)
 class Stack:
     """One `nn.ModuleList` of transformer blocks, addressed in plans by `name`."""

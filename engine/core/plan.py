@@ -342,7 +342,8 @@ def format_order(order: Order) -> str:
     k = 0
     while k < len(tokens):
         n = 1
-        while k + n < len(tokens) and tokens[k + n] == tokens[k] and tokens[k][0] != "[" and "*" not in tokens[k] and n < MAX_COUNT:
+        repeatable = tokens[k][0] != "[" and "*" not in tokens[k]
+        while repeatable and k + n < len(tokens) and tokens[k + n] == tokens[k] and n < MAX_COUNT:
             n += 1
         out.append(tokens[k] + (f"*{n}" if n > 1 else ""))
         k += n
@@ -479,8 +480,10 @@ def from_mapping(data: Mapping[str, Any], source: str) -> Plan:
             problems.append(f"{source}: sampling.{key}: unknown key (known: {', '.join(_SAMPLING_TYPES)})")
         elif isinstance(value, bool) or not isinstance(value, types):
             problems.append(f"{source}: sampling.{key}: wrong type at '{value}'")
+        elif key == "guidance" and isinstance(value, (int, float)):
+            values[key] = float(value)
         else:
-            values[key] = float(value) if key == "guidance" else value
+            values[key] = value
     try:
         sampling = check_sampling(Sampling(**values), f"{source}: sampling.")
     except PlanError as exc:

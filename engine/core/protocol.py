@@ -327,9 +327,9 @@ def _binary_field(cls: type[Any]) -> str | None:
 def to_json(value: Any) -> Any:
     """A typed value as JSON data: dataclasses as objects (their `to_json` where they have one), enums
     as their values, tuples as lists."""
-    if hasattr(value, "to_json") and dataclasses.is_dataclass(value):
-        return value.to_json()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if hasattr(value, "to_json"):
+            return value.to_json()
         return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)
                 if not isinstance(getattr(value, f.name), bytes)}
     if isinstance(value, StrEnum):
@@ -448,7 +448,7 @@ def decode(message: Mapping[str, Any], binary: bytes, kinds: Mapping[str, type[T
     """One parsed frame as the message class its "type" names among `kinds` (`what` they are, for errors)."""
     kind = message.get("type")
     cls = kinds.get(kind) if isinstance(kind, str) else None
-    if cls is None:
+    if cls is None or not isinstance(kind, str):
         shown = repr(kind) if len(repr(kind)) <= 40 else repr(kind)[:40] + "…"
         raise ProtocolError(f"unknown {what} type {shown} (known: {', '.join(kinds)})")
     if binary and _binary_field(cls) is None:

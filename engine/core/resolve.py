@@ -185,7 +185,7 @@ def _hub_json(repo: str, filename: str) -> dict[str, Any]:
         raise ModelError(f"{repo} is gated: accept its license on huggingface.co, then `hf auth login`") from None
     except RepositoryNotFoundError:
         raise ModelError(f"{repo}: no such Hugging Face repo (or it is private: `hf auth login`)") from None
-    except Exception as exc:  # offline, proxy, missing file: all end the same way for the user
+    except Exception as exc:  # noqa: BLE001 - offline, proxy, missing file: all end the same way for the user
         raise ModelError(
             f"{repo}: cannot fetch {filename} ({type(exc).__name__}); download the model with "
             f"`hf download {repo}`, or use an alias with --random-weights"

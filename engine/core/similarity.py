@@ -143,14 +143,14 @@ class SimilarityResult:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> SimilarityResult:
-        stacks = {name: StackResult(int(s["blocks"]), s["matrix"], [tuple(g) for g in s["groups"]])  # type: ignore[misc]
+        stacks = {name: StackResult(int(s["blocks"]), s["matrix"], [(int(g[0]), int(g[1])) for g in s["groups"]])
                   for name, s in data["stacks"].items()}
         return cls(
             model=str(data["model"]),
             stacks=stacks,
             order=[(str(a), int(b)) for a, b in data["all"]["order"]],
             matrix=data["all"]["matrix"],
-            groups=[tuple(g) for g in data["all"]["groups"]],  # type: ignore[misc]
+            groups=[(int(g[0]), int(g[1])) for g in data["all"]["groups"]],
             prompts=list(data["prompts"]),
             steps=int(data["steps"]),
             seed=int(data["seed"]),

@@ -3,6 +3,7 @@ them in production)."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,3 +46,24 @@ def raw_frame(message: dict[str, Any], binary: bytes = b"") -> bytes:
 
     payload = json.dumps(message).encode()
     return protocol.HEADER.pack(protocol.MAGIC, len(payload), len(binary)) + payload + binary
+
+
+async def next_event(client: EngineClient, timeout: float | None = None) -> protocol.Event:
+    """The next event of the client's stream, waiting at most `timeout` seconds."""
+    return await asyncio.wait_for(client._events.get(), timeout)
+
+
+async def wait_ready(client: EngineClient, timeout: float = 120) -> protocol.Ready:
+    """Events until `ready` (the weights are loaded), kept in the stream for the test to read."""
+    seen: list[protocol.Event] = []
+    try:
+        while client.ready is None:
+            event = await next_event(client, timeout)
+            seen.append(event)
+            if isinstance(event, (protocol.Crashed, protocol.Stopped)) or (
+                    isinstance(event, protocol.Error) and event.fatal):
+                raise AssertionError(f"the engine ended while loading: {event}")
+    finally:
+        for event in seen:
+            client._events.put_nowait(event)
+    return client.ready

@@ -3,6 +3,7 @@ diffusers pipelines, cosines computed per token in numpy (float64)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -14,10 +15,10 @@ import torch
 from torch import nn
 
 from dit_explore.engine.analysis import CaptureBlock, analyze
-from dit_explore.engine.executor import Cancelled, PlanList
-from dit_explore.engine.generate import Generator
 from dit_explore.engine.core.sampling import Settings
 from dit_explore.engine.core.similarity import SIMILARITY_JSON, SIMILARITY_PNG, group_blocks, read_result
+from dit_explore.engine.executor import Cancelled, PlanList
+from dit_explore.engine.generate import Generator
 from dit_explore.tui.cli import main
 
 PROMPTS = ["a red cube on a table", "a city at night"]
@@ -134,7 +135,7 @@ def test_analyze_and_plans_commands(tmp_path: Path) -> None:
     assert data["all"]["order"][:5] == [["double", 0], ["double", 1], ["double", 2], ["double", 3], ["single", 0]]
     groups = data["stacks"]["single"]["groups"]
     assert groups[0][0] == 0 and groups[-1][1] == 7  # they cover the stack in order
-    assert all(b[0] == a[1] + 1 for a, b in zip(groups, groups[1:]))
+    assert all(b[0] == a[1] + 1 for a, b in itertools.pairwise(groups))
     assert (out / SIMILARITY_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # --groups regroups the same (cached) matrices into exactly K groups
     fixed = tmp_path / "fixed"

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from dit_explore.engine.core import plan as plans
 from dit_explore.engine.bench import block_flops, capture_step_inputs, plan_flops, run_bench
-from dit_explore.engine.generate import Generator
+from dit_explore.engine.core import plan as plans
 from dit_explore.engine.core.sampling import Settings
+from dit_explore.engine.generate import Generator
 from dit_explore.tui.cli import main
 
 SETTINGS = Settings(seed=0, steps=2, width=64, height=64, guidance=0.0, max_sequence_length=32)
@@ -65,8 +65,8 @@ def test_bench_smoke_on_gpu_with_compile(tiny_generator: Callable[[str], Generat
     """On a GPU: the bench path with regional compilation, and no recompilation after a plan change."""
     import torch as _torch
 
-    from dit_explore.engine.models import load
     from dit_explore.engine.core.resolve import resolve
+    from dit_explore.engine.models import load
 
     loaded = load(resolve("tiny-flux"), _torch.device("cuda"), _torch.bfloat16)
     report = run_bench(Generator(loaded), SETTINGS, compile=True, repeats=3).to_json()
@@ -79,8 +79,8 @@ def test_bench_smoke_on_gpu_with_compile(tiny_generator: Callable[[str], Generat
 def test_identity_plan_is_bit_identical_on_gpu() -> None:
     import numpy as np
 
-    from dit_explore.engine.models import load
     from dit_explore.engine.core.resolve import resolve
+    from dit_explore.engine.models import load
 
     loaded = load(resolve("tiny-flux"), torch.device("cuda"), torch.bfloat16)
     gen = Generator(loaded)

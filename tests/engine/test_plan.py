@@ -388,7 +388,8 @@ def test_format_steps_uses_spans() -> None:
     assert format_steps((0, 1)) == "0-1"
 
 
-@pytest.mark.parametrize(("text", "fragment"), [("", "end of text"), ("1*2", "'*'"), ("[1]", "'['"), ("0,a", "'a'"), ("1,", "end of text")])
+@pytest.mark.parametrize(("text", "fragment"),
+                         [("", "end of text"), ("1*2", "'*'"), ("[1]", "'['"), ("0,a", "'a'"), ("1,", "end of text")])
 def test_parse_steps_errors(text: str, fragment: str) -> None:
     with pytest.raises(PlanError) as exc:
         parse_steps(text, "f.toml: active_steps")
@@ -508,7 +509,8 @@ def test_validate_unknown_stack() -> None:
     assert "order.single" in line and "'single'" in line and "double" in line
 
 
-@pytest.mark.parametrize("text", ["0-23", "0-22", "", "23", "22-0", "0-10, [11-13]x2, 23", "5*3, 23", "[0-22]x4, 23", "0-22*2, 23"])
+@pytest.mark.parametrize("text", ["0-23", "0-22", "", "23", "22-0", "0-10, [11-13]x2, 23", "5*3, 23", "[0-22]x4, 23",
+                                  "0-22*2, 23"])
 def test_sd3_last_block_allowed(text: str) -> None:
     validate(Plan().with_order("double", parse_order(text)), SD3)
 
@@ -671,7 +673,8 @@ plans = st.builds(
 
 
 @FAST
-@given(plans, st.one_of(st.none(), st.text(st.characters(min_codepoint=0x20, exclude_characters="\x7f", exclude_categories=("Cs",)), max_size=30)))
+@given(plans, st.one_of(st.none(), st.text(st.characters(min_codepoint=0x20, exclude_characters="\x7f",
+                                                         exclude_categories=("Cs",)), max_size=30)))
 def test_dumps_loads_round_trip(plan: Plan, comment: str | None) -> None:
     text = dumps(plan, comment)
     assert loads(text) == plan

@@ -32,8 +32,12 @@ def synthetic_result(source: ModelSource, prompts: tuple[str, ...] | None = None
 
 
 class StubEngine:
-    def __init__(self, source: ModelSource) -> None:
+    """`runs`: where to record the run requests it gets (answered with `done` ok); without it, a run
+    request fails the test."""
+
+    def __init__(self, source: ModelSource, runs: list[protocol.Run] | None = None) -> None:
         self.source = source
+        self.runs = runs
         self.state = EngineState.STOPPED
         self.log_path = Path("engine.log")
         self.hello: protocol.Hello | None = None
@@ -61,7 +65,11 @@ class StubEngine:
 
     async def submit(self, request: protocol.Run | protocol.Analyze) -> int:
         if isinstance(request, protocol.Run):
-            raise AssertionError("the stub engine does not run plans")
+            if self.runs is None:
+                raise AssertionError("the stub engine does not run plans")
+            self.runs.append(request)
+            self._events.put_nowait(protocol.Done(job=request.job, status=Status.OK))
+            return request.job
         self._events.put_nowait(protocol.Analysis(job=request.job, cached=True,
                                                   result=synthetic_result(self.source, request.prompts)))
         self._events.put_nowait(protocol.Done(job=request.job, status=Status.OK))

@@ -13,8 +13,8 @@ import textual_image.widget  # noqa: F401 - imported before any app runs, as the
 
 from dit_explore.engine.core import plan as plans
 from dit_explore.engine.core.resolve import resolve
-from tests.tui.stub_engine import StubEngine
 from dit_explore.tui.app import ExplorerApp
+from tests.tui.stub_engine import StubEngine
 
 SIZE = (150, 48)
 EVERY_OP = """\
@@ -57,17 +57,26 @@ def test_palette_offers_actions_by_category(tmp_path: Path) -> None:
 
     app = flux_app(tmp_path)
 
+    async def until(pilot: Any, condition: Any) -> None:
+        deadline = asyncio.get_running_loop().time() + 30
+        while not condition():
+            assert asyncio.get_running_loop().time() < deadline, "the palette never showed what was expected"
+            await pilot.pause(0.02)
+
+    def shown() -> list[str]:
+        options = app.screen.query_one(OptionList)
+        return [str(options.get_option_at_index(i).prompt) for i in range(options.option_count)]
+
     async def titles(pilot: Any, query: str) -> list[str]:
         await pilot.press("ctrl+p")
-        await pilot.pause(0.2)
+        await until(pilot, lambda: isinstance(app.screen, CommandPalette))
         await pilot.press(*query)
-        await pilot.pause(0.5)
-        palette = app.screen
-        assert isinstance(palette, CommandPalette)
-        options = palette.query_one(OptionList)
-        found = [str(options.get_option_at_index(i).prompt) for i in range(options.option_count)]
+        # The palette searches in the background: wait for this query's results, then one more frame.
+        await until(pilot, lambda: any(title.startswith(f"{query}:") for title in shown()))
+        await pilot.pause()
+        found = shown()
         await pilot.press("escape")
-        await pilot.pause(0.1)
+        await until(pilot, lambda: not isinstance(app.screen, CommandPalette))
         return found
 
     async def scenario() -> None:

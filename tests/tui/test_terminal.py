@@ -5,64 +5,25 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
-import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.terminal import Terminal
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (.ci/run installs it)")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class Terminal:
-    def __init__(self, tmp_path: Path) -> None:
-        self.socket = f"dit-explore-test-{uuid.uuid4().hex[:8]}"
-        self.cache = tmp_path / "cache"
-        self.exit_file = tmp_path / "exit-code"
-        # A cache of its own: the engine's log path (on its command line) then tells its engines apart.
-        env = {**os.environ, "DIT_EXPLORE_CACHE": str(self.cache), "TERM": "xterm-256color",
-               "PYTHONPATH": str(ROOT)}
-        command = (f"cd {tmp_path} && {sys.executable} -c 'from dit_explore.tui.cli import entry; entry()' "
-                   f"tiny-flux --graphics halfcell; echo $? > {self.exit_file}; sleep 60")
-        self.tmux("new-session", "-d", "-s", "main", "-x", "140", "-y", "44", command, env=env)
-
-    def tmux(self, *args: str, env: dict[str, str] | None = None) -> str:
-        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, check=True,
-                              env=env).stdout
-
-    def screen(self) -> str:
-        return self.tmux("capture-pane", "-p", "-t", "main")
-
-    def keys(self, *keys: str) -> None:
-        for key in keys:
-            self.tmux("send-keys", "-t", "main", key)
-            time.sleep(0.15)
-
-    def wait_for(self, check: Callable[[str], bool], timeout: float = 60.0) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.screen()
-            if check(text):
-                return text
-            if time.monotonic() > deadline:
-                raise AssertionError(f"screen never matched; last screen:\n{text}")
-            time.sleep(0.2)
-
-    def engines(self) -> list[str]:
-        ps = subprocess.run(["ps", "-eww", "-o", "pid,args"], capture_output=True, text=True).stdout
-        return [line for line in ps.splitlines() if "-m dit_explore.engine" in line and str(self.cache) in line]
-
-    def close(self) -> None:
-        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)
-
-
 @pytest.fixture
 def terminal(tmp_path: Path) -> Iterator[Terminal]:
-    term = Terminal(tmp_path)
+    # A cache of its own: the engine's log path (on its command line) then tells its engines apart.
+    env = {**os.environ, "DIT_EXPLORE_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-c", "from dit_explore.tui.cli import entry; entry()",
+               "tiny-flux", "--graphics", "halfcell"]
+    term = Terminal(command, cwd=tmp_path, env=env)
     yield term
     term.close()
 
@@ -84,11 +45,5 @@ def test_grid_run_image_timing_and_clean_exit(terminal: Terminal) -> None:
     assert "ms/step" in screen and "predicted 1.50×" in screen
 
     terminal.keys("C-q")
-    deadline = time.monotonic() + 20
-    while not terminal.exit_file.exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert terminal.exit_file.read_text().strip() == "0"
-    deadline = time.monotonic() + 10
-    while terminal.engines() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert terminal.engines() == [], "an engine process outlived the explorer"
+    assert terminal.exit_code() == "0"
+    assert terminal.engines_after_exit() == [], "an engine process outlived the explorer"

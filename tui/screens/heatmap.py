@@ -21,6 +21,7 @@ from dit_explore.engine.core.heatmap import color_scale, colormap
 from dit_explore.engine.core.similarity import SimilarityResult, group_names
 from dit_explore.tui.widgets.layer_grid import group_style
 
+
 def pixel_grid(matrix: list[list[float]], scale: tuple[float, float]) -> list[list[tuple[int, int, int]]]:
     """One RGB per matrix cell (the same colormap as similarity.png)."""
     lo, hi = scale

@@ -14,6 +14,7 @@ from textual.widgets import Label, Static
 
 from dit_explore.tui.metrics import Difference
 
+
 def image_widget_class(graphics: str) -> type[Widget]:
     """The textual-image widget for a protocol. `textual_image.widget` must have been imported before
     the app started (it probes the terminal once); the CLI does that."""

@@ -91,7 +91,7 @@ class LayerGrid(Widget, can_focus=True):
         self.plan = plan
         self.groups: dict[str, list[tuple[int, int]]] | None = None
         self.cursor = Cursor(0, 0)
-        self.anchor: Cursor | None = None
+        self.selection_anchor: Cursor | None = None  # where the selection began (None: no selection)
         self.visual = False
         self._rows: list[Row] = []
         self._rows_width = -1
@@ -120,7 +120,7 @@ class LayerGrid(Widget, can_focus=True):
         if layout == self.layout_info:
             return
         self.layout_info = layout
-        self.cursor, self.anchor = Cursor(0, 0), None
+        self.cursor, self.selection_anchor = Cursor(0, 0), None
         self._annotate()
         self._rows_width = -1
         self.refresh(layout=True)
@@ -140,21 +140,21 @@ class LayerGrid(Widget, can_focus=True):
     @property
     def selection(self) -> tuple[str, int, int]:
         """(stack, first, last) of the selection, or of the cursor block when nothing is selected."""
-        c, a = self.cursor, self.anchor
+        c, a = self.cursor, self.selection_anchor
         if a is None or a.stack != c.stack:
             return self.stack_name, c.block, c.block
         return self.stack_name, min(a.block, c.block), max(a.block, c.block)
 
     def has_selection(self) -> bool:
-        return self.anchor is not None
+        return self.selection_anchor is not None
 
     def clear_selection(self) -> None:
-        self.anchor, self.visual = None, False
+        self.selection_anchor, self.visual = None, False
         self._moved()
 
     def select(self, stack: str, first: int, last: int) -> None:
         i = self.layout_info.names.index(stack)
-        self.anchor, self.cursor = Cursor(i, first), Cursor(i, last)
+        self.selection_anchor, self.cursor = Cursor(i, first), Cursor(i, last)
         self._moved()
 
     # -------------------------------------------------------------------------------- geometry
@@ -201,10 +201,10 @@ class LayerGrid(Widget, can_focus=True):
 
     def action_move(self, dx: int, dy: int, extend: bool = False) -> None:
         extend = extend or self.visual
-        if extend and self.anchor is None:
-            self.anchor = self.cursor
+        if extend and self.selection_anchor is None:
+            self.selection_anchor = self.cursor
         elif not extend:
-            self.anchor = None
+            self.selection_anchor = None
         stacks = self.layout_info.stacks
         s, b = self.cursor.stack, self.cursor.block
         per_row = self._per_row(self.content_size.width or 80)
@@ -234,7 +234,7 @@ class LayerGrid(Widget, can_focus=True):
 
     def action_visual(self) -> None:
         self.visual = not self.visual
-        self.anchor = self.cursor if self.visual else None
+        self.selection_anchor = self.cursor if self.visual else None
         self._moved()
 
     def action_select_group(self) -> None:
@@ -263,9 +263,9 @@ class LayerGrid(Widget, can_focus=True):
         if cell is None:
             return
         if event.shift and cell.stack == self.cursor.stack:
-            self.anchor = self.anchor or self.cursor
+            self.selection_anchor = self.selection_anchor or self.cursor
         else:
-            self.anchor = None
+            self.selection_anchor = None
         self.cursor = cell
         self.focus()
         self._moved()
@@ -320,7 +320,7 @@ class LayerGrid(Widget, can_focus=True):
         color = self._var(var, "#56B4E9")
         text_color = self._var("cell-text", "#000000")
         is_cursor = self.cursor == Cursor(stack_index, block)
-        in_selection = stack_index == self.cursor.stack and first <= block <= last and self.anchor is not None
+        in_selection = stack_index == self.cursor.stack and first <= block <= last and self.selection_anchor is not None
         if state.skipped:
             style = Style(color=color, bgcolor=self._var("cell-skipped", "#3A3F4B"), dim=True, strike=True)
         else:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
@@ -12,7 +12,8 @@ from textual.widgets import Input, Label
 from dit_explore.engine.core.plan import Sampling
 from dit_explore.engine.core.sampling import Settings
 
-_NUMBERS = {"seed": "integer", "steps": "integer", "width": "integer", "height": "integer", "guidance": "number"}
+_NUMBERS: dict[str, Literal["integer", "number"]] = {
+    "seed": "integer", "steps": "integer", "width": "integer", "height": "integer", "guidance": "number"}
 
 
 class SamplingForm(Vertical):
