@@ -14,6 +14,7 @@ from typing import Any
 
 from dit_explore.engine.core import plan as plans
 from dit_explore.engine.core.catalog import DEFAULT_PROMPT, MODELS
+from dit_explore.engine.core.families import all_families
 from dit_explore.engine.core.resolve import ModelError, ModelSource, resolve
 from dit_explore.engine.core.sampling import Settings, check_prompts, resolve_settings
 
@@ -169,8 +170,9 @@ def models_command() -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for r in rows:
         print("  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3])
-    print("\nAlso accepted: a Hugging Face repo id of a FluxPipeline, StableDiffusion3Pipeline or AuraFlowPipeline,")
-    print("or a local diffusers folder. --random-weights builds a real-size alias without downloading it.")
+    pipelines = ", ".join(f.pipeline_class for f in all_families().values())
+    print(f"\nAlso accepted: a Hugging Face repo id or a local diffusers folder of one of: {pipelines}.")
+    print("--random-weights builds a real-size alias without downloading it.")
     return 0
 
 

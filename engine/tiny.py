@@ -2,8 +2,9 @@
 
 The explorer needs real pipelines (the real transformer classes, block layouts and
 call paths) to test against, but no checkpoint can be downloaded.  So every component
-(tokenizers included) is constructed here from a config, with weights drawn from a
-fixed seed, and the pipeline is written with ``save_pretrained``.  The resulting folder
+(tokenizers included) is constructed here from the family's declared TinySpec
+(engine/core/families/), with weights drawn from a fixed seed, and the pipeline is
+written with ``save_pretrained``.  The resulting folder
 loads back with ``DiffusionPipeline.from_pretrained(folder, use_safetensors=True)``
 exactly like a hub checkpoint, and a 64x64, 2-step generation runs on CPU in well
 under a second.

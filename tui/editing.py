@@ -124,7 +124,7 @@ def clear(plan: Plan) -> Plan:
 
 def annotate(plan: Plan, layout: Layout, stack: str) -> list[CellState]:
     """One CellState per block of `stack`, in index order. The plan's order must hold only blocks of the
-    stack (as `engine.plan.validate` checks)."""
+    stack (as `engine/core/plan.py`'s `validate` checks)."""
     blocks = _stack(layout, stack).blocks
     units = plan.resolved(layout)[stack]
     runs = [0] * blocks

@@ -25,6 +25,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from dit_explore.engine.core import plan as plans
+from dit_explore.engine.core.protocol import Status
 
 RUN_JSON = "run.json"
 RUN_FORMAT = 1
@@ -95,7 +96,7 @@ class RunWriter(StagedDirectory):
         return name
 
     def commit_run(self, run: Mapping[str, Any]) -> Path:
-        record = {"format": RUN_FORMAT, "status": "ok", "images": list(self.images), **run}
+        record = {"format": RUN_FORMAT, "status": Status.OK.value, "images": list(self.images), **run}
         _write_json(self.staging / RUN_JSON, record)
         return self.commit()
 
@@ -108,7 +109,7 @@ class LiveRun:
     def __init__(self, out: Path, record: Mapping[str, Any]) -> None:
         out.mkdir(parents=True, exist_ok=False)
         self.out = out
-        self.record: dict[str, Any] = {"format": RUN_FORMAT, "status": "running", "images": [],
+        self.record: dict[str, Any] = {"format": RUN_FORMAT, "status": Status.RUNNING.value, "images": [],
                                        "baseline_images": [], **record}
         _write_json(out / RUN_JSON, self.record)
 

@@ -1,4 +1,4 @@
-"""Similarity heatmaps (engine/heatmap.py), checked by reading pixels of the rendered figure.
+"""Similarity heatmaps (engine/core/heatmap.py), checked by reading pixels of the rendered figure.
 
 Results are built by hand: a planted two-stack example (double: 4 blocks, single: 8 blocks in groups,
 and an all-blocks matrix of 12 whose stack blocks are the stacks' matrices). Expected colors are computed

@@ -1,4 +1,4 @@
-"""The plan language (engine/plan.py): grammar, canonical form, plan files, validation.
+"""The plan language (engine/core/plan.py): grammar, canonical form, plan files, validation.
 
 Expected execution sequences are written out by hand, or computed by a tiny independent expander below
 from the same structured description that produced the text (never with plan.py). Sequences are compared
