@@ -24,7 +24,7 @@ from dit_explore.engine.core.sampling import Settings
 from dit_explore.engine.executor import applied
 from dit_explore.engine.generate import Generator
 from dit_explore.engine.models import Loaded, compile_blocks, is_compile_failure
-from dit_explore.engine.timing import Timer
+from dit_explore.engine.timing import StepInputs, Timer
 
 Variant = Callable[[], AbstractContextManager[Any]]
 
@@ -56,17 +56,6 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
-
-
-@dataclass
-class StepInputs:
-    """The arguments of one transformer call, positional and keyword, as the pipeline made it."""
-
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-
-    def __call__(self, module: torch.nn.Module) -> Any:
-        return module(*self.args, **self.kwargs)
 
 
 def capture_step_inputs(gen: Generator, settings: Settings) -> StepInputs:

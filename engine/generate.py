@@ -8,11 +8,12 @@ pipeline's own code, so the identity plan reproduces plain diffusers bit for bit
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +25,12 @@ from dit_explore.engine.core.runs import versions
 from dit_explore.engine.core.sampling import BlockRuns, Settings, Timing, block_runs
 from dit_explore.engine.executor import Check, Wrap, applied
 from dit_explore.engine.models import Loaded, is_compile_failure
-from dit_explore.engine.timing import Intervals, sync
+from dit_explore.engine.timing import Intervals, StepInputs, sync
 
 EMBEDDING_CACHE_SIZE = 32
+# Multiply-adds of one chunk of queries when attention runs in chunks (attention_in_chunks): about a
+# tenth of a second on two CPU cores.
+ATTENTION_CHUNK_MACS = 1 << 31
 
 
 @dataclass
@@ -39,9 +43,65 @@ class Generation:
     latents: torch.Tensor  # final latents as the pipeline returned them (packed for Flux)
     timing: Timing
     block_runs: BlockRuns
+    # The arguments of the last transformer call (references, not copies): what the side-by-side timing
+    # of plan and full model reuses (engine/timing.py), so it needs no generation of its own.
+    last_inputs: StepInputs | None = None
 
 
 StepCallback = Callable[[int, int, torch.Tensor], None]  # (steps done, total steps, latents)
+
+
+def _no_check() -> None:
+    return None
+
+
+@contextlib.contextmanager
+def attention_in_chunks(check: Check) -> Iterator[None]:
+    """Within this context, torch's scaled_dot_product_attention over many queries runs in chunks of
+    queries, with `check` between them. On CPU one call can take seconds (the VAE's mid-block attention
+    of tiny-flux at 1024 px: 65536 queries, 4-8 s on two cores), and no layer boundary is inside it.
+    Each query's output depends on that query alone, so the result is bit-identical (checked by
+    tests/engine/test_cancel.py). Masked, causal or dropout attention runs as it is. Not for compiled code
+    (the replacement is plain Python); callers use it on CPU without compiled blocks."""
+    functional = torch.nn.functional
+    original = functional.scaled_dot_product_attention
+
+    def chunked(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: Any = None,
+                dropout_p: float = 0.0, is_causal: bool = False, *args: Any, **kwargs: Any) -> torch.Tensor:
+        plain = attn_mask is None and not dropout_p and not is_causal and not args and set(kwargs) <= {"scale"}
+        rows = query.shape[-2] if query.dim() >= 3 else 0
+        if plain and rows and query.shape[:-2] == key.shape[:-2] == value.shape[:-2]:
+            heads = query.numel() // (rows * query.shape[-1])
+            step = max(256, ATTENTION_CHUNK_MACS // max(1, heads * key.shape[-2] * (query.shape[-1] + value.shape[-1])))
+            if rows > step:
+                out = query.new_empty((*query.shape[:-1], value.shape[-1]))
+                for start in range(0, rows, step):
+                    check()
+                    out[..., start:start + step, :] = original(query[..., start:start + step, :], key, value, **kwargs)
+                return out
+        return original(query, key, value, attn_mask, dropout_p, is_causal, *args, **kwargs)
+
+    functional.scaled_dot_product_attention = chunked
+    try:
+        yield
+    finally:
+        functional.scaled_dot_product_attention = original
+
+
+@contextlib.contextmanager
+def checked(modules: Iterable[torch.nn.Module], check: Check) -> Iterator[None]:
+    """Call `check` before every submodule of `modules` runs (forward pre-hooks, removed afterwards), so
+    that a cancel lands inside the long stretches that have no block boundary — the text encoders, the
+    VAE decode (seconds at large sizes on CPU), a big block's own layers — within one layer's time."""
+    if check is _no_check:
+        yield
+        return
+    handles = [sub.register_forward_pre_hook(lambda _m, _a: check()) for module in modules for sub in module.modules()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def run_record(loaded: Loaded, plan: Plan, plan_source: str | None, prompts: list[str], settings: Settings) -> dict[str, Any]:
@@ -91,15 +151,31 @@ class Generator:
     def _cfg(self, settings: Settings) -> bool:
         return self.loaded.family.uses_cfg(settings.guidance)
 
-    def embeddings(self, prompt: str, settings: Settings) -> tuple[dict[str, torch.Tensor], float, bool]:
-        """Pipeline keyword arguments for `prompt`, the seconds spent encoding, and whether cached."""
+    def _text_encoders(self) -> list[torch.nn.Module]:
+        pipe = self.pipe
+        return [m for m in (getattr(pipe, slot, None) for slot in self.loaded.family.text_slots)
+                if isinstance(m, torch.nn.Module)]
+
+    def _transformer_parts(self) -> list[torch.nn.Module]:
+        """What of the transformer a cancel may interrupt: all of it on CPU, where one block can take
+        seconds; elsewhere (and with compiled blocks, which hooks would break) all but the blocks."""
+        transformer = self.loaded.transformer
+        if self.loaded.device.type == "cpu" and not self.loaded.compiled:
+            return [transformer]
+        stacks = {stack.attr for stack in self.loaded.layout.stacks}
+        return [child for name, child in transformer.named_children() if name not in stacks]
+
+    def embeddings(self, prompt: str, settings: Settings,
+                   check: Check = _no_check) -> tuple[dict[str, torch.Tensor], float, bool]:
+        """Pipeline keyword arguments for `prompt`, the seconds spent encoding, and whether cached.
+        `check` runs before each layer of the text encoders (raise to cancel)."""
         key = (prompt, self._cfg(settings), settings.max_sequence_length)
         cached = self._embeddings.get(key)
         if cached is not None:
             self._embeddings.move_to_end(key)
             return cached, 0.0, True
         start = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), checked(self._text_encoders(), check):
             if self.loaded.random_weights:
                 embeds = _pseudo_embeddings(self.loaded, prompt, self._cfg(settings), settings.max_sequence_length)
             else:
@@ -118,44 +194,65 @@ class Generator:
         settings: Settings,
         plan: Plan,
         *,
-        check: Check = lambda: None,
+        check: Check = _no_check,
         on_step: StepCallback | None = None,
         wrap: Wrap | None = None,
         decode: bool = True,
     ) -> Generation:
-        """One image of `prompt` under `plan`. `check` runs between block executions (raise to cancel);
-        the transformer's own block lists are restored whatever happens. `wrap` stands in for each
-        plain block (see executor.build_list); without `decode` the image is None (analysis)."""
+        """One image of `prompt` under `plan`. `check` runs between block executions and before each layer
+        of the text encoders, of the VAE and (on CPU) of the blocks (raise to cancel); the transformer's
+        own block lists are restored whatever happens. `wrap` stands in for each plain block (see
+        executor.build_list); without `decode` the image is None (analysis)."""
         device = self.loaded.device
         start = time.perf_counter()
-        embeds, encode_seconds, cached = self.embeddings(prompt, settings)
+        check()
+        with contextlib.ExitStack() as interruptible:
+            if device.type == "cpu" and not self.loaded.compiled and check is not _no_check:
+                interruptible.enter_context(attention_in_chunks(check))
+            return self._generate(prompt, settings, plan, check, on_step, wrap, decode, start)
+
+    def _generate(self, prompt: str, settings: Settings, plan: Plan, check: Check, on_step: StepCallback | None,
+                  wrap: Wrap | None, decode: bool, start: float) -> Generation:
+        device = self.loaded.device
+        embeds, encode_seconds, cached = self.embeddings(prompt, settings, check)
         try:
-            latents, per_step = self._denoise(embeds, settings, plan, check, on_step, wrap)
+            with checked(self._transformer_parts(), check):
+                latents, per_step, last_inputs = self._denoise(embeds, settings, plan, check, on_step, wrap)
         except Exception as exc:
             if not (self.loaded.compiled and is_compile_failure(exc)):
                 raise
             reason = self.loaded.fall_back_to_eager(exc)
             self.on_warning(f"compiling the blocks failed ({reason}); running them without compilation")
-            latents, per_step = self._denoise(embeds, settings, plan, check, on_step, wrap)
+            with checked(self._transformer_parts(), check):
+                latents, per_step, last_inputs = self._denoise(embeds, settings, plan, check, on_step, wrap)
         check()
         decode_start = time.perf_counter()
-        image = self.decode(latents, settings) if decode else None
+        image = self.decode(latents, settings, check) if decode else None
         sync(device)
         end = time.perf_counter()
         timing = Timing(total=end - start, text_encode=encode_seconds, text_encode_cached=cached,
                         transformer_steps=tuple(per_step.get(i, 0.0) for i in range(settings.steps)),
                         decode=end - decode_start)
         return Generation(prompt=prompt, settings=settings, image=image, latents=latents, timing=timing,
-                          block_runs=block_runs(plan, self.loaded.layout, settings.steps))
+                          block_runs=block_runs(plan, self.loaded.layout, settings.steps), last_inputs=last_inputs)
 
     def _denoise(self, embeds: dict[str, torch.Tensor], settings: Settings, plan: Plan, check: Check,
-                 on_step: StepCallback | None, wrap: Wrap | None) -> tuple[torch.Tensor, dict[Any, float]]:
-        """The pipeline's denoising loop under `plan`: final latents, and transformer seconds per step."""
+                 on_step: StepCallback | None,
+                 wrap: Wrap | None) -> tuple[torch.Tensor, dict[Any, float], StepInputs | None]:
+        """The pipeline's denoising loop under `plan`: final latents, transformer seconds per step, and the
+        arguments of the last transformer call."""
         transformer = self.loaded.transformer
         intervals = Intervals(self.loaded.device)
         step = [0]
+
+        last: list[StepInputs] = []
+
+        def before(_m: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            last[:] = [StepInputs(args, dict(kwargs))]
+            intervals.start(step[0])
+
         hooks = [
-            transformer.register_forward_pre_hook(lambda _m, _a: intervals.start(step[0])),
+            transformer.register_forward_pre_hook(before, with_kwargs=True),
             transformer.register_forward_hook(lambda _m, _a, _o: intervals.stop()),
         ]
         try:
@@ -181,17 +278,20 @@ class Generator:
         finally:
             for hook in hooks:
                 hook.remove()
-        return latents, intervals.seconds_by_key()
+        return latents, intervals.seconds_by_key(), (last[0] if last else None)
 
     @torch.inference_mode()
-    def decode(self, latents: torch.Tensor, settings: Settings) -> Image.Image:
-        """The VAE decode each pipeline does after its loop (same arithmetic, so results match)."""
+    def decode(self, latents: torch.Tensor, settings: Settings, check: Check = _no_check) -> Image.Image:
+        """The VAE decode each pipeline does after its loop (same arithmetic, so results match). `check`
+        runs before each of the VAE's layers and before the postprocessing (raise to cancel)."""
         pipe = self.pipe
         family = self.loaded.family
         if family.upcasts_vae and pipe.vae.dtype == torch.float16 and pipe.vae.config.force_upcast:
             pipe.upcast_vae()
         latents = family.latents_for_vae(pipe, latents, settings.width, settings.height)
-        image = pipe.vae.decode(latents, return_dict=False)[0]
+        with checked([pipe.vae], check):
+            image = pipe.vae.decode(latents, return_dict=False)[0]
+        check()
         return pipe.image_processor.postprocess(image, output_type="pil")[0]
 
 

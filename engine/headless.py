@@ -86,6 +86,28 @@ def _load(source: ModelSource, options: ModelOptions) -> Any:
         raise UsageError(str(exc)) from None
 
 
+def check_memory(source: ModelSource, settings: Settings, options: ModelOptions, *, analysis: bool = False) -> None:
+    """Refuse, before anything is loaded, a request that cannot fit in this device's memory: one line
+    with what it needs and the largest size that fits (engine/core/memory.py)."""
+    from dit_explore.engine.core.memory import DEVICE_KINDS, check_request
+    from dit_explore.engine.models import free_memory, pick_device, pick_dtype
+
+    try:
+        device = pick_device(options.device)
+        dtype = str(pick_dtype(options.dtype, device)).removeprefix("torch.")
+    except ModelError as exc:
+        raise UsageError(str(exc)) from None
+    if device.type not in DEVICE_KINDS:
+        return
+    available, where = free_memory(device)
+    problem = check_request(source, settings.width, settings.height, available, where=where,
+                            guidance=settings.guidance, dtype=dtype, device_kind=device.type,
+                            max_sequence_length=settings.max_sequence_length,
+                            random_weights=options.random_weights, analysis=analysis)
+    if problem is not None:
+        raise UsageError(problem)
+
+
 @dataclass(frozen=True)
 class RunRequest:
     model: str
@@ -121,6 +143,7 @@ def run_command(req: RunRequest) -> int:
         plans.validate_steps(plan, settings.steps, source=req.plan or "plan")
     except (plans.PlanError, ModelError) as exc:
         raise UsageError(str(exc)) from None
+    check_memory(source, settings, req.options)
     return _generate_all(req, source, plan, prompts, settings)
 
 
@@ -204,6 +227,7 @@ def analyze_command(req: AnalyzeRequest) -> int:
         raise UsageError(str(exc)) from None
     if req.groups is not None and req.groups < 1:
         raise UsageError(f"--groups {req.groups}: must be at least 1")
+    check_memory(source, settings, req.options, analysis=True)
     prompts = read_prompts(list(req.prompts), req.prompts_file, None) if (req.prompts or req.prompts_file) \
         else list(DEFAULT_PROMPTS)
 
@@ -242,16 +266,26 @@ def analyze_command(req: AnalyzeRequest) -> int:
 def plans_command(model: str, from_groups: Path, out: Path | None, overwrite: bool) -> int:
     """`dit-explore plans`: the study's strategies for each middle group of each stack of an analysis."""
     from dit_explore.engine.core.runs import check_destination
-    from dit_explore.engine.core.similarity import group_labels, group_names, read_result
+    from dit_explore.engine.core.similarity import SIMILARITY_JSON, group_labels, group_names, read_result
     from dit_explore.engine.core.study import study_plans
 
     try:
         source = resolve(model)
-        result = read_result(from_groups)
     except ModelError as exc:
         raise UsageError(str(exc)) from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UsageError(f"--from-groups {from_groups}: not a similarity result ({type(exc).__name__}: {exc})") from None
+    what = "an analyze output folder, or its similarity.json"
+    if not from_groups.exists():
+        raise UsageError(f"--from-groups {from_groups}: no such file or folder ({what})")
+    if from_groups.is_dir() and not (from_groups / SIMILARITY_JSON).is_file():
+        raise UsageError(f"--from-groups {from_groups}: no {SIMILARITY_JSON} in this folder ({what})")
+    try:
+        result = read_result(from_groups)
+    except OSError as exc:
+        raise UsageError(f"--from-groups {from_groups}: cannot read: {exc.strerror or exc}") from None
+    except KeyError as exc:
+        raise UsageError(f"--from-groups {from_groups}: not a similarity result (no {exc} in it; {what})") from None
+    except (ValueError, TypeError) as exc:  # not JSON, or not the shape analyze writes
+        raise UsageError(f"--from-groups {from_groups}: not a similarity result ({exc}; {what})") from None
     measured = {name: s.blocks for name, s in result.stacks.items()}
     expected = {s.name: s.blocks for s in source.layout.stacks}
     if measured != expected:
@@ -299,6 +333,7 @@ def bench_command(req: BenchRequest) -> int:
         source.check_size(settings.width, settings.height)
     except (plans.PlanError, ModelError) as exc:
         raise UsageError(str(exc)) from None
+    check_memory(source, settings, req.options)
 
     from dit_explore.engine.bench import run_bench
     from dit_explore.engine.generate import Generator

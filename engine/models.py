@@ -113,6 +113,32 @@ def pick_device(requested: str) -> torch.device:
         raise ModelError(f"--device {requested}: not a device (cpu, cuda, cuda:1, auto)") from None
 
 
+def free_memory(device: torch.device) -> tuple[int | None, str]:
+    """What a request may still use on `device` (bytes; None when unknown) and how a message names it:
+    a GPU's free memory plus what torch's caching allocator holds unused there, or this machine's
+    available memory (engine/core/memory.py)."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return free + cached, f"{device} ({torch.cuda.get_device_name(device)})"
+    from dit_explore.engine.core.memory import available_memory
+
+    return available_memory(), "this machine"
+
+
+def parameter_bytes(pipe: object) -> int:
+    """The bytes of every parameter of a pipeline's modules (a tied parameter once)."""
+    seen: set[int] = set()
+    total = 0
+    for component in vars(pipe).values():
+        if isinstance(component, torch.nn.Module):
+            for p in component.parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    total += p.numel() * p.element_size()
+    return total
+
+
 def pick_dtype(requested: str | None, device: torch.device) -> torch.dtype:
     """bfloat16 on CUDA, float32 elsewhere, unless asked."""
     if requested is None:

@@ -32,10 +32,15 @@ from dit_explore.engine.core.sampling import BlockRuns, Settings, Timing, check_
 
 log = logging.getLogger("dit-explore.engine")
 BASELINE_CACHE_SIZE = 16
+SPEED_CALLS = 3  # timed transformer calls of plan and full model each, after a run (engine/timing.py)
 
 
 class RequestError(ValueError):
     """A request that cannot be served; reported as an `error` event, the engine carries on."""
+
+
+class MemoryRefusal(RequestError):
+    """A request that cannot fit in the device's memory (engine/core/memory.py); refused unstarted."""
 
 
 @dataclass
@@ -62,6 +67,17 @@ class Rendered:
     png: bytes
     timing: Timing
     block_runs: BlockRuns
+
+
+def _shown(message: dict[str, Any], limit: int = 2000) -> str:
+    """A request as logged: its JSON, cut at `limit` characters (a request can be megabytes)."""
+    import json
+
+    try:
+        text = json.dumps(message, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        text = repr(message)
+    return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
 
 
 def _rss_bytes() -> int | None:
@@ -156,6 +172,8 @@ class Engine:
                 self.handle(protocol.decode_request(message, binary))
             except (protocol.ProtocolError, RequestError) as exc:
                 job = message.get("job") if type(message.get("job")) is int else None
+                log.warning("refused a %r request (job %s): %s; the request: %s", message.get("type"), job, exc,
+                            _shown(message))
                 self.send_error(str(exc), job=job)
                 if job is not None and message.get("type") in (protocol.Run.TYPE, protocol.Analyze.TYPE):
                     self.send_done(job, Status.ERROR, str(exc))
@@ -208,7 +226,30 @@ class Engine:
             plans.validate_steps(plan, settings.steps, where)
         except (plans.PlanError, ModelError) as exc:
             raise RequestError(str(exc).replace("\n", "; ")) from None
+        problem = self.memory_problem(settings, analysis=kind == "analyze", when_idle=True)
+        if problem is not None:
+            raise MemoryRefusal(f"{kind}: {problem}")
         return settings
+
+    def memory_problem(self, settings: Settings, analysis: bool, when_idle: bool = False) -> str | None:
+        """Why the request cannot fit in what the device has free (one line), or None. Known only once the
+        model is loaded (until then every job is checked when it starts); `when_idle`: only while no job
+        runs, as a running job holds memory that the new request will have once it is superseded."""
+        generator = self.generator
+        if generator is None or (when_idle and self._current is not None):
+            return None
+        from dit_explore.engine.core.memory import DEVICE_KINDS, check_request
+        from dit_explore.engine.generate import dtype_name
+        from dit_explore.engine.models import free_memory
+
+        loaded = generator.loaded
+        if loaded.device.type not in DEVICE_KINDS:
+            return None
+        available, where = free_memory(loaded.device)
+        return check_request(loaded.source, settings.width, settings.height, available, loaded=True, where=where,
+                             guidance=settings.guidance, dtype=dtype_name(loaded.dtype), device_kind=loaded.device.type,
+                             max_sequence_length=settings.max_sequence_length, random_weights=loaded.random_weights,
+                             analysis=analysis)
 
     def parse_analyze(self, request: protocol.Analyze) -> Job:
         from dit_explore.engine.core.similarity import DEFAULT_PROMPTS
@@ -313,6 +354,9 @@ class Engine:
         live = None
         count = 0
         try:
+            problem = self.memory_problem(job.settings, job.analysis)
+            if problem is not None:
+                raise MemoryRefusal(f"{'analyze' if job.analysis else 'run'}: {problem}")
             if job.analysis:
                 self.analyze(job)
                 count = len(job.prompts)
@@ -326,12 +370,18 @@ class Engine:
                     count += 1
         except Cancelled:
             status = Status.SUPERSEDED if job.superseded else Status.CANCELLED
+        except MemoryRefusal as exc:
+            log.warning("refused job %s: %s", job.id, exc)
+            status, message = Status.ERROR, str(exc)
         except torch.cuda.OutOfMemoryError as exc:
-            log.exception("out of memory in job %s", job.id)
+            log.exception("out of memory in job %s (settings %s, plan:\n%s)", job.id, job.settings,
+                          plans.dumps(job.plan).strip())
             status = Status.ERROR
             message = f"out of memory on {self.generator.loaded.device}: {str(exc).splitlines()[0]}"
         except Exception as exc:  # noqa: BLE001 - the engine must survive anything a run does
-            log.error("job %s failed:\n%s", job.id, traceback.format_exc())
+            log.error("job %s failed (%s of %d prompt(s), settings %s, plan:\n%s):\n%s", job.id,
+                      "analysis" if job.analysis else "run", len(job.prompts), job.settings,
+                      plans.dumps(job.plan).strip(), traceback.format_exc())
             status, message = Status.ERROR, f"{type(exc).__name__}: {exc}".splitlines()[0]
         finally:
             if status == Status.ERROR and torch.cuda.is_available():
@@ -361,7 +411,8 @@ class Engine:
 
     def render(self, job: Job, index: int, prompt: str, live: Any) -> None:
         """The plan's image of one prompt, then its baseline (cached, or reused when the plan is the
-        identity), each sent and written as soon as it exists."""
+        identity), each sent and written as soon as it exists; after the first prompt's, the side-by-side
+        timing of plan and full model (a `speed` event)."""
         from dit_explore.engine.core.runs import image_plan, png_bytes
 
         source = self.source
@@ -374,6 +425,18 @@ class Engine:
         self.deliver(job, index, Role.PLAN, prompt, mine, live, cached=False)
         if not job.baseline:
             return
+        self.baseline(job, index, prompt, mine, live)
+        if index == 0 and result.last_inputs is not None:  # the same for every prompt: once per run
+            self.speed(job, result.last_inputs, live)
+
+    def baseline(self, job: Job, index: int, prompt: str, mine: Rendered, live: Any) -> None:
+        """The identity plan's image for this prompt and settings: cached, the plan's own when the plan is
+        the identity, else generated (once; then cached)."""
+        from dit_explore.engine.core.runs import image_plan, png_bytes
+
+        source = self.source
+        assert source is not None
+        settings = job.settings
         key = (prompt, settings)
         cached = self._baselines.get(key)
         if cached is None and job.plan.is_identity(source.layout) and job.plan.active_steps is None:
@@ -387,6 +450,20 @@ class Engine:
         base_png = png_bytes(base.image, image_plan(plans.Plan(), source.name, settings.for_prompt(prompt)))
         rendered = self._remember(key, Rendered(base_png, base.timing, base.block_runs))
         self.deliver(job, index, Role.BASELINE, prompt, rendered, live, cached=False)
+
+    def speed(self, job: Job, inputs: Any, live: Any) -> None:
+        """The plan against the full model on the run's last step inputs, interleaved and warm."""
+        from dit_explore.engine.timing import side_by_side
+
+        loaded = self.generator.loaded
+        timed = side_by_side(loaded.transformer, loaded.layout, job.plan, inputs, loaded.device, SPEED_CALLS,
+                             self.check(job))
+        steps = job.settings.steps
+        event = protocol.Speed(job=job.id, plan=timed.plan, full=timed.identity, calls=timed.calls, steps=steps,
+                               active=sum(job.plan.applies_at(s) for s in range(steps)), blocks=timed.blocks)
+        if live is not None:
+            live.update(speed=protocol.to_json(event))
+        self.send(event)
 
     def _remember(self, key: tuple[Any, ...], rendered: Rendered) -> Rendered:
         self._baselines[key] = rendered

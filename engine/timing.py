@@ -8,11 +8,16 @@ batch of calls with two events; wall-clock stages call `sync()` before reading t
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from dit_explore.engine.core.layout import Layout
+from dit_explore.engine.core.plan import Plan
 
 
 def sync(device: torch.device) -> None:
@@ -66,6 +71,21 @@ class Timer:
     def sync(self) -> None:
         sync(self.device)
 
+    def mark(self) -> Any:
+        """A point in time: a recorded CUDA event on a GPU, perf_counter seconds elsewhere."""
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def seconds(self, begin: Any, end: Any) -> float:
+        """Seconds between two marks (on a GPU, after the work between them has finished)."""
+        if self.cuda:
+            end.synchronize()
+            return float(begin.elapsed_time(end)) / 1000.0
+        return float(end - begin)
+
     def ms(self, fn: Callable[[], Any], calls: int) -> float:
         if self.cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -79,3 +99,72 @@ class Timer:
         for _ in range(calls):
             fn()
         return (time.perf_counter() - begin) * 1000 / calls
+
+
+@dataclass
+class StepInputs:
+    """The arguments of one transformer call, positional and keyword, as the pipeline made it."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+    def __call__(self, module: torch.nn.Module) -> Any:
+        return module(*self.args, **self.kwargs)
+
+
+@dataclass(frozen=True)
+class SideBySide:
+    """A plan against the full model on the same transformer inputs, interleaved: median seconds per
+    call of each, and each block's median seconds in the full model's calls."""
+
+    plan: float
+    identity: float
+    calls: int
+    blocks: dict[str, tuple[float, ...]]  # stack -> seconds of each block, in index order
+
+
+class _BlockClock(torch.nn.Module):
+    """Stands in for a block in a timed call: brackets it with two marks."""
+
+    def __init__(self, block: torch.nn.Module, marks: list[Any], key: tuple[str, int], timer: Timer) -> None:
+        super().__init__()
+        self.block, self.marks, self.key, self.timer = block, marks, key, timer
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        begin = self.timer.mark()
+        out = self.block(*args, **kwargs)
+        self.marks.append((self.key, begin, self.timer.mark()))
+        return out
+
+
+def side_by_side(transformer: torch.nn.Module, layout: Layout, plan: Plan, inputs: StepInputs, device: torch.device,
+                 calls: int, check: Callable[[], None] = lambda: None) -> SideBySide:
+    """Time `plan` and the full model on the same inputs, interleaved (plan, full, plan, full, ...), under
+    the same conditions: the measured speedup is then a ratio of warm medians, never a cold run against a
+    warm one. One more full-model call, with a clock around each block, gives each block's share."""
+    from dit_explore.engine.executor import applied
+
+    timer = Timer(device)
+    plan_s: list[float] = []
+    full_s: list[float] = []
+    with torch.inference_mode():
+        for variant in (plan, Plan()):  # warm both once (allocator, kernels)
+            with applied(transformer, layout, variant, check):
+                inputs(transformer)
+        for _ in range(calls):
+            for variant, out in ((plan, plan_s), (Plan(), full_s)):
+                check()
+                with applied(transformer, layout, variant, check):
+                    out.append(timer.ms(lambda: inputs(transformer), 1) / 1000.0)
+        marks: list[tuple[tuple[str, int], Any, Any]] = []
+
+        def clocked(stack: str, index: int, block: torch.nn.Module) -> torch.nn.Module:
+            return _BlockClock(block, marks, (stack, index), timer)
+
+        check()
+        with applied(transformer, layout, Plan(), check, clocked):
+            inputs(transformer)
+        timer.sync()
+    seconds = {key: timer.seconds(begin, end) for key, begin, end in marks}
+    blocks = {s.name: tuple(seconds.get((s.name, i), 0.0) for i in range(s.blocks)) for s in layout.stacks}
+    return SideBySide(plan=statistics.median(plan_s), identity=statistics.median(full_s), calls=calls, blocks=blocks)

@@ -14,23 +14,31 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
-from textual import work
+from rich.text import Text
+from textual import events, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.geometry import Size
+from textual.markup import escape
+from textual.notifications import Notify, SeverityLevel
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Footer, Header, Input
+from textual.widgets import Header, Input, Static
+from textual.widgets._toast import ToastHolder, ToastRack
 from textual.worker import Worker, WorkerState
 
 from dit_explore.engine.core import plan as plans
 from dit_explore.engine.core.catalog import DEFAULT_PROMPT
 from dit_explore.engine.core.layout import Layout
+from dit_explore.engine.core.protocol import Status
 from dit_explore.engine.core.resolve import ModelSource
-from dit_explore.engine.core.sampling import check_prompts, resolve_settings
+from dit_explore.engine.core.sampling import check_prompts, field_problems, resolve_settings
 from dit_explore.engine.core.similarity import group_labels
 from dit_explore.tui import editing
 from dit_explore.tui.client import EngineClient
-from dit_explore.tui.keys import APP_KEYS, EDITS, Edit, bindings
+from dit_explore.tui.errors import funnel, report
+from dit_explore.tui.keys import APP_KEYS, COMPARE_KEYS, EDITS, FOOTER_ALWAYS, FOOTER_ORDER, Edit, bindings
+from dit_explore.tui.probe import replay
 from dit_explore.tui.screens.dialogs import AskDialog, OpenDialog
 from dit_explore.tui.screens.help import HelpScreen
 from dit_explore.tui.session import (
@@ -47,7 +55,8 @@ from dit_explore.tui.session import (
     StateShown,
     slug,
 )
-from dit_explore.tui.themes import DEFAULT_THEME, available_themes
+from dit_explore.tui.themes import DEFAULT_THEME, use_themes
+from dit_explore.tui.widgets.chrome import KeyFooter, ViewBar
 from dit_explore.tui.widgets.history_list import HistoryList
 from dit_explore.tui.widgets.image_pane import ImagePane
 from dit_explore.tui.widgets.layer_grid import LayerGrid
@@ -58,10 +67,11 @@ from dit_explore.tui.widgets.status_panel import StatusPanel
 W = TypeVar("W", bound=Widget)
 
 
+@funnel
 class ExplorerApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "dit-explore"
-    BINDINGS = bindings(APP_KEYS)
+    BINDINGS = bindings(APP_KEYS + COMPARE_KEYS)
 
     def __init__(
         self,
@@ -78,8 +88,11 @@ class ExplorerApp(App[int]):
         dtype: str | None = None,
         random_weights: bool = False,
         compile: bool = False,
+        typed: str = "",
     ) -> None:
+        """`typed`: keys the user typed before the interface was up (tui/probe.py), delivered on mount."""
         super().__init__()
+        self._typed = typed
         self.source = source
         self.plan = plan or plans.Plan()
         self.undo_stack: list[plans.Plan] = []
@@ -93,6 +106,9 @@ class ExplorerApp(App[int]):
         self.session = Session(source.layout, factory, self.post_message, runs_dir=runs_dir,
                                ensure_engine=self.start_engine)
         self.sub_title = f"{source.name} · {source.family} · {source.layout.describe()}"
+        self._view_focused: dict[str, Widget] = {}  # per view, where the focus was when it was left
+        # The runs of earlier sessions: read once the app runs (a callback posted now runs after mount).
+        self.call_later(self._load_history)
 
     @property
     def layout_info(self) -> Layout:
@@ -101,30 +117,135 @@ class ExplorerApp(App[int]):
 
     # ------------------------------------------------------------------------------- building
 
+    # The layout by terminal size (app.tcss): the plan and the images side by side from WIDE columns, one
+    # of them at a time (VIEWS, f2 switches) below, and only a note under MIN_SIZE.
+    MIN_SIZE = Size(80, 24)
+    WIDE = 140
+    VIEWS = (("plan", "plan"), ("images", "images"))
+    VIEW_FOCUS = {"plan": "#grid", "images": "#history"}  # what a view focuses when it first shows
+    MAX_MESSAGES = 2  # toasts shown at once (the newest)
+    MESSAGE_SECONDS: dict[SeverityLevel, float] = {"information": 3, "warning": 6, "error": 12}  # default, most
+
     def compose(self) -> ComposeResult:
         settings = resolve_settings(self.source.defaults, self.plan.sampling)
-        yield Header()
-        with Horizontal(id="main"):
-            with Vertical(id="left"):
-                with VerticalScroll(id="grid-scroll"):
+        yield Header(id="header")
+        yield ViewBar(self.VIEWS, id="views")
+        with Horizontal(id="main", classes="-view-plan"):
+            with Vertical(id="left"):  # the plan view
+                with VerticalScroll(id="grid-scroll", can_focus=False):  # the grid scrolls its cursor into view
                     yield LayerGrid(self.layout_info, self.plan, id="grid")
                 yield PlanBar(id="plan-bar")
-                yield SamplingForm(self.plan.sampling.prompt or DEFAULT_PROMPT, settings, id="form")
-            with Vertical(id="right"):
+                yield SamplingForm(self.plan.sampling.prompt or DEFAULT_PROMPT, settings,
+                                   lambda sampling: field_problems(sampling, self.source), id="form")
+            with Vertical(id="right"):  # the images view
                 yield ImagePane(self.graphics, id="images")
                 yield StatusPanel(id="status")
                 yield HistoryList(id="history")
-        yield Footer()
+        yield Static(f"terminal too small: need {self.MIN_SIZE.width}x{self.MIN_SIZE.height}", id="too-small")
+        yield KeyFooter(FOOTER_ORDER, FOOTER_ALWAYS, id="footer")
 
     def on_mount(self) -> None:
-        for theme in available_themes().values():
-            self.register_theme(theme)
-        self.theme = self._theme_name
+        use_themes(self, self._theme_name)  # dit-explore's themes only, in the palette too
         if self._user_keys:
             self.set_keymap(self._user_keys)
+        self._fit(self.size)
         self.query_one(LayerGrid).focus()
         self._show_plan()
         self.start_engine()
+        if self._typed:  # keys typed before the interface was up: now, as if just typed
+            self.call_after_refresh(replay, self, self._typed)
+
+    # --------------------------------------------------------------------------------- layout
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._fit(event.size)
+
+    def _fit(self, size: Size) -> None:
+        """Give the app its size class (app.tcss); on the app, so every screen sees it, pushed ones too."""
+        if size.width < self.MIN_SIZE.width or size.height < self.MIN_SIZE.height:
+            fit = "-too-small"
+        else:
+            fit = "-narrow" if size.width < self.WIDE else "-wide"
+        if self.has_class(fit):
+            return
+        self.remove_class("-too-small", "-narrow", "-wide")
+        self.add_class(fit)
+        if fit == "-narrow":  # show the view that has the focus
+            self._show_view(self._view_of(self._main_screen.focused) or self._view)
+        self.refresh_bindings()
+
+    @property
+    def _main_screen(self) -> Screen[object]:
+        """The explorer's screen (the help, a dialog or the heatmap may be over it)."""
+        return self.screen_stack[0]
+
+    @property
+    def _view(self) -> str:
+        return self._main_screen.query_one(ViewBar).shown
+
+    def _view_of(self, widget: Widget | None) -> str | None:
+        """The view (VIEWS) a widget of the main screen is in; None for any other."""
+        ids = {node.id for node in widget.ancestors_with_self} if widget is not None else set()
+        return "plan" if "left" in ids else "images" if "right" in ids else None
+
+    def _show_view(self, view: str) -> None:
+        main = self._main_screen.query_one("#main")
+        for name, _label in self.VIEWS:
+            main.set_class(name == view, f"-view-{name}")
+        self._main_screen.query_one(ViewBar).show(view)
+        self.refresh_bindings()
+
+    def action_show_view(self, view: str) -> None:
+        """f2 in a narrow terminal: show the other view and focus where the user was in it."""
+        leaving = self._view
+        if view == leaving:
+            return
+        if self._view_of(self.focused) == leaving and self.focused is not None:
+            self._view_focused[leaving] = self.focused
+        self._show_view(view)
+        target = self._view_focused.get(view)
+        if target is None or not target.is_attached:
+            target = self._main_screen.query_one(self.VIEW_FOCUS[view])
+        target.focus()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "show_view":  # narrow terminals only, and only the view not shown (its footer entry)
+            return self.has_class("-narrow") and parameters[:1] != (self._view,)
+        return True
+
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        """Focus moved into the hidden view (e to edit the prompt from the images, say): show that view."""
+        view = self._view_of(event.widget)
+        if self.has_class("-narrow") and view is not None and view != self._view:
+            self._show_view(view)
+
+    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
+               timeout: float | None = None, markup: bool = True) -> None:
+        """Messages are short lines at the top (app.tcss): the title inline, info gone in seconds."""
+        most = self.MESSAGE_SECONDS[severity]
+        timeout = most if timeout is None else min(timeout, most) if severity == "information" else timeout
+        if title:
+            message = f"[b]{escape(title)}:[/b] {message}" if markup else f"{title}: {message}"
+        if severity != "error":  # one line each; an error wraps, so its log path shows
+            message = " · ".join(line.strip() for line in message.splitlines() if line.strip())
+        super().notify(message, severity=severity, timeout=timeout, markup=markup)
+
+    def on_notify(self, event: Notify) -> None:
+        """At most MAX_MESSAGES toasts (Textual has no cap): the new one, and of the others errors first,
+        then the newest. A new error drops the others that are not errors: it gets the lines it needs."""
+        new = event.notification
+        others = [n for n in list(self._notifications) if n is not new]
+        dropped = [n for n in others if new.severity == "error" and n.severity != "error"]
+        others = sorted((n for n in others if n not in dropped), key=lambda n: n.severity == "error")
+        dropped += others[: max(0, len(others) - (self.MAX_MESSAGES - 1))]
+        for old in dropped:
+            self._unnotify(old, refresh=False)
+        # With their holders: Textual's rack removes a dropped (or cleared) toast but keeps its holder, and
+        # with it a line.
+        gone = {ToastRack._toast_id(old) for old in dropped}
+        for holder in self.screen.query(ToastHolder):
+            if holder.id in gone or not holder.children:
+                holder.remove()
 
     # ----------------------------------------------------------------------------------- plan
 
@@ -154,9 +275,19 @@ class ExplorerApp(App[int]):
             self._ask_loops(edit, stack, first, last)
             return
         try:
-            self.set_plan(edit.apply(self.plan, self.layout_info, stack, first, last))
+            changed = edit.apply(self.plan, self.layout_info, stack, first, last)
         except ValueError as exc:
             self.notify(str(exc), severity="error")
+            return
+        self.query_one(LayerGrid).end_visual()  # an edit ends visual mode (the selection stays)
+        if changed == self.plan:
+            where = f"{stack} {first}" if first == last else f"{stack} {first}-{last}"
+            why = ("on one block it changes nothing: select a range first (shift+arrows, or v then move)"
+                   if first == last and edit.id in ("middle-repeat", "reverse", "parallel") else
+                   "the plan already runs these blocks that way")
+            self.notify(f"{edit.verb} {where}: {why}", severity="warning", timeout=5)
+            return
+        self.set_plan(changed)
 
     def _ask_loops(self, edit: Edit, stack: str, first: int, last: int) -> None:
         """Ask for a loop count, bounded by what the plan can still take (the per-step execution limit)."""
@@ -207,10 +338,7 @@ class ExplorerApp(App[int]):
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """The error funnel for workers: a failed worker is reported, never fatal to the app."""
         if event.state == WorkerState.ERROR and event.worker.error is not None:
-            error = event.worker.error
-            self.log.error(f"worker {event.worker.name} failed: {error!r}")
-            self.notify(f"{type(error).__name__}: {error}", title=f"{event.worker.name} failed", severity="error",
-                        timeout=15)
+            report(self, event.worker.error, f"worker {event.worker.name}")
 
     def _widget(self, cls: type[W]) -> W | None:
         """The main screen's widget of this class; None while the app is winding down (the session's
@@ -220,7 +348,7 @@ class ExplorerApp(App[int]):
 
     def on_state_shown(self, message: StateShown) -> None:
         if (panel := self._widget(StatusPanel)) is not None:
-            panel.show_state(message.text, message.style)
+            panel.show_state(message.text, message.style, message.since)
 
     def on_progress_shown(self, message: ProgressShown) -> None:
         if (panel := self._widget(StatusPanel)) is not None:
@@ -228,18 +356,21 @@ class ExplorerApp(App[int]):
 
     def on_preview_shown(self, message: PreviewShown) -> None:
         if (pane := self._widget(ImagePane)) is not None:
-            pane.show_preview(message.image, message.role, message.step, message.steps)
+            pane.show_preview(message.image, message.role, message.step, message.steps, message.job)
 
     def on_record_changed(self, message: RecordChanged) -> None:
-        history = self._widget(HistoryList)
-        if history is None:
+        history, pane = self._widget(HistoryList), self._widget(ImagePane)
+        if history is None or pane is None:
             return
-        if message.added:
+        if message.added:  # a new run: the pane follows it (never another run's captions beside its images)
             history.add(message.record)
-        else:
-            history.refresh_record(message.record)
-        if message.show:
-            self._show_record(message.record)
+            pane.start_run(message.record)
+            self._show_timing(message.record)
+            return
+        history.refresh_record(message.record)
+        pane.refresh_record(message.record)  # redrawn if shown: images, or how it ended
+        if pane.shows(message.record):
+            self._show_timing(message.record)
 
     def on_layout_changed(self, message: LayoutChanged) -> None:
         self.query_one(LayerGrid).set_layout(message.layout)
@@ -256,7 +387,7 @@ class ExplorerApp(App[int]):
             from dit_explore.tui.screens.heatmap import HeatmapScreen
 
             self.pop_screen()
-            self.push_screen(HeatmapScreen(result))
+            self.push_screen(HeatmapScreen(result, self.session.runs_dir))
 
     def on_notice(self, message: Notice) -> None:
         self.notify(message.text, title=message.title, severity=message.severity,  # type: ignore[arg-type]
@@ -312,14 +443,16 @@ class ExplorerApp(App[int]):
         elif self.session.similarity is None:
             self.notify("no similarity analysis yet: it runs when the model is ready (or press a)", severity="warning")
         else:
-            self.push_screen(HeatmapScreen(self.session.similarity))
+            self.push_screen(HeatmapScreen(self.session.similarity, self.session.runs_dir))
 
     async def action_cancel(self) -> None:
+        """Escape: leave a text field first (back to the grid); else cancel the job in flight; else clear
+        the selection."""
         grid = self.query_one(LayerGrid)
-        if await self.session.cancel():
-            return
         if isinstance(self.focused, Input):
             grid.focus()
+        elif await self.session.cancel():
+            return
         elif grid.has_selection():
             grid.clear_selection()
 
@@ -328,17 +461,93 @@ class ExplorerApp(App[int]):
         return "; ".join(parts) if parts else "full model"
 
     def _show_record(self, record: RunRecord) -> None:
-        self.query_one(ImagePane).show_result(record.image, record.baseline, record.label, record.difference)
-        self.query_one(StatusPanel).show_timing(record.timing, record.baseline_timing, record.block_runs)
+        self.query_one(ImagePane).show_record(record)
+        self._show_timing(record)
 
-    def on_history_list_chosen(self, message: HistoryList.Chosen) -> None:
-        self._show_record(message.record)
+    def _show_timing(self, record: RunRecord) -> None:
+        """The shown run's timing; a run without it says why (running, or how it ended), never another's."""
+        panel = self.query_one(StatusPanel)
+        if record.timing is not None:
+            panel.show_timing(record.timing, record.baseline_timing, record.block_runs, record.speed)
+            if record.speed is not None:
+                self.query_one(LayerGrid).set_block_times(record.speed.blocks)
+            return
+        why = "running — timing when its image is in" if record.status == Status.RUNNING else \
+            f"run {record.status} — no timing"
+        panel.query_one("#timing", Static).update(Text(f"{record.label}: {why}", style="dim"))
+
+    def action_mark_run(self, mark: str) -> None:
+        """Mark the run highlighted in the history as A or B (the images show A vs B once both are)."""
+        history = self.query_one(HistoryList)
+        index = history.highlighted
+        if index is None or not 0 <= index < len(history.records):
+            self.notify("no run to mark yet: run a plan first", severity="warning")
+            return
+        self.notify(self.query_one(ImagePane).mark(mark, history.records[index]), title="compare", timeout=4)
+
+    @work(group="history", exit_on_error=False)
+    async def _load_history(self) -> None:
+        """This model's runs of earlier sessions, read back from the runs folder into the history."""
+        records = await self.session.load_past(self.source.name)
+        if records and (history := self._widget(HistoryList)) is not None:
+            history.add_past(records)
+
+    def action_history(self) -> None:
+        """The history key: to the run list (enter loads a run), or back to the grid from it."""
+        history = self.query_one(HistoryList)
+        if self.focused is history:
+            self.query_one(LayerGrid).focus()
+            return
+        history.focus()
+        if not history.records:
+            self.notify("no runs yet: enter runs the plan", timeout=3)
+
+    def on_history_list_left(self, _message: HistoryList.Left) -> None:
+        self.query_one(LayerGrid).focus()
+
+    async def on_history_list_chosen(self, message: HistoryList.Chosen) -> None:
+        """Enter on a run: its images (read from its folder the first time for a run of an earlier
+        session), and its plan, prompt and sampling back into the plan and the form. A plan that does not
+        fit this model's stacks is refused, with the reason (its images still show)."""
+        import asyncio
+        import contextlib
+
+        from dit_explore.engine.core.runs import read_images
+        from dit_explore.tui.metrics import difference
+
+        record = message.record
+        if record.path is not None and record.status != Status.RUNNING and (
+                record.image is None or record.baseline is None):
+            image, baseline = await asyncio.to_thread(read_images, record.path)
+            record.image = image if record.image is None else record.image
+            record.baseline = baseline if record.baseline is None else record.baseline
+            if record.difference is None and record.image is not None and record.baseline is not None:
+                with contextlib.suppress(ValueError):  # sizes differ: no difference to show
+                    record.difference = await asyncio.to_thread(difference, record.image, record.baseline)
+            self.query_one(HistoryList).refresh_record(record)
+        self._show_record(record)
+        where = f"the run of {record.started}"
+        try:
+            plan = plans.loads(record.plan_text, where)
+            plans.validate(plan, self.layout_info, source=where)
+        except plans.PlanError as exc:
+            self.notify(exc.problems[0], title=f"plan not loaded: it does not fit {self.source.name}",
+                        severity="error", timeout=12)
+            return
+        self.set_plan(replace(plan, sampling=plans.Sampling()))  # the form holds the sampling
+        form = self.query_one(SamplingForm)
+        form.set_prompt(record.prompt)
+        form.set_values(resolve_settings(self.source.defaults, record.sampling))
+        self.notify(f"loaded the plan, prompt and settings of {where} (u undoes the plan)", timeout=4)
 
     async def on_sampling_form_submitted(self, _message: SamplingForm.Submitted) -> None:
         await self.action_run()
 
+    async def on_layer_grid_run_requested(self, _message: LayerGrid.RunRequested) -> None:
+        await self.action_run()
+
     def action_edit_prompt(self) -> None:
-        self.query_one("#prompt", Input).focus()
+        self.query_one(SamplingForm).edit_prompt()
 
     # ---------------------------------------------------------------------------------- files
 
@@ -347,15 +556,41 @@ class ExplorerApp(App[int]):
         sampling = replace(form.sampling(), prompt=form.prompt or None)
         return replace(self.plan, name=name, model=self.source.name, sampling=sampling)
 
-    def _save(self, name: str) -> None:
+    def _save(self, name: str, *, overwrite: bool = False) -> None:
+        """Save the plan, with the form's prompt and sampling, as `name` in the plans folder. A file there
+        holding a different plan is never replaced silently: a dialog offers a free name, overwriting, or
+        nothing. Saving the same plan again just saves."""
+        from dit_explore.tui.screens.dialogs import ConfirmDialog, free_name, how_it_differs
+
         try:
             plan = self._plan_to_save(name)
-            path = plans.save(plan, self.plans_dir / f"{slug(name)}{plans.PLAN_SUFFIX}")
-        except (OSError, ValueError) as exc:
+        except ValueError as exc:
             self.notify(f"cannot save: {exc}", severity="error")
             return
+        path = self.plans_dir / f"{slug(name)}{plans.PLAN_SUFFIX}"
+        differs = None if overwrite else how_it_differs(path, plan)
+        if differs is not None:
+            other = free_name(self.plans_dir, name, plan)
+
+            def answer(choice: str | None) -> None:
+                if choice == "overwrite":
+                    self._save(name, overwrite=True)
+                elif choice == "new-name":
+                    self._save(other)
+
+            self.push_screen(ConfirmDialog(
+                f"{path.name} exists", f"It holds a different plan ({differs}).",
+                [("new-name", f"save under a new name: {slug(other)}{plans.PLAN_SUFFIX}"),
+                 ("overwrite", f"overwrite {path.name}"), ("cancel", "cancel (escape)")]), answer)
+            return
+        try:
+            plans.save(plan, path)
+        except OSError as exc:
+            self.notify(f"cannot save: {exc}", severity="error")
+            return
+        self.query_one(PlanBar).mark_saved(replace(self.plan, name=name), path.name)
         self.set_plan(replace(self.plan, name=name))
-        self.notify(f"saved {path}", title="plan saved", timeout=6)
+        self.notify(str(path), title="plan saved", timeout=6)
 
     def action_save(self) -> None:
         name = self.plan.name or f"{self.source.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -371,19 +606,30 @@ class ExplorerApp(App[int]):
     def action_open(self) -> None:
         from dit_explore.engine.core.study import shipped_plans_dir
 
-        self.push_screen(OpenDialog([self.plans_dir, shipped_plans_dir()]), self._open)
+        self.push_screen(OpenDialog([self.plans_dir, shipped_plans_dir()], self.source.name, self.layout_info),
+                         self._open)
 
     def _open(self, path: str | None) -> None:
         if not path:
             return
+        if Path(path).suffix.lower() == ".png" and Path(path).is_file():
+            self.query_one(ImagePane).show_file(Path(path))  # its image (and its run's baseline), plan or not
         try:
             plan = plans.load(path)
-            plans.validate(plan, self.layout_info, source=path)
         except plans.PlanError as exc:
             self.notify(str(exc), title="cannot open plan", severity="error", timeout=15)
             return
+        name = Path(path).name
+        try:
+            plans.validate(plan, self.layout_info, source=name)
+        except plans.PlanError as exc:
+            whose = f"a plan for {plan.model}" if plan.model and plan.model != self.source.name else "the plan"
+            self.notify("\n".join(exc.problems), title=f"cannot open {name}: {whose} does not fit {self.source.name}",
+                        severity="error", timeout=15)
+            return
         if plan.model and plan.model != self.source.name:
             self.notify(f"{path} was written for {plan.model}", severity="warning")
+        self.query_one(PlanBar).mark_saved(plan, name)
         self.set_plan(replace(plan, sampling=plans.Sampling()))  # the form holds the sampling from here
         form = self.query_one(SamplingForm)
         if plan.sampling.prompt:
@@ -430,6 +676,8 @@ class ExplorerApp(App[int]):
             yield SystemCommand("engine: Cancel run", "stop the running job", lambda: self.run_action("cancel"))
         yield SystemCommand("engine: Restart", "stop the engine process and start a fresh one",
                             lambda: self.run_action("restart_engine"))
+        yield SystemCommand("history: Show runs", "every run, this session's and earlier ones; enter loads one back",
+                            lambda: self.run_action("history"))
         yield SystemCommand("file: Save plan", f"save to {self.plans_dir}", self.action_save)
         yield SystemCommand("file: Save plan as…", "save under a name you choose", self.action_save_as)
         yield SystemCommand("file: Open plan…", "open a .plan.toml or a dit-explore PNG", self.action_open)

@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
 
-    run = sub.add_parser("run", help="run a plan headless and write images + run.json",
+    run = sub.add_parser("run", prog="dit-explore run", help="run a plan headless and write images + run.json",
                          description="Run an execution plan headless; writes one PNG per prompt and run.json to --out.")
     run.add_argument("model", metavar="MODEL", nargs="?", default=DEFAULT_MODEL,
                      help=f"alias, Hugging Face repo id or local diffusers folder (default {DEFAULT_MODEL})")
@@ -66,10 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", metavar="DIR", required=True, type=Path, help="output directory (created atomically)")
     run.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
 
-    sub.add_parser("models", help="list the models dit-explore knows by name",
+    sub.add_parser("models", prog="dit-explore models", help="list the models dit-explore knows by name",
                    description="List model aliases with their block stacks.")
 
-    analyze = sub.add_parser("analyze", help="measure block-similarity matrices and group the blocks",
+    analyze = sub.add_parser("analyze", prog="dit-explore analyze", help="measure block-similarity matrices and group the blocks",
                              description="Cosine similarity of every pair of block outputs (image tokens, "
                              "conditional row), averaged over prompts and steps; grouped into first / middle / "
                              "last. Writes similarity.json and similarity.png to --out.")
@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--out", metavar="DIR", required=True, type=Path)
     analyze.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
 
-    plan_cmd = sub.add_parser("plans", help="write the study's strategies for each middle group of an analysis",
+    plan_cmd = sub.add_parser("plans", prog="dit-explore plans",
+                              help="write the study's strategies for each middle group of an analysis",
                               description="For each middle group of each stack found by `dit-explore analyze`, "
                               "write the study's strategies (skip first block, skip, middle repeat, reverse, "
                               "parallel, looped parallel x3) as plan files.")
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="an analyze output folder (or its similarity.json)")
     plan_cmd.add_argument("--out", metavar="DIR", type=Path, help="where to write (default saved_plans/MODEL)")
     plan_cmd.add_argument("--overwrite", action="store_true", help="write into a folder that already holds plans")
-    bench = sub.add_parser("bench", help="measure what plans cost, side by side, on this device",
+    bench = sub.add_parser("bench", prog="dit-explore bench", help="measure what plans cost, side by side, on this device",
                            description="Measures, in one process on the same inputs: the identity plan's overhead, "
                            "skip plans against their ideal (FLOP) ratio, parallel groups against their members, "
                            "the similarity capture's cost, end-to-end image latency and achieved TFLOP/s against "
@@ -109,6 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
 SUBCOMMANDS = ("run", "models", "analyze", "plans", "bench")
 
 
+def _command_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The subcommands' parsers of build_parser()'s parser, by name."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
 def build_tui_parser() -> argparse.ArgumentParser:
     from dit_explore.tui.config import GRAPHICS
 
@@ -120,7 +129,8 @@ def build_tui_parser() -> argparse.ArgumentParser:
     p.add_argument("--graphics", choices=GRAPHICS, help="image protocol (default: config, else detected)")
     p.add_argument("--plans-dir", type=Path, default=Path("saved_plans"), help="where ctrl+s saves plans")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs are written as they arrive")
-    p.add_argument("--theme", help="color theme (default: config, else dit-dark)")
+    p.add_argument("--theme", metavar="NAME", help="color theme: dit-dark, dit-light or one of yours in "
+                   "~/.config/dit-explore/themes (default: config, else dit-dark)")
     _add_device(p)
     return p
 
@@ -130,8 +140,8 @@ def tui_main(argv: list[str]) -> int:
     args = build_tui_parser().parse_args(argv)
     from dit_explore.engine.core import plan as plans
     from dit_explore.engine.core.resolve import ModelError, resolve
-    from dit_explore.tui.config import ConfigError, load_config
-    from dit_explore.tui.themes import DEFAULT_THEME, ThemeError, available_themes
+    from dit_explore.tui.config import ConfigError, config_path, load_config
+    from dit_explore.tui.themes import DEFAULT_THEME, ThemeError, available_themes, check_theme
 
     def fail(message: str) -> int:
         for line in message.splitlines():
@@ -145,29 +155,39 @@ def tui_main(argv: list[str]) -> int:
         plan = plans.load(args.plan) if args.plan else plans.Plan()
         if args.plan:
             plans.validate(plan, source.layout, source=args.plan)
+        theme = args.theme or config.theme or DEFAULT_THEME
+        check_theme(theme, themes, "--theme" if args.theme else f"{config_path()}: ui.theme =" if config.theme else "theme")
     except (ModelError, ConfigError, ThemeError, plans.PlanError) as exc:
         return fail(str(exc))
-    theme = args.theme or config.theme or DEFAULT_THEME
-    if theme not in themes:
-        return fail(f"--theme {theme}: no such theme (available: {', '.join(sorted(themes))})")
-    graphics = args.graphics or config.graphics or "auto"
+    from dit_explore.tui.probe import import_textual_image, probe
+
+    # Ask the terminal once, before Textual takes it over, keeping any key typed meanwhile (tui/probe.py).
+    facts = probe(args.graphics or config.graphics or "auto")
+    graphics = facts.graphics
     if graphics == "tgp":
         os.environ["COLORTERM"] = "truecolor"  # Kitty placeholders need truecolor; plain ssh often drops it
-    import textual_image.widget  # noqa: F401 - probes the terminal once, before Textual takes it over
+    import_textual_image(facts)
 
     from dit_explore.tui.app import ExplorerApp
+    from dit_explore.tui.errors import start_logging
 
+    start_logging()
     app = ExplorerApp(source, plan=plan, graphics=graphics, plans_dir=args.plans_dir, runs_dir=args.runs_dir,
                       theme=theme, keymap=config.keymap, device=args.device, dtype=args.dtype,
-                      random_weights=args.random_weights, compile=args.compile)
-    return app.run() or 0
+                      random_weights=args.random_weights, compile=args.compile, typed=facts.typed)
+    result = app.run()
+    # A crash (Textual printed the traceback) leaves return_code 1 and no result: never report success.
+    return app.return_code or (result or 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")):
         return tui_main(argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # the subcommand's parser says it, so the message names the subcommand
+        _command_parsers(parser)[args.command].error(f"unrecognized arguments: {' '.join(extras)}")
     from dit_explore.engine.headless import UsageError
 
     try:

@@ -20,14 +20,53 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dit_explore.tui.keys import IDS
+from textual.keys import KEY_ALIASES, _character_to_key
+
+from dit_explore.tui.keys import ALL_KEYS, IDS
 
 GRAPHICS = ("auto", "tgp", "sixel", "halfcell", "unicode")
 _KEY = re.compile(r"^([a-z0-9_]+\+)*([a-z0-9_]+|[^\sa-z0-9_,])$", re.IGNORECASE)
 
 
+# Textual's own keys, live wherever the grid has focus: a rebinding must not take them either.
+TEXTUAL_KEYS = {"ctrl+p": "the command palette", "tab": "the next field", "shift+tab": "the previous field"}
+
+
 class ConfigError(ValueError):
     pass
+
+
+def canonical_key(key: str) -> str:
+    """One spelling per key, as Textual matches them: "?" is question_mark, "ctrl+i" is tab."""
+    if len(key) == 1:
+        key = _character_to_key(key)
+    return next((name for name, aliases in KEY_ALIASES.items() if key in aliases), key)
+
+
+def _keys(keys: str) -> dict[str, str]:
+    """Each key of a comma-separated list by its canonical name, with the spelling it was given."""
+    return {canonical_key(k.strip()): k.strip() for k in keys.split(",") if k.strip()}
+
+
+def check_conflicts(keymap: dict[str, str], where: str) -> None:
+    """No two actions on one key. The grid's keys, the plan edits and the app's keys all act while the
+    grid has focus, so they are one scope: each rebound action's keys must differ from every other
+    action's keys (its rebinding, else its default) and from Textual's own. Actions that share a key by
+    default (f2 shows whichever view is hidden) may keep sharing it."""
+    defaults = {k.id: _keys(k.keys) for k in ALL_KEYS}
+    current = {i: _keys(keymap[i]) if i in keymap else defaults[i] for i in defaults}
+    for action in keymap:
+        for key, spelled in current[action].items():
+            if key in TEXTUAL_KEYS:
+                raise ConfigError(f"{where}: keys.{action}: {spelled!r} is Textual's key for {TEXTUAL_KEYS[key]}")
+        for other in defaults:
+            if other == action or defaults[action].keys() & defaults[other].keys():
+                continue
+            common = [key for key in current[action] if key in current[other]]
+            if common:
+                whose = f"keys.{other} in this file" if other in keymap else "by default"
+                raise ConfigError(f"{where}: keys.{action}: {current[action][common[0]]!r} is also the key of "
+                                  f"{other} ({whose}); choose another key for one of them")
 
 
 @dataclass(frozen=True)
@@ -73,6 +112,7 @@ def load_config(path: Path | None = None) -> Config:
             if not _KEY.match(token):
                 raise ConfigError(f"{where}: not a key name at {token!r}")
         keymap[action] = ",".join(tokens)
+    check_conflicts(keymap, str(path))
     ui = data.get("ui", {})
     for key in ui:
         if key not in ("theme", "graphics"):

@@ -38,6 +38,8 @@ GRID_KEYS = (
     Key("grid.extend-down", "shift+down,J", "move(0, 1, True)", "select", "extend the selection down a row", show=False),
     Key("grid.visual", "v", "visual", "select", "start (or stop) selecting: moves then extend the selection"),
     Key("grid.group", "g", "select_group", "group", "select the similarity group under the cursor"),
+    Key("grid.shares", "percent_sign", "toggle_shares", "time %",
+        "show each block's share of a full-model step in its cell (timed after each run)", show=False),
 )
 
 
@@ -86,12 +88,34 @@ APP_KEYS = (
     Key("heatmap", "t", "heatmap", "heatmap", "show or hide the similarity matrices with their groups"),
     Key("save", "ctrl+s", "save", "save", "save the plan to the plans folder"),
     Key("open", "ctrl+o", "open", "open", "open a plan file (or a PNG written by dit-explore)"),
+    # "R" for runs ("h" moves left, vim-style); the history keeps past sessions' runs too.
+    Key("history", "R", "history", "history",
+        "go to the run history (enter loads a run's plan, prompt and images; escape or R goes back)"),
     Key("help", "f1,question_mark", "help", "help", "show the keys and what the grid shows"),
     Key("quit", "ctrl+q", "quit", "quit", "quit (the engine process exits too)"),
+    # Below 140 columns one view shows at a time; the footer offers the other one (tui/app.py).
+    Key("view-images", "f2", "show_view('images')", "images",
+        "narrow terminal: show the images, the engine status and the history"),
+    Key("view-plan", "f2", "show_view('plan')", "plan", "narrow terminal: show the grid, the plan line and the form"),
 )
 
-ALL_KEYS = GRID_KEYS + EDIT_KEYS + APP_KEYS
+# The history's A/B marks (bound by the app: they act on the run highlighted in the history list).
+COMPARE_KEYS = (
+    Key("compare.mark-a", "A", "mark_run('A')", "mark A",
+        "mark the run highlighted in the history as A (the images show A vs B once a B is marked)", show=False),
+    Key("compare.mark-b", "B", "mark_run('B')", "mark B",
+        "mark the run highlighted in the history as B (the images show A vs B once an A is marked)", show=False),
+)
+
+ALL_KEYS = GRID_KEYS + EDIT_KEYS + APP_KEYS + COMPARE_KEYS
 IDS = {k.id for k in ALL_KEYS}
+
+# The footer (tui/widgets/chrome.py) shows the keys in this order (ids), as many as the width allows, and
+# run, help and quit at every width (they fit at 80 columns); keys not named here follow.
+FOOTER_ORDER = ("run", "help", "quit", "view-images", "view-plan", "skip", "edit-prompt", "undo", "cancel",
+                "history", "parallel", "looped-parallel", "reverse", "middle-repeat", "restore", "grid.visual",
+                "grid.group", "redo", "clear", "analyze", "heatmap", "save", "open")
+FOOTER_ALWAYS = ("run", "help", "quit")
 
 
 def bindings(keys: tuple[Key, ...]) -> list[Binding | tuple[str, str] | tuple[str, str, str]]:

@@ -26,7 +26,7 @@ import itertools
 import re
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -66,29 +66,34 @@ class RunRecord:
 
     job: int
     label: str
-    started: str  # HH:MM:SS
+    started: str  # HH:MM:SS (a run of an earlier day: "Nov 26 12:30")
     plan_text: str
     prompt: str
     status: Status = Status.RUNNING
     path: Path | None = None
+    sampling: plans.Sampling = field(default_factory=plans.Sampling)  # the form's values (prompt unset)
+    past: bool = False  # read back from the runs folder (an earlier session): images load when chosen
     image: Image.Image | None = None
     baseline: Image.Image | None = None
     timing: Timing | None = None
     baseline_timing: Timing | None = None
     block_runs: BlockRuns | None = None
     difference: Difference | None = None  # computed once, when both images are there
+    speed: protocol.Speed | None = None  # plan against full model, timed side by side after the images
 
 
 # ------------------------------------------------------------------------------------------ messages
 
 
 class StateShown(Message):
-    """The engine's state, in words, with a style (`yellow`, `green`, `bold red`, or none)."""
+    """The engine's state, in words, with a style (`yellow`, `green`, `bold red`, or none); with `since`
+    (time.monotonic()), the seconds since then are shown after the words and keep counting."""
 
-    def __init__(self, text: str, style: str = "") -> None:
+    def __init__(self, text: str, style: str = "", since: float | None = None) -> None:
         super().__init__()
         self.text = text
         self.style = style
+        self.since = since
 
 
 class ProgressShown(Message):
@@ -101,8 +106,9 @@ class ProgressShown(Message):
 
 
 class PreviewShown(Message):
-    def __init__(self, image: Image.Image, role: Role, step: int, steps: int) -> None:
+    def __init__(self, image: Image.Image, role: Role, step: int, steps: int, job: int | None = None) -> None:
         super().__init__()
+        self.job = job
         self.image = image
         self.role = role
         self.step = step
@@ -184,6 +190,9 @@ class Session:
         self._latest_job = 0
         self._pending: RunWish | None = None
         self._starting = False  # an engine process is being started (one at a time: no orphans)
+        self._stop_reason: str | None = None  # why the current engine stopped, as it said (fatal error)
+        self.cannot_start: str | None = None  # the last engine could not load the model: why
+        self._loaded = False  # the current engine said ready
         self._analysis_job: int | None = None
         self._analysis_prompts: tuple[str, ...] | None = None  # None: the built-in prompt set
         self._analysis_sampling = plans.Sampling()
@@ -205,7 +214,9 @@ class Session:
         client = self._engine_factory()
         self.client = client
         self._starting = True
-        self._post(StateShown("starting…"))
+        self._stop_reason = None
+        self._loaded = False
+        self._post(StateShown("starting", since=time.monotonic()))
         try:
             await client.start()
         except EngineError as exc:
@@ -218,7 +229,9 @@ class Session:
             await self.handle(event)
 
     async def restart(self) -> None:
+        """Stop the engine and start a fresh one (also after it could not load the model)."""
         await self.shutdown()
+        self.cannot_start = None
         self._starting = True
         self._ensure_engine()
 
@@ -244,9 +257,11 @@ class Session:
                 await self._submit_pending()
             case protocol.Loading():
                 pct = f" {event.fraction * 100:.0f}%" if event.fraction is not None else ""
-                self._post(StateShown(f"loading{pct} — {event.stage} ({event.elapsed:.0f} s)", "yellow"))
+                self._post(StateShown(f"loading{pct} — {event.stage}", "yellow",
+                                      since=time.monotonic() - event.elapsed))
                 self._post(ProgressShown(event.fraction or 0, 1 if event.fraction is not None else None))
             case protocol.Ready():
+                self._loaded = True
                 kind = " · random weights" if event.random_weights else ""
                 self._post(StateShown(f"ready on {event.device} ({event.dtype}{kind}), loaded in "
                                       f"{event.load_seconds:.1f} s", "green"))
@@ -258,6 +273,11 @@ class Session:
                 await self._on_progress(event)
             case protocol.Image():
                 await self._on_image(event)
+            case protocol.Speed():
+                record = self.records.get(event.job)
+                if record is not None:
+                    record.speed = event
+                    self._post(RecordChanged(record, show=True))
             case protocol.Analysis():
                 self.similarity = event.result
                 self._post(AnalysisLanded(event.result, event.cached))
@@ -267,9 +287,18 @@ class Session:
                 self._post(Notice(f"{event.message}\nlog: {event.log}", title="engine error", severity="error",
                                   timeout=15))
                 if event.fatal:
+                    self._stop_reason = event.message
+                    if not self._loaded:
+                        # It failed before the model was ready (the model cannot load here): another engine
+                        # would fail the same way, so enter does not start one; the palette's restart does.
+                        self.cannot_start = event.message
                     self._post(StateShown(f"stopped: {event.message}", "bold red"))
             case protocol.Crashed():
-                self._post(StateShown(f"crashed (exit code {event.exit_code}) — enter restarts it", "bold red"))
+                reason = self._stop_reason or f"exit code {event.exit_code}"
+                hint = "engine: Restart in the palette (ctrl+p) tries again" if self.cannot_start else \
+                    "enter restarts it"
+                self._post(StateShown(f"stopped: {reason} — {hint}" if self._stop_reason else
+                                      f"crashed (exit code {event.exit_code}) — {hint}", "bold red"))
                 self._post(ProgressShown(0, 0))
                 self._end_running(Status.CRASHED)
                 tail = event.log_tail.strip().splitlines()
@@ -304,7 +333,7 @@ class Session:
         self._post(StateShown(f"busy — {event.role} step {event.step}/{event.steps} ({event.elapsed:.1f} s)",
                               "yellow"))
         if event.preview:
-            self._post(PreviewShown(_open_png(event.preview), event.role, event.step, event.steps))
+            self._post(PreviewShown(_open_png(event.preview), event.role, event.step, event.steps, event.job))
 
     async def _on_image(self, event: protocol.Image) -> None:
         record = self.records.get(event.job)
@@ -346,6 +375,11 @@ class Session:
         client = self.client
         if self._starting:
             return  # an engine is on its way: the pending run goes on its hello
+        if self.cannot_start is not None and (client is None or not client.alive):
+            self._pending = None
+            self._post(Notice(f"the engine cannot start: {self.cannot_start}\n(fix it, then engine: Restart in "
+                              "the palette, ctrl+p)", title="not started", severity="error", timeout=10))
+            return
         if client is None or not client.alive or client.state in (EngineState.CRASHED, EngineState.STOPPED):
             self._post(Notice("starting a new engine", timeout=3))
             self._starting = True  # until follow() has it started (the worker starts a moment later)
@@ -371,10 +405,42 @@ class Session:
             return
         self._latest_job = job  # a run in flight is superseded: its `done` says so
         record = RunRecord(job=job, label=wish.label, started=time.strftime("%H:%M:%S"), plan_text=plan_text,
-                           prompt=wish.prompt, path=out_dir)
+                           prompt=wish.prompt, path=out_dir, sampling=wish.sampling)
         self.records[job] = record
         self._post(RecordChanged(record, added=True))
-        self._post(StateShown("busy — submitted", "yellow"))
+        if self._loaded:
+            self._post(StateShown("busy — submitted", "yellow"))
+        else:  # the loading progress stays; the run starts when the model is ready
+            self._post(Notice("queued: the run starts when the model is ready", timeout=4))
+
+    async def load_past(self, model: str, limit: int = 200) -> list[RunRecord]:
+        """Read back `model`'s runs of earlier sessions from the runs folder (their run.json only: images
+        load when a run is chosen) as records with job ids below zero, and return the new ones, oldest
+        first (nothing is posted: they are not this session's news). A run.json that still says running
+        was left by an engine that is gone: that run ends as crashed (the history reads "interrupted")."""
+        from dit_explore.engine.core.runs import list_runs
+
+        found = await asyncio.to_thread(list_runs, self.runs_dir, model, limit)
+        known = {record.path for record in self.records.values()}
+        job = min(0, *self.records) if self.records else 0
+        today = time.strftime("%Y%m%d")
+        added: list[RunRecord] = []
+        for run in found:
+            if run.path in known:
+                continue
+            job -= 1
+            when = time.localtime(run.started)
+            started = time.strftime("%H:%M:%S" if time.strftime("%Y%m%d", when) == today else "%b %d %H:%M", when)
+            status = Status.CRASHED if run.status == Status.RUNNING else run.status
+            record = RunRecord(job=job, label=run.label, started=started, plan_text=run.plan_text, prompt=run.prompt,
+                               status=status, path=run.path, timing=run.timing, block_runs=run.block_runs,
+                               sampling=run.sampling, past=True, speed=run.speed)
+            added.append(record)
+        ours = dict(self.records)  # records stay in time order: earlier sessions' first
+        self.records.clear()
+        self.records.update({record.job: record for record in added})
+        self.records.update(ours)
+        return added
 
     def analyze_prompt(self, prompt: str, sampling: plans.Sampling) -> None:
         """The next analysis measures this prompt (the user asked); the current result is dropped."""

@@ -4,6 +4,10 @@ Textual themes.
 A theme file holds Textual's base colors under [colors] and dit-explore's own CSS variables under
 [variables] (the similarity-group and stack colors the layer grid uses). Problems are reported as one
 line naming the file and key.
+
+These are the only themes: `--theme`, the config's `[ui] theme` and the command palette's "Theme"
+command all offer `available_themes()`. Textual's built-in themes lack the grid's variables (every group
+would look alike), so `use_themes` takes them off the app.
 """
 
 from __future__ import annotations
@@ -13,8 +17,12 @@ from dataclasses import fields
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from textual.theme import Theme
+
+if TYPE_CHECKING:
+    from textual.app import App
 
 DEFAULT_THEME = "dit-dark"
 # Stacks are colored by position (stack-1 is a model's first stack), never by name: a family may name
@@ -74,3 +82,21 @@ def available_themes(user_dir: Path | None = None) -> dict[str, Theme]:
         theme = load_theme(path)
         themes[theme.name] = theme
     return themes
+
+
+def check_theme(name: str, themes: dict[str, Theme], where: str) -> None:
+    """`name` must be one of `themes`; `where` names the setting ("--theme", "config.toml: ui.theme")."""
+    if name not in themes:
+        raise ThemeError(f"{where} {name}: no such theme (available: {', '.join(sorted(themes))})")
+
+
+def use_themes(app: App[Any], name: str, themes: dict[str, Theme] | None = None) -> None:
+    """Give `app` dit-explore's themes (default: available_themes()) and only those, and switch it to
+    `name`: the palette's "Theme" command then lists exactly what --theme accepts."""
+    themes = available_themes() if themes is None else themes
+    for theme in themes.values():
+        app.register_theme(theme)
+    app.theme = name
+    for other in list(app.available_themes):
+        if other not in themes:
+            app.unregister_theme(other)

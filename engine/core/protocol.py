@@ -229,6 +229,30 @@ class Image:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Speed:
+    """The plan against the full model, timed side by side after the plan's images: on the inputs of the
+    run's last denoising step, interleaved (plan, full, plan, full, ...) after one warm-up call of each,
+    so both are warm and measured under the same conditions (the baseline is never regenerated to time
+    it). The measured speedup per step is `full / plan`."""
+
+    TYPE: ClassVar[str] = "speed"
+    job: int = doc("the job")
+    plan: float = doc("median seconds of a transformer call under the plan")
+    full: float = doc("median seconds of a transformer call of the full model")
+    calls: int = doc("timed calls of each")
+    steps: int = doc("denoising steps of the run")
+    active: int = doc("steps the plan applies at (its `active_steps`; the others run the full model)")
+    blocks: dict[str, tuple[float, ...]] = doc("seconds of each block in a call of the full model, by stack")
+
+    @property
+    def speedup(self) -> float:
+        """Measured speedup of the whole denoising loop: the full model's steps over the plan's (the plan
+        runs at its active steps, the full model at the others)."""
+        plan_loop = self.active * self.plan + (self.steps - self.active) * self.full
+        return self.steps * self.full / plan_loop if plan_loop > 0 else float("nan")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Analysis:
     TYPE: ClassVar[str] = "analysis"
     job: int = doc("the job")
@@ -303,7 +327,7 @@ class Responsive:
     TYPE: ClassVar[str] = "responsive"
 
 
-EngineEvent = Hello | Loading | Ready | Progress | Image | Analysis | Done | Error | Pong
+EngineEvent = Hello | Loading | Ready | Progress | Image | Speed | Analysis | Done | Error | Pong
 ClientEvent = Crashed | Stopped | Unresponsive | Responsive
 Event = EngineEvent | ClientEvent
 EVENTS: dict[str, type[Any]] = {cls.TYPE: cls for cls in typing.get_args(EngineEvent)}

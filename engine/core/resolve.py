@@ -55,16 +55,21 @@ class ModelSource:
         """Largest width or height the positional embedding covers; None if unbounded."""
         return self.family_info.max_side(self.transformer_config, self.vae_config)
 
-    def check_size(self, width: int, height: int) -> None:
+    def size_problem(self, label: str, value: int) -> str | None:
+        """Why `value` cannot be the width or height (`label`), or None."""
         m = self.size_multiple
+        if value % m:
+            return (f"{label} {value} is not a multiple of {m} ({self.name} works on {m}-pixel patches); "
+                    f"try {max(m, round(value / m) * m)}")
+        if self.max_side is not None and value > self.max_side:
+            return f"{label} {value} is larger than {self.name} supports ({self.max_side})"
+        return None
+
+    def check_size(self, width: int, height: int) -> None:
         for label, value in (("width", width), ("height", height)):
-            if value % m:
-                raise ModelError(
-                    f"{label} {value} is not a multiple of {m} ({self.name} works on {m}-pixel patches); "
-                    f"try {max(m, round(value / m) * m)}"
-                )
-            if self.max_side is not None and value > self.max_side:
-                raise ModelError(f"{label} {value} is larger than {self.name} supports ({self.max_side})")
+            problem = self.size_problem(label, value)
+            if problem is not None:
+                raise ModelError(problem)
 
 
 def resolve(model: str) -> ModelSource:

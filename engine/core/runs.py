@@ -9,14 +9,17 @@ Torch-free (pillow only): the TUI reads run directories too.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,8 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from dit_explore.engine.core import plan as plans
-from dit_explore.engine.core.protocol import Status
+from dit_explore.engine.core.protocol import ProtocolError, Speed, Status, from_json
+from dit_explore.engine.core.sampling import BlockRuns, Timing
 
 RUN_JSON = "run.json"
 RUN_FORMAT = 1
@@ -143,3 +147,160 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def _write_json(path: Path, record: Mapping[str, Any]) -> None:
     write_atomic(path, (json.dumps(record, indent=2) + "\n").encode())
+
+
+# ------------------------------------------------------------------------------------------ reading back
+
+_STAMPED = re.compile(r"(\d{8}-\d{6})-")  # the explorer's folder names: 20261126-123042-001-label
+
+
+@dataclass(frozen=True)
+class PastRun:
+    """A run directory read back from its run.json (the explorer's history across sessions). Reading one
+    loads no image: `read_images` does, when the run is wanted."""
+
+    path: Path
+    started: float  # seconds since the epoch: from the folder name (20261126-123042-...), else run.json's mtime
+    status: Status  # as run.json says; RUNNING when no engine finished it (the engine died or was stopped)
+    model: str
+    plan_text: str  # the plan file the run used
+    plan_name: str | None
+    orders: dict[str, str]  # every stack's order, as run.json lists them
+    prompts: tuple[str, ...]
+    sampling: plans.Sampling  # the resolved settings the run used, as a plan's [sampling] (prompt unset)
+    images: tuple[str, ...]  # file names in the folder, in prompt order
+    baseline_images: tuple[str, ...]
+    timing: Timing | None  # of the first plan image
+    block_runs: BlockRuns | None
+    speed: Speed | None = None  # the plan against the full model, timed side by side after the images
+
+    @property
+    def prompt(self) -> str:
+        return self.prompts[0] if self.prompts else ""
+
+    @property
+    def label(self) -> str:
+        """The plan's name, else the orders that differ from the full model (how the explorer titles a run)."""
+        if self.plan_name:
+            return self.plan_name
+        try:
+            plan = plans.loads(self.plan_text, str(self.path))
+        except plans.PlanError:
+            return "; ".join(f"{name}: {order}" for name, order in self.orders.items()) or "full model"
+        parts = [f"{name}: {plans.format_order(order)}" for name, order in plan.orders]
+        return "; ".join(parts) if parts else "full model"
+
+
+def _file_names(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v and Path(v).name == v for v in value):
+        raise ValueError(f"{where}: not a list of file names")
+    return tuple(value)
+
+
+def read_run(path: Path) -> PastRun:
+    """The run.json of one run directory; ValueError (one line) when it is missing or not one of ours."""
+    file = path / RUN_JSON
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+        mtime = file.stat().st_mtime
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{file}: cannot read: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{file}: not a run record")
+    try:
+        status = Status(data.get("status", Status.OK.value))
+    except ValueError:
+        raise ValueError(f"{file}: unknown status {data.get('status')!r}") from None
+    model, plan, prompts = data.get("model"), data.get("plan"), data.get("prompts")
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+        raise ValueError(f"{file}: no model name")
+    if not isinstance(plan, dict) or not isinstance(plan.get("text"), str):
+        raise ValueError(f"{file}: no plan text")
+    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(f"{file}: no prompts")
+    orders = plan.get("orders")
+    orders = {k: v for k, v in orders.items() if isinstance(v, str)} if isinstance(orders, dict) else {}
+    settings: dict[str, Any] = data["sampling"] if isinstance(data.get("sampling"), dict) else {}
+    kinds: dict[str, type | tuple[type, ...]] = {"seed": int, "steps": int, "width": int, "height": int,
+                                                 "guidance": (int, float)}
+    sampling = plans.Sampling(**{k: settings[k] for k, kind in kinds.items()
+                                 if isinstance(settings.get(k), kind) and not isinstance(settings.get(k), bool)})
+    if sampling.guidance is not None:
+        sampling = replace(sampling, guidance=float(sampling.guidance))
+    timing: Timing | None = None
+    block_runs: BlockRuns | None = None
+    per_image = data["timing"].get("per_image") if isinstance(data.get("timing"), dict) else None
+    try:
+        if isinstance(per_image, list) and per_image:
+            timing = from_json(Timing, per_image[0], f"{file}: timing")
+        if data.get("block_runs") is not None:
+            block_runs = from_json(BlockRuns, data["block_runs"], f"{file}: block_runs")
+    except ProtocolError:
+        pass  # timing is a nicety; the run is still worth listing
+    speed: Speed | None = None
+    if isinstance(data.get("speed"), dict):
+        with contextlib.suppress(ProtocolError):  # like timing: a nicety
+            speed = from_json(Speed, data["speed"], f"{file}: speed")
+    stamp = _STAMPED.match(path.name)
+    started = time.mktime(time.strptime(stamp.group(1), "%Y%m%d-%H%M%S")) if stamp else mtime
+    return PastRun(path=path, started=started, status=status, model=model["name"], plan_text=plan["text"],
+                   plan_name=plan.get("name") if isinstance(plan.get("name"), str) else None, orders=orders,
+                   prompts=tuple(prompts), sampling=sampling,
+                   images=_file_names(data.get("images", []), f"{file}: images"),
+                   baseline_images=_file_names(data.get("baseline_images", []), f"{file}: baseline_images"),
+                   timing=timing, block_runs=block_runs, speed=speed)
+
+
+def list_runs(runs_dir: Path, model: str | None = None, limit: int = 200) -> list[PastRun]:
+    """The newest `limit` run directories directly under `runs_dir` (of `model`, when given), oldest
+    first. Folders without a readable run.json (and hidden staging folders) are skipped; only run.json
+    files are read, newest first, until `limit` are found."""
+    try:
+        entries = [e for e in os.scandir(runs_dir) if not e.name.startswith(".") and e.is_dir()]
+    except OSError:
+        return []
+
+    def started(entry: os.DirEntry[str]) -> float:
+        stamp = _STAMPED.match(entry.name)
+        if stamp:
+            try:
+                return time.mktime(time.strptime(stamp.group(1), "%Y%m%d-%H%M%S"))
+            except ValueError:
+                pass
+        try:
+            return os.stat(Path(entry.path) / RUN_JSON).st_mtime
+        except OSError:
+            return 0.0
+
+    found: list[PastRun] = []
+    for entry in sorted(entries, key=lambda e: (started(e), e.name), reverse=True):
+        if len(found) >= limit:
+            break
+        try:
+            run = read_run(Path(entry.path))
+        except ValueError:
+            continue
+        if model is None or run.model == model:
+            found.append(run)
+    return found[::-1]
+
+
+def read_images(path: Path) -> tuple[Image.Image | None, Image.Image | None]:
+    """The first plan image and the first baseline of a run directory, as run.json lists them (None for
+    one that is missing or unreadable)."""
+    try:
+        run = read_run(path)
+    except ValueError:
+        return None, None
+
+    def load(names: tuple[str, ...]) -> Image.Image | None:
+        if not names:
+            return None
+        try:
+            with Image.open(path / names[0]) as image:
+                image.load()
+                return image.copy()
+        except OSError:
+            return None
+
+    return load(run.images), load(run.baseline_images)

@@ -6,12 +6,13 @@ the engine validates requests with it before any model work, and the TUI predict
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from dit_explore.engine.core.families import Defaults
 from dit_explore.engine.core.layout import Layout
-from dit_explore.engine.core.plan import Plan, PlanError, Sampling, executions
+from dit_explore.engine.core.plan import Plan, PlanError, Sampling, check_sampling, executions
+from dit_explore.engine.core.resolve import ModelSource
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,6 +59,25 @@ def check_prompts(prompts: Sequence[str], where: str) -> tuple[str, ...]:
     if any(not p.strip() for p in prompts):
         raise PlanError([f"{where}: a prompt must not be empty"])
     return tuple(p.strip() for p in prompts)
+
+
+def field_problems(sampling: Sampling, source: ModelSource) -> dict[str, str]:
+    """Why each set field of `sampling` cannot run on `source` (field -> one line); empty when all can.
+    What the TUI's form shows as you type, and the same rules the CLI and the engine apply."""
+    problems: dict[str, str] = {}
+    try:
+        check_sampling(replace(sampling, prompt=None), "")
+    except PlanError as exc:
+        for line in exc.problems:
+            name, _, why = line.partition(": ")
+            problems[name] = why
+    for name in ("width", "height"):
+        value = getattr(sampling, name)
+        if name not in problems and value is not None:
+            problem = source.size_problem(name, value)
+            if problem is not None:
+                problems[name] = problem
+    return problems
 
 
 # ------------------------------------------------------------------------------------------- costs
@@ -110,3 +130,17 @@ class Timing:
     @property
     def transformer_total(self) -> float:
         return sum(self.transformer_steps)
+
+    @property
+    def warm_steps(self) -> int:
+        """Steps after the first (the first pays warm-up: allocations, kernel selection, compilation)."""
+        return max(0, len(self.transformer_steps) - 1)
+
+    @property
+    def warm_step(self) -> float | None:
+        """Median transformer seconds per step, the first step excluded; None with no warm step."""
+        warm = sorted(self.transformer_steps[1:])
+        if not warm:
+            return None
+        mid = len(warm) // 2
+        return warm[mid] if len(warm) % 2 else (warm[mid - 1] + warm[mid]) / 2

@@ -41,6 +41,8 @@ def study_plans(model: str, layout: Layout, stack: str, first: int, last: int, w
     if not 0 <= first <= last < n:
         raise ValueError(f"{stack} {first}-{last}: not a range of the {n} blocks of {stack}")
     center, length = (first + last) // 2, last - first + 1
+    span = plans.span_text(first, last)  # "5", not "5-5"
+    blocks, times = (f"{length} blocks", f"{length} times") if length > 1 else ("1 block", "once")
     head = [f"0-{first - 1}"] if first > 0 else []
     tail = [f"{last + 1}-{n - 1}"] if last < n - 1 else []
 
@@ -51,27 +53,27 @@ def study_plans(model: str, layout: Layout, stack: str, first: int, last: int, w
         ("1-skip-first-block", "skip first block", f"1-{n - 1}" if n > 1 else "",
          f"Skips {stack} block 0 alone. The study calls the first layers 'translation' layers: expect a far "
          f"larger change than from skipping any one middle block."),
-        ("2-skip-middle", f"skip middle {first}-{last}", order(),
-         f"Skips the middle range {first}-{last} ({length} blocks). If the middle blocks share a representation "
+        ("2-skip-middle", f"skip middle {span}", order(),
+         f"Skips the middle range {span} ({blocks}). If the middle blocks share a representation "
          f"space, the image degrades gracefully instead of collapsing."),
         ("3-middle-repeat", f"middle repeat {center} x{length}", order(f"{center}*{length}"),
-         f"Replaces the middle range {first}-{last} by its center block {center} run {length} times (same cost "
+         f"Replaces the middle range {span} by its center block {center} run {times} (same cost "
          f"as the full model). In the LLM study this hurt more than skipping the range: the middle layers share "
          f"a space but do different work."),
-        ("4-reverse", f"reverse middle {first}-{last}", order(f"{last}-{first}"),
-         f"Runs the middle range {first}-{last} backwards: how much does the order of the middle blocks matter?"),
-        ("5-parallel", f"parallel {first}-{last}", order(f"[{first}-{last}]"),
-         f"Runs the middle blocks {first}-{last} side by side on the same input and averages their outputs, "
+        ("4-reverse", f"reverse middle {span}", order(f"{last}-{first}"),
+         f"Runs the middle range {span} backwards: how much does the order of the middle blocks matter?"),
+        ("5-parallel", f"parallel {span}", order(f"[{first}-{last}]"),
+         f"Runs the middle blocks {span} side by side on the same input and averages their outputs, "
          f"as one wide layer."),
-        ("6-looped-parallel", f"looped parallel {first}-{last} x3", order(f"[{first}-{last}]x3"),
-         f"Runs the parallel group {first}-{last} three times, feeding the averaged output back in (the "
+        ("6-looped-parallel", f"looped parallel {span} x3", order(f"[{first}-{last}]x3"),
+         f"Runs the parallel group {span} three times, feeding the averaged output back in (the "
          f"study's looped parallel)."),
     ]
     out = []
     for stem, title, text, note in strategies:
         plan = plans.Plan(model=model, name=f"{stack}: {title}", note=note).with_order(stack, plans.parse_order(text))
         plans.validate(plan, layout)
-        comment = f"{model}: {title} ({stack} stack, {n} blocks).\nRange {first}-{last}: {why}"
+        comment = f"{model}: {title} ({stack} stack, {n} blocks).\nRange {span}: {why}"
         comment = "\n".join(textwrap.fill(line, 98) for line in comment.splitlines())
         out.append(StudyPlan(f"{prefix}{stem}", plan, comment))
     return out

@@ -164,4 +164,4 @@ def test_analyze_rejects_bad_input_without_loading(tmp_path: Path, capsys: pytes
     assert main(["analyze", "tiny-flux", "--width", "60", "--out", str(tmp_path / "x")]) == 2
     assert "not a multiple of 8" in capsys.readouterr().err
     assert main(["plans", "tiny-flux", "--from-groups", str(tmp_path / "nothing")]) == 2
-    assert "not a similarity result" in capsys.readouterr().err
+    assert "nothing: no such file or folder" in capsys.readouterr().err

@@ -96,7 +96,12 @@ def test_run_streams_progress_images_and_writes_the_run_directory(engine: Engine
     assert len(plan_image[0].timing.transformer_steps) == 3
     done = of(events, "done")[0]
     assert done.status == "ok" and done.blocks_restored is True
+    # After the images, the plan against the full model side by side, on the same inputs, warm.
+    [speed] = of(events, "speed")
+    assert events.index(speed) > events.index(baseline_image[0]) and (speed.steps, speed.active) == (3, 3)
+    assert speed.calls == 3 and [len(speed.blocks[s]) for s in ("double", "single")] == [4, 8]
     record = json.loads((out / "run.json").read_text())
+    assert record["speed"]["plan"] == speed.plan and record["speed"]["full"] == speed.full
     assert record["status"] == "ok"
     assert record["images"] == ["000.png"] and record["baseline_images"] == ["baseline-000.png"]
     assert record["plan"]["orders"]["single"] == "0-2, 7"
@@ -164,7 +169,9 @@ def test_out_of_memory_mid_run_is_reported_and_the_engine_serves_on(engine: Engi
     assert "out of memory" in error.message and "\n" not in error.message
     assert error.log == str(engine.log_path)
     assert done.status == "error" and done.blocks_restored is True
-    assert "OutOfMemoryError" in engine.log_path.read_text()  # the traceback went to the log
+    logged = engine.log_path.read_text()
+    assert "OutOfMemoryError" in logged  # the traceback went to the log, with the job's plan and settings
+    assert 'single = "0-2, 7"' in logged and "steps=2" in logged
     ok = run(until_done(engine, run(submit_run(engine, SKIP, ["healthy"], baseline=False))))
     assert of(ok, "done")[0].status == "ok"
 
@@ -197,6 +204,8 @@ def test_invalid_runs_get_an_error_and_a_done(engine: EngineClient, run: Any, ch
     events = run(until_done(engine, job, timeout=10))
     assert message in of(events, "error")[0].message
     assert of(events, "done")[0].status == "error"
+    # The log has the reason and the request that caused it.
+    assert f"refused a 'run' request (job {job}): " in engine.log_path.read_text()
 
 
 def test_malformed_frames_are_errors_not_crashes(engine: EngineClient, run: Any) -> None:

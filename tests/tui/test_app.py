@@ -20,6 +20,7 @@ from dit_explore.engine.core.protocol import EngineState
 from dit_explore.engine.core.resolve import resolve
 from dit_explore.tui.app import ExplorerApp
 from dit_explore.tui.screens.dialogs import AskDialog, OpenDialog
+from dit_explore.tui.widgets.history_list import HistoryList
 from dit_explore.tui.widgets.image_pane import ImageSlot
 from dit_explore.tui.widgets.layer_grid import LayerGrid
 
@@ -238,3 +239,56 @@ def test_grid_recolors_when_the_similarity_analysis_lands(tmp_path: Path) -> Non
         await until(pilot, lambda: not isinstance(app.screen, HeatmapScreen))
 
     drive(app, scenario)
+
+
+def test_runs_after_an_engine_restart_keep_plan_prompt_and_history(tmp_path: Path) -> None:
+    """run, kill the engine, enter (a new engine runs it), enter again: job ids never repeat, so the history
+    takes every run (this used to end the app with DuplicateID), and plan and prompt stay."""
+    app = make_app(tmp_path)
+
+    async def scenario(pilot: Pilot[Any]) -> None:
+        await pilot.press("down", "s")  # single 0 skipped
+        app.query_one("#prompt", Input).value = "a kept prompt"
+        await pilot.press("enter")
+        await until(pilot, lambda: [r.status for r in app.session.records.values()] == ["ok"])
+        old = app.session.client
+        assert old is not None and old.pid is not None
+        os.kill(old.pid, signal.SIGKILL)
+        await until(pilot, lambda: old.state == EngineState.CRASHED)
+        await pilot.press("enter")
+        await until(pilot, lambda: [r.status for r in app.session.records.values()] == ["ok", "ok"])
+        await pilot.press("enter")
+        await until(pilot, lambda: [r.status for r in app.session.records.values()] == ["ok", "ok", "ok"])
+        jobs = list(app.session.records)
+        assert len(set(jobs)) == 3 and jobs == sorted(jobs)  # analyses take ids too: distinct, increasing
+        assert len(app.query_one(HistoryList).records) == 3
+        assert orders(app) == {"single": "1-7"} and app.query_one("#prompt", Input).value == "a kept prompt"
+        assert app.is_running
+
+    drive(app, scenario)
+
+
+def test_an_error_in_a_handler_is_reported_and_the_app_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dit_explore.tui import errors
+
+    monkeypatch.setattr(errors, "_LOG_PATH", tmp_path / "tui.log")
+    errors.start_logging()
+    app = make_app(tmp_path)
+
+    def broken(self: LayerGrid, plan: plans.Plan) -> None:
+        raise RuntimeError("the grid could not draw")
+
+    async def scenario(pilot: Pilot[Any]) -> None:
+        monkeypatch.setattr(LayerGrid, "set_plan", broken)
+        await pilot.press("s")  # the app's edit handler raises inside
+        await pilot.pause()
+        notes = [n for n in app._notifications]
+        assert any("internal error" in n.title + n.message and "the grid could not draw" in n.message
+                   for n in notes)
+        monkeypatch.undo()
+        await pilot.press("down", "s")  # the app still takes keys and edits
+        assert app.is_running and orders(app)["single"] == "1-7"
+
+    drive(app, scenario)
+    logged = (tmp_path / "tui.log").read_text()
+    assert "RuntimeError: the grid could not draw" in logged and "Traceback" in logged

@@ -41,3 +41,18 @@ def test_a_bad_config_file_stops_the_launch(tmp_path: Path, capsys: pytest.Captu
     monkeypatch.setenv("DIT_EXPLORE_CONFIG", str(config))
     assert main(["tiny-flux"]) == 2
     assert "keys.fly: unknown action" in capsys.readouterr().err
+
+
+def test_a_config_binding_two_actions_to_one_key_stops_the_launch(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[keys]\nskip = "j"\n')  # j moves the cursor down
+    monkeypatch.setenv("DIT_EXPLORE_CONFIG", str(config))
+    from dit_explore.tui import errors
+    from dit_explore.tui.app import ExplorerApp
+
+    monkeypatch.setattr(ExplorerApp, "run", lambda self, *a, **k: 0)  # were it accepted, no terminal is taken
+    monkeypatch.setattr(errors, "start_logging", lambda: tmp_path / "tui.log")
+    assert main(["tiny-flux"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "keys.skip: 'j' is also the key of grid.down" in line

@@ -22,9 +22,10 @@ def test_missing_config_is_empty(tmp_path: Path) -> None:
 
 
 def test_keys_and_ui_are_read(tmp_path: Path) -> None:
-    config = load_config(write(tmp_path, '[keys]\nskip = "k, ctrl+k"\nlooped-parallel = "L"\n'
+    # (keys no other action has: "k" moves up and "L" extends right, so those would conflict)
+    config = load_config(write(tmp_path, '[keys]\nskip = "y, ctrl+k"\nlooped-parallel = "X"\n'
                                           '[ui]\ntheme = "dit-light"\ngraphics = "halfcell"\n'))
-    assert config.keymap == {"skip": "k,ctrl+k", "looped-parallel": "L"}
+    assert config.keymap == {"skip": "y,ctrl+k", "looped-parallel": "X"}
     assert (config.theme, config.graphics) == ("dit-light", "halfcell")
 
 
@@ -38,6 +39,13 @@ def test_keys_and_ui_are_read(tmp_path: Path) -> None:
         ('[ui]\nfont = "mono"\n', "ui.font: unknown key"),
         ('[ui]\ngraphics = "ascii"\n', "ui.graphics: expected one of auto, tgp, sixel, halfcell, unicode"),
         ("[ui\n", "cannot read"),
+        # one key, two actions: grid, edit and app keys all act while the grid has focus
+        ('[keys]\nskip = "j"\n', "keys.skip: 'j' is also the key of grid.down (by default)"),
+        ('[keys]\nskip = "ctrl+q"\n', "keys.skip: 'ctrl+q' is also the key of quit (by default)"),
+        ('[keys]\nskip = "y"\nreverse = "y"\n', "keys.skip: 'y' is also the key of reverse (keys.reverse in this file)"),
+        ('[keys]\nrun = "?"\n', "keys.run: '?' is also the key of help (by default)"),
+        ('[keys]\nhelp = "f2"\n', "keys.help: 'f2' is also the key of view-images (by default)"),
+        ('[keys]\nskip = "ctrl+p"\n', "keys.skip: 'ctrl+p' is Textual's key for the command palette"),
     ],
 )
 def test_bad_config_is_one_line_naming_file_and_key(tmp_path: Path, text: str, fragment: str) -> None:
@@ -67,3 +75,28 @@ def test_a_user_theme_missing_group_colors_is_refused(tmp_path: Path) -> None:
     path.write_text('name = "mine"\n[colors]\nprimary = "#ffffff"\n[variables]\ngroup-first = "#000000"\n')
     with pytest.raises(ThemeError, match="variables: missing group-middle-1"):
         load_theme(path)
+
+
+def test_every_default_key_taken_by_another_action_is_refused(tmp_path: Path) -> None:
+    """Rebinding any action to any other action's default key names both (unless the two share a key by
+    default, as the two f2 views do)."""
+    defaults = {k.id: {t.strip() for t in k.keys.split(",")} for k in ALL_KEYS}
+    checked = 0
+    for action in ALL_KEYS:
+        for other in ALL_KEYS:
+            if other.id == action.id or defaults[action.id] & defaults[other.id]:
+                continue
+            key = sorted(defaults[other.id])[0]
+            with pytest.raises(ConfigError) as info:
+                load_config(write(tmp_path, f'[keys]\n"{action.id}" = "{key}"\n'))
+            owners = [o.id for o in ALL_KEYS if key in defaults[o.id] and o.id != action.id]  # f2 has two
+            assert any(f"keys.{action.id}: {key!r} is also the key of {o} (by default)" in str(info.value)
+                       for o in owners), str(info.value)
+            checked += 1
+    assert checked > len(ALL_KEYS) ** 2 // 2
+
+
+def test_freed_and_shared_keys_are_fine(tmp_path: Path) -> None:
+    # j is free once grid.down moves off it; f2 stays shared by the two views (one shows at a time)
+    text = '[keys]\n"grid.down" = "n"\nskip = "j"\nview-images = "f2,f3"\n'
+    assert load_config(write(tmp_path, text)).keymap == {"grid.down": "n", "skip": "j", "view-images": "f2,f3"}

@@ -307,7 +307,9 @@ def test_run_before_any_engine_waits_for_hello(tmp_path: Path) -> None:
         assert added.record.status == Status.RUNNING
         assert added.record.prompt == "a red fox" and added.record.label == "swap 1-2"
         assert added.record.path == Path(fake.requests[0].out_dir or "")  # type: ignore[union-attr]
-        assert h.of(StateShown)[-1].text == "busy — submitted"
+        # Entered while loading: the loading state stays on screen, a notice says the run is queued.
+        assert h.of(StateShown)[-1].text == "loading the model…"
+        assert h.of(Notice)[-1].text == "queued: the run starts when the model is ready"
         assert h.ensure_calls == 1
 
     scenario(body, tmp_path)
@@ -475,6 +477,47 @@ def test_engine_that_fails_to_start_keeps_the_run_for_the_next(tmp_path: Path) -
         b.deliver(hello())
         await b.drained()
         assert [(r.job, r.prompts) for r in b.requests] == [(1, ("again",))]
+
+    scenario(body, tmp_path)
+
+
+def test_an_engine_that_cannot_load_the_model_is_not_restarted_blindly(tmp_path: Path) -> None:
+    """A fatal error before ready (say, weights not in the cache): the status keeps the reason, enter does
+    not start another engine that would fail the same way, the palette's restart does."""
+
+    async def body(h: Harness) -> None:
+        h.follow()
+        a = await h.engine(0)
+        reason = "flux-schnell: the weights are not in the local Hugging Face cache"
+        a.deliver(hello(), protocol.Error(job=None, message=reason, log="a.log", fatal=True),
+                  protocol.Crashed(exit_code=2, log="a.log", log_tail=""))
+        await a.drained()
+        assert h.session.cannot_start == reason
+        assert h.of(StateShown)[-1].text.startswith(f"stopped: {reason} — engine: Restart")
+        await h.session.run(wish())
+        assert h.ensure_calls == 0 and len(h.engines) == 1
+        assert h.of(Notice)[-1].title == "not started" and reason in h.of(Notice)[-1].text
+        await h.session.restart()
+        assert h.ensure_calls == 1 and h.session.cannot_start is None
+        b = await h.engine(1)
+        b.deliver(hello(), READY)
+        await b.drained()
+        await h.session.run(wish("works now"))
+        assert [r.prompts for r in b.requests if isinstance(r, protocol.Run)] == [("works now",)]
+
+    scenario(body, tmp_path)
+
+
+def test_an_engine_that_fails_after_loading_is_restarted_by_enter(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        a = await h.ready_engine()
+        a.deliver(protocol.Error(job=None, message="engine protocol error: bad frame", log="a.log", fatal=True),
+                  protocol.Crashed(exit_code=-9, log="a.log", log_tail=""))
+        await a.drained()
+        assert h.session.cannot_start is None
+        assert h.of(StateShown)[-1].text == "stopped: engine protocol error: bad frame — enter restarts it"
+        await h.session.run(wish())
+        assert h.ensure_calls == 1
 
     scenario(body, tmp_path)
 

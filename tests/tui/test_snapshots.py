@@ -6,9 +6,11 @@ then look at the SVGs in tests/tui/__snapshots__/ before committing them.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
 import textual_image.widget  # noqa: F401 - imported before any app runs, as the CLI does
 
 from dit_explore.engine.core import plan as plans
@@ -33,19 +35,65 @@ def flux_app(tmp_path: Path, plan: plans.Plan | None = None) -> ExplorerApp:
                        runs_dir=tmp_path / "runs", engine_factory=lambda: StubEngine(source))
 
 
+async def settled(pilot: Any) -> None:
+    """The stub engine ready and its analysis in (the grid colored by group), and no message left: the
+    same screen on every machine."""
+    app = pilot.app
+    deadline = asyncio.get_running_loop().time() + 30
+    while app.session.similarity is None:
+        assert asyncio.get_running_loop().time() < deadline, "the stub engine's analysis never landed"
+        await pilot.pause(0.02)
+    await pilot.pause()
+    app.clear_notifications()
+    await pilot.pause()
+
+
 def test_main_screen(snap_compare: Any, tmp_path: Path) -> None:
-    assert snap_compare(flux_app(tmp_path), terminal_size=SIZE, press=["_"])
+    assert snap_compare(flux_app(tmp_path), terminal_size=SIZE, run_before=settled)
+
+
+# The sizes people have: 80x24 and 100x30 and 120x36 show one view at a time (the plan first), 200x60 both.
+SIZES = [(80, 24), (100, 30), (120, 36), (200, 60)]
+
+
+@pytest.mark.parametrize("size", SIZES, ids=[f"{w}x{h}" for w, h in SIZES])
+def test_main_screen_at_size(snap_compare: Any, tmp_path: Path, size: tuple[int, int]) -> None:
+    assert snap_compare(flux_app(tmp_path), terminal_size=size, run_before=settled)
+
+
+@pytest.mark.parametrize("size", SIZES[:3], ids=[f"{w}x{h}" for w, h in SIZES[:3]])
+def test_images_view_at_size(snap_compare: Any, tmp_path: Path, size: tuple[int, int]) -> None:
+    """f2: the images, the engine status and the history, full width."""
+    assert snap_compare(flux_app(tmp_path), terminal_size=size, run_before=settled, press=["f2"])
+
+
+def test_too_small(snap_compare: Any, tmp_path: Path) -> None:
+    assert snap_compare(flux_app(tmp_path), terminal_size=(79, 24), run_before=settled)
+
+
+def test_messages_at_80x24(snap_compare: Any, tmp_path: Path) -> None:
+    """Messages take the top line, right-aligned, over the title: two at most, an error wrapped whole."""
+
+    async def two_messages(pilot: Any) -> None:
+        await settled(pilot)
+        app = pilot.app
+        app.notify("saved saved_plans/flux-schnell-20250101-120000.plan.toml", title="plan saved")
+        app.notify("the engine exited with code 1: CUDA out of memory\nlog: ~/.cache/dit-explore/logs/e.log",
+                   title="engine crashed", severity="error", timeout=20)
+        await pilot.pause(0.1)
+
+    assert snap_compare(flux_app(tmp_path), terminal_size=(80, 24), run_before=two_messages)
 
 
 def test_help_screen(snap_compare: Any, tmp_path: Path) -> None:
-    assert snap_compare(flux_app(tmp_path), terminal_size=SIZE, press=["f1", "_"])
+    assert snap_compare(flux_app(tmp_path), terminal_size=SIZE, run_before=settled, press=["f1", "_"])
 
 
 def test_plan_with_every_operation(snap_compare: Any, tmp_path: Path) -> None:
     plan = plans.loads(EVERY_OP)
     # the cursor on single 12, a selection 10-14 (shown in the selection color)
     keys = ["down", "down", "down", "right", "right", "right", "shift+right", "_"]
-    assert snap_compare(flux_app(tmp_path, plan), terminal_size=SIZE, press=keys)
+    assert snap_compare(flux_app(tmp_path, plan), terminal_size=SIZE, run_before=settled, press=keys)
 
 
 def test_palette_offers_actions_by_category(tmp_path: Path) -> None:
@@ -96,4 +144,4 @@ def test_palette_offers_actions_by_category(tmp_path: Path) -> None:
 
 
 def test_heatmap_screen(snap_compare: Any, tmp_path: Path) -> None:
-    assert snap_compare(flux_app(tmp_path), terminal_size=SIZE, press=["_", "t", "_"])
+    assert snap_compare(flux_app(tmp_path), terminal_size=SIZE, run_before=settled, press=["t", "_"])

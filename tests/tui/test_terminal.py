@@ -47,3 +47,35 @@ def test_grid_run_image_timing_and_clean_exit(terminal: Terminal) -> None:
     terminal.keys("C-q")
     assert terminal.exit_code() == "0"
     assert terminal.engines_after_exit() == [], "an engine process outlived the explorer"
+
+
+def test_a_crash_of_the_interface_exits_non_zero(tmp_path: Path) -> None:
+    """If the app itself breaks (here: its screen cannot be built), the shell sees a failure, not 0."""
+    env = {**os.environ, "DIT_EXPLORE_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    code = ("import dit_explore.tui.app as app\n"
+            "def broken(self):\n    raise RuntimeError('no screen today')\n"
+            "app.ExplorerApp.compose = broken\n"
+            "from dit_explore.tui.cli import entry\nentry()")
+    term = Terminal([sys.executable, "-c", code, "tiny-flux", "--graphics", "halfcell"], cwd=tmp_path, env=env)
+    try:
+        assert term.exit_code(timeout=60) == "1"
+        assert "no screen today" in term.screen()
+        assert term.engines_after_exit() == [], "an engine process outlived the explorer"
+    finally:
+        term.close()
+
+
+def test_keys_typed_while_the_explorer_starts_are_kept(tmp_path: Path) -> None:
+    """Keys typed before the interface is up (while the terminal is probed for graphics) arrive, in order,
+    and the terminal's answers are never read as keys (one used to open the help screen)."""
+    env = {**os.environ, "DIT_EXPLORE_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    term = Terminal([sys.executable, "-c", "from dit_explore.tui.cli import entry; entry()", "tiny-flux"],
+                    cwd=tmp_path, env=env)
+    try:
+        term.keys("Down", "s")  # at once: the process has barely started
+        screen = term.wait_for(lambda s: "single  8 blocks · edited" in s and "1-7" in s)
+        assert "dit-explore keys" not in screen  # no help screen
+        term.keys("C-q")
+        assert term.exit_code() == "0"
+    finally:
+        term.close()

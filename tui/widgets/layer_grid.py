@@ -7,7 +7,7 @@ a few strips, not a re-layout.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rich.color import Color
 from rich.segment import Segment
@@ -19,12 +19,14 @@ from textual.strip import Strip
 from textual.widget import Widget
 
 from dit_explore.engine.core.layout import Layout
-from dit_explore.engine.core.plan import Plan
+from dit_explore.engine.core.plan import Group, Order, Plan
 from dit_explore.tui.editing import CellState, annotate
-from dit_explore.tui.keys import EDIT_KEYS, EDITS_BY_ID, GRID_KEYS, Edit, bindings
+from dit_explore.tui.errors import funnel
+from dit_explore.tui.keys import APP_KEYS, EDIT_KEYS, EDITS_BY_ID, GRID_KEYS, Edit, bindings
 from dit_explore.tui.themes import STACK_COLORS
 
 CELL = 7  # "F12×3" plus padding: glyph, index, marker, gap
+ORDER_LINES = 3  # lines of the execution-order strip per stack, at most
 LEGEND = "×N repeated  ∥ parallel  ∥K looped K times  ↺ reversed  – skipped"
 
 
@@ -57,12 +59,21 @@ class Cursor:
 
 
 @dataclass(frozen=True)
+class Span:
+    """Blocks first..last (either way), each run once, in the execution-order strip."""
+
+    first: int
+    last: int
+
+
+@dataclass(frozen=True)
 class Row:
-    kind: str  # "label", "cells", "blank", "legend"
+    kind: str  # "status", "label", "cells", "blank", "legend", "order"
     stack: int = -1
     start: int = 0  # first block of a cells row
 
 
+@funnel
 class LayerGrid(Widget, can_focus=True):
     DEFAULT_CSS = """
     LayerGrid {
@@ -73,7 +84,13 @@ class LayerGrid(Widget, can_focus=True):
         background: $boost;
     }
     """
-    BINDINGS = bindings(GRID_KEYS + EDIT_KEYS)
+    # The run key is the grid's too, while it has focus: its request then queues behind the edits of the
+    # keys typed before it ("s" then enter runs the skipped plan, however fast they come).
+    BINDINGS = bindings(GRID_KEYS + EDIT_KEYS + tuple(replace(k, action="request_run") for k in APP_KEYS
+                                                       if k.id == "run"))
+
+    class RunRequested(Message):
+        """The run key, pressed on the grid."""
 
     class EditRequested(Message):
         """A plan edit (a row of the edits registry) on a block range of one stack."""
@@ -97,6 +114,8 @@ class LayerGrid(Widget, can_focus=True):
         self._rows_width = -1
         self._cells: dict[str, list[CellState]] = {}
         self._strips: dict[tuple[int, int], Strip] = {}
+        self.shares: dict[str, list[float]] = {}  # each block's share of a full-model step (after a run)
+        self.show_shares = False
         self._annotate()
 
     # ----------------------------------------------------------------------------- state changes
@@ -107,6 +126,25 @@ class LayerGrid(Widget, can_focus=True):
     def set_plan(self, plan: Plan) -> None:
         self.plan = plan
         self._annotate()
+        self._rows_width = -1  # the execution-order strip may need other rows
+        self.refresh(layout=True)
+        self._invalidate()
+
+    def set_block_times(self, blocks: dict[str, tuple[float, ...]]) -> None:
+        """Seconds of each block in a full-model step (the engine's side-by-side timing)."""
+        total = sum(sum(times) for times in blocks.values())
+        if total <= 0:
+            return
+        self.shares = {name: [t / total for t in times] for name, times in blocks.items()}
+        if self.show_shares:
+            self._invalidate()
+
+    def action_toggle_shares(self) -> None:
+        """Show each block's share of a full-model step in its cell (in place of the plan's marker)."""
+        if not self.shares:
+            self.notify("block timing comes with the first run (enter)", severity="warning")
+            return
+        self.show_shares = not self.show_shares
         self._invalidate()
 
     def set_groups(self, groups: dict[str, list[tuple[int, int]]] | None) -> None:
@@ -165,12 +203,16 @@ class LayerGrid(Widget, can_focus=True):
     def _layout_rows(self, width: int) -> list[Row]:
         if width != self._rows_width:
             per_row = self._per_row(width)
-            rows: list[Row] = []
+            rows: list[Row] = [Row("status")]
             for i, stack in enumerate(self.layout_info.stacks):
                 rows.append(Row("label", i))
                 rows += [Row("cells", i, start) for start in range(0, stack.blocks, per_row)]
                 rows.append(Row("blank"))
             rows += [Row("legend", i) for i in range(len(self._legend_lines(width)))]
+            order = self._order_lines(width)
+            if order:
+                rows.append(Row("blank"))
+                rows += [Row("order", i) for i in range(len(order))]
             self._rows, self._rows_width = rows, width
         return self._rows
 
@@ -237,6 +279,22 @@ class LayerGrid(Widget, can_focus=True):
         self.selection_anchor = self.cursor if self.visual else None
         self._moved()
 
+    def end_visual(self) -> None:
+        """Leave visual mode (after an edit): moves no longer extend; the selection stays."""
+        if self.visual:
+            self.visual = False
+            self._invalidate()
+
+    def status_text(self) -> str:
+        """The grid's state in words, for its first row: the cursor or the selection, and the mode."""
+        stack, first, last = self.selection
+        shares = "  · cells show each block's share of a full-model step (% hides)" if self.show_shares else ""
+        if self.selection_anchor is None:
+            return f"cursor {stack} {first}{shares}"
+        where = f"{stack} {first}" if first == last else f"{stack} {first}-{last}"
+        mode = "  VISUAL: moves extend, v ends" if self.visual else ""
+        return f"selection {where} ({last - first + 1} block{'s' if last != first else ''}){mode}{shares}"
+
     def action_select_group(self) -> None:
         """Select the similarity group under the cursor: "skip this middle group" is then one key away."""
         stack = self.stack_name
@@ -246,6 +304,9 @@ class LayerGrid(Widget, can_focus=True):
                 return
         self.notify("no similarity groups yet: they appear when the analysis lands (or press a)",
                     severity="warning")
+
+    def action_request_run(self) -> None:
+        self.post_message(self.RunRequested())
 
     def action_edit(self, edit_id: str) -> None:
         stack, first, last = self.selection
@@ -298,8 +359,13 @@ class LayerGrid(Widget, can_focus=True):
         base = self.rich_style
         if row.kind == "blank":
             return Strip([])
+        if row.kind == "status":
+            style = base + (Style(reverse=True, bold=True) if self.visual else Style(dim=True))
+            return Strip([Segment(self.status_text(), style)])
         if row.kind == "legend":
             return Strip(self._legend_lines(self.content_size.width)[row.stack])
+        if row.kind == "order":
+            return Strip(self._order_lines(self.content_size.width)[row.stack])
         stack = self.layout_info.stacks[row.stack]
         if row.kind == "label":
             order = self.plan.order(stack.name)
@@ -311,11 +377,14 @@ class LayerGrid(Widget, can_focus=True):
         cells = self._cells[stack.name]
         _, first, last = self.selection
         for block in range(row.start, min(stack.blocks, row.start + per_row)):
-            segments.append(self._cell(stack.name, row.stack, block, cells[block], first, last))
+            segments += self._cell(stack.name, row.stack, block, cells[block], first, last)
             segments.append(Segment(" ", base))
         return Strip(segments)
 
-    def _cell(self, stack: str, stack_index: int, block: int, state: CellState, first: int, last: int) -> Segment:
+    def _cell(self, stack: str, stack_index: int, block: int, state: CellState, first: int,
+              last: int) -> list[Segment]:
+        """A block's cell: its group glyph on a darker shade of the group color (so "1 12" never reads as
+        one number), then its index and the plan's marker (or its share of the step time)."""
         glyph, var = self.group_of(stack, block)
         color = self._var(var, "#56B4E9")
         text_color = self._var("cell-text", "#000000")
@@ -331,8 +400,95 @@ class LayerGrid(Widget, can_focus=True):
             style = Style(color=Color.parse("#000000" if light else "#FFFFFF"), bgcolor=selected, bold=True)
         if is_cursor:
             style += Style(reverse=True, bold=True, underline=True)
-        text = f"{glyph}{block:>2}{state.label():<3}"
-        return Segment(text[: CELL - 1].ljust(CELL - 1), style)
+        if self.show_shares and self.shares.get(stack):  # the share in place of index and marker
+            share = self.shares[stack][block] * 100
+            rest = f"{share:.0f}%".rjust(CELL - 2) if share >= 0.5 else "<1%".rjust(CELL - 2)
+        else:
+            rest = f"{block:>2}{state.label():<3}"[: CELL - 2].ljust(CELL - 2)
+        glyph_style = style
+        if style.bgcolor is not None and not is_cursor:
+            r, g, b = style.bgcolor.get_truecolor()
+            glyph_style = style + Style(bgcolor=Color.from_rgb(r * 0.62, g * 0.62, b * 0.62), bold=True,
+                                        color=Color.parse("#FFFFFF"))
+        return [Segment(glyph, glyph_style), Segment(rest, style)]
+
+    def _order_lines(self, width: int) -> list[list[Segment]]:
+        """The execution-order strip: for each stack the plan edits, the order its blocks actually run,
+        as chips in their group colors (repeats as "12×3", groups as "[2 3]×3"), wrapped to `width`, at most
+        ORDER_LINES lines a stack."""
+        base = self.rich_style
+        lines: list[list[Segment]] = []
+        for stack in self.layout_info.stacks:
+            order = self.plan.order(stack.name)
+            if order is None:
+                continue
+            head = [Segment(f"{stack.name} runs ", base + Style(bold=True))]
+            pieces = [self._order_piece(stack.name, unit, count)
+                      for unit, count in self._spans(stack.name, _runs_of(order))] or \
+                [[Segment("no block", base + Style(dim=True))]]
+            stack_lines: list[list[Segment]] = [head]
+            used = sum(len(s.text) for s in head)
+            for piece in pieces:
+                size = sum(len(s.text) for s in piece) + 1
+                if used + size > width and used > len(head[0].text):
+                    if len(stack_lines) == ORDER_LINES:
+                        stack_lines[-1].append(Segment("…", base))
+                        break
+                    stack_lines.append([Segment(" " * len(head[0].text), base)])
+                    used = len(head[0].text)
+                stack_lines[-1] += [*piece, Segment(" ", base)]
+                used += size
+            lines += stack_lines
+        return lines
+
+    def _spans(self, stack: str, runs: list[tuple[int | Group, int]]) -> list[tuple[int | Group | Span, int]]:
+        """Stretches of three or more blocks run once each, one after the next (up or down) and in one
+        group, as one span: a 38-block stack reads as "0 1–9 10–28 29–37", not as 38 numbers."""
+        out: list[tuple[int | Group | Span, int]] = []
+        i = 0
+        while i < len(runs):
+            unit, count = runs[i]
+            j = i
+            if isinstance(unit, int) and count == 1:
+                step = 0
+                while j + 1 < len(runs):
+                    nxt, nxt_count = runs[j + 1]
+                    prev = runs[j][0]
+                    assert isinstance(prev, int)
+                    if not (isinstance(nxt, int) and nxt_count == 1 and abs(nxt - prev) == 1
+                            and (step == 0 or nxt - prev == step)
+                            and self.group_of(stack, nxt)[0] == self.group_of(stack, unit)[0]):
+                        break
+                    step = nxt - prev
+                    j += 1
+            if j - i >= 2:
+                last = runs[j][0]
+                assert isinstance(unit, int) and isinstance(last, int)
+                out.append((Span(unit, last), 1))
+                i = j + 1
+            else:
+                out.append((unit, count))
+                i += 1
+        return out
+
+    def _order_piece(self, stack: str, unit: int | Group | Span, count: int) -> list[Segment]:
+        def chip(block: int, text: str | None = None) -> Segment:
+            _, var = self.group_of(stack, block)
+            return Segment(text or f"{block}", Style(color=self._var("cell-text", "#000000"),
+                                                     bgcolor=self._var(var, "#56B4E9")))
+
+        base = self.rich_style
+        times = f"×{count}" if count > 1 else ""
+        if isinstance(unit, Span):
+            return [chip(unit.first, f"{unit.first}–{unit.last}")]
+        if isinstance(unit, int):
+            return [chip(unit), Segment(times, base)]
+        members: list[Segment] = [Segment("[", base)]
+        for i, member in enumerate(unit.members):
+            members += [Segment(" ", base)] if i else []
+            members.append(chip(member))
+        loops = unit.loops * count
+        return [*members, Segment("]" + (f"×{loops}" if loops > 1 else ""), base)]
 
     def _legend_entries(self) -> list[tuple[str, str, str]]:
         """(glyph, theme variable, words) of each color in use."""
@@ -360,3 +516,14 @@ class LayerGrid(Widget, can_focus=True):
             used += size
         lines.append([Segment(LEGEND, base + Style(dim=True))])
         return lines
+
+
+def _runs_of(order: Order) -> list[tuple[int | Group, int]]:
+    """Back-to-back repeats of one unit, counted: (12, 12, 12, 5) -> [(12, 3), (5, 1)]."""
+    runs: list[tuple[int | Group, int]] = []
+    for unit in order:
+        if runs and runs[-1][0] == unit:
+            runs[-1] = (unit, runs[-1][1] + 1)
+        else:
+            runs.append((unit, 1))
+    return runs

@@ -1,4 +1,5 @@
-"""The plan line: each stack's canonical order, the predicted cost, and what makes the plan invalid."""
+"""The plan line: the plan's name (with where it was saved, and "modified" once it was edited since), each
+stack's canonical order, the predicted cost, and what makes the plan invalid."""
 
 from __future__ import annotations
 
@@ -10,6 +11,11 @@ from dit_explore.engine.core.layout import Layout
 from dit_explore.engine.core.sampling import executions_per_step
 
 
+def _blocks(plan: plans.Plan) -> tuple[object, ...]:
+    """What "modified" compares: which blocks run, in which order, at which steps."""
+    return plan.orders, plan.active_steps
+
+
 class PlanBar(Static):
     DEFAULT_CSS = """
     PlanBar {
@@ -19,10 +25,37 @@ class PlanBar(Static):
     }
     """
 
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        # By plan name: the blocks of the plan as saved under that name (or opened), and where it lives.
+        self._saved: dict[str, tuple[tuple[object, ...], str | None]] = {}
+        self._shown: tuple[plans.Plan, Layout, str | None] | None = None
+
+    def mark_saved(self, plan: plans.Plan, where: str | None = None) -> None:
+        """`plan` is what its name stands for now (just saved to, or opened from, `where`): later edits
+        of it show as modified."""
+        if plan.name:
+            self._saved[plan.name] = (_blocks(plan), where)
+        if self._shown is not None:
+            self.show(*self._shown)
+
+    def is_modified(self, plan: plans.Plan) -> bool:
+        """A named plan whose blocks differ from what was saved (or opened) under its name."""
+        saved = self._saved.get(plan.name) if plan.name else None
+        return saved is not None and saved[0] != _blocks(plan)
+
     def show(self, plan: plans.Plan, layout: Layout, problem: str | None) -> None:
+        if self._shown is None and plan.name and plan.name not in self._saved:
+            self._saved[plan.name] = (_blocks(plan), None)  # the plan the explorer started with (--plan)
+        self._shown = (plan, layout, problem)
         text = Text()
         name = plan.name or "unsaved plan"
         text.append(f"{name}", style="bold")
+        saved = self._saved.get(plan.name) if plan.name else None
+        if self.is_modified(plan):
+            text.append("  ● modified", style="bold yellow")
+        elif saved is not None and saved[1]:
+            text.append(f"  {saved[1]}", style="dim")
         if plan.active_steps is not None:
             text.append(f"   (active at steps {plans.format_steps(plan.active_steps)})", style="dim")
         text.append("\n")

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import Input, Label
+from textual.widgets import Input, Label, Static
 
 from dit_explore.engine.core.plan import Sampling
 from dit_explore.engine.core.sampling import Settings
+from dit_explore.tui.errors import funnel
 
 _NUMBERS: dict[str, Literal["integer", "number"]] = {
     "seed": "integer", "steps": "integer", "width": "integer", "height": "integer", "guidance": "number"}
 
 
+@funnel
 class SamplingForm(Vertical):
+    """The prompt and the sampling fields. Every field is checked as you type (`check`: the model's rules,
+    engine/core/sampling.py `field_problems`); a field that cannot run is marked and the reason shows
+    under the fields. An empty number field means the model's default."""
+
     DEFAULT_CSS = """
     SamplingForm {
         height: auto;
@@ -30,14 +38,15 @@ class SamplingForm(Vertical):
         padding: 0 1 0 0;
     }
     SamplingForm Input {
-        height: 1;
-        border: none;
         padding: 0 1;
         margin: 0 1 0 0;
         background: $boost;
     }
     SamplingForm Input:focus {
         background: $primary 25%;
+    }
+    SamplingForm Input.-problem {
+        background: $error 35%;
     }
     SamplingForm #prompt {
         width: 1fr;
@@ -48,25 +57,38 @@ class SamplingForm(Vertical):
     SamplingForm #guidance {
         width: 9;
     }
+    SamplingForm #problems {
+        height: auto;
+        color: $error;
+    }
     """
 
     class Submitted(Message):
         """Enter in any field: run."""
 
-    def __init__(self, prompt: str, settings: Settings, *, id: str | None = None) -> None:
+    def __init__(self, prompt: str, settings: Settings, check: Callable[[Sampling], dict[str, str]], *,
+                 id: str | None = None) -> None:
         super().__init__(id=id)
         self._prompt = prompt
         self._settings = settings
+        self._check = check
 
     def compose(self) -> ComposeResult:
+        # Compact inputs: one line, no border, so the text and the cursor are always visible, focused,
+        # invalid or not. Focusing keeps the text (no select-all): typing edits, it does not replace.
         with Horizontal():
             yield Label("prompt")
-            yield Input(self._prompt, id="prompt", placeholder="what to draw")
+            yield Input(self._prompt, id="prompt", placeholder="what to draw", compact=True, select_on_focus=False)
         with Horizontal():
-            for key in ("seed", "steps", "width", "height", "guidance"):
+            for key in _NUMBERS:
                 yield Label({"width": "size", "height": "×"}.get(key, key))
-                yield Input(str(getattr(self._settings, key)), id=key, type=_NUMBERS[key],
+                yield Input(str(getattr(self._settings, key)), id=key, type=_NUMBERS[key], compact=True,
+                            select_on_focus=False, valid_empty=True,
                             classes="number" if key != "guidance" else "")
+        yield Static("", id="problems")
+
+    def on_mount(self) -> None:
+        self._mark(self.problems())
 
     @property
     def prompt(self) -> str:
@@ -75,20 +97,55 @@ class SamplingForm(Vertical):
     def set_prompt(self, prompt: str) -> None:
         self.query_one("#prompt", Input).value = prompt
 
-    def sampling(self) -> Sampling:
-        """The numeric fields as sampling overrides: an empty field is None, so the model's default
-        applies (resolved in one place: engine/core/sampling.py). Raises ValueError for non-numbers."""
+    def edit_prompt(self) -> None:
+        """Focus the prompt with the cursor at its end."""
+        field = self.query_one("#prompt", Input)
+        field.focus()
+        field.cursor_position = len(field.value)
+
+    def _parsed(self) -> tuple[Sampling, dict[str, str]]:
         values: dict[str, Any] = {}
+        problems: dict[str, str] = {}
         for key, kind in _NUMBERS.items():
             text = self.query_one(f"#{key}", Input).value.strip()
-            if text:
+            if not text:
+                continue
+            try:
                 values[key] = float(text) if kind == "number" else int(text)
-        return Sampling(**values)
+            except ValueError:
+                problems[key] = f"{text!r} is not {'a number' if kind == 'number' else 'a whole number'}"
+        return Sampling(**values), problems
+
+    def problems(self) -> dict[str, str]:
+        """Field -> why it cannot run, for every field that cannot."""
+        sampling, problems = self._parsed()
+        return {**self._check(sampling), **problems}
+
+    def sampling(self) -> Sampling:
+        """The number fields as sampling overrides: an empty field is None, so the model's default applies
+        (resolved in one place: engine/core/sampling.py). ValueError (one line) if a field cannot run."""
+        sampling, _ = self._parsed()
+        problems = self.problems()
+        if problems:
+            raise ValueError("; ".join(f"{key}: {why}" for key, why in problems.items()))
+        return sampling
 
     def set_values(self, settings: Settings) -> None:
         """Show fully resolved settings (a plan's [sampling] over the model's defaults)."""
         for key in _NUMBERS:
             self.query_one(f"#{key}", Input).value = str(getattr(settings, key))
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self._mark(self.problems())
+
+    def _mark(self, problems: dict[str, str]) -> None:
+        for key in _NUMBERS:
+            self.query_one(f"#{key}", Input).set_class(key in problems, "-problem")
+        text = Text()
+        for i, (key, why) in enumerate(problems.items()):
+            text.append(("\n" if i else "") + f"{key}: ", style="bold")
+            text.append(why)
+        self.query_one("#problems", Static).update(text)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()

@@ -19,13 +19,15 @@ from dit_explore.engine.core.families.base import (
     EmbeddingShape,
     Family,
     FamilyError,
+    MemorySpec,
     StackSpec,
+    TextEncoderShape,
     TextEncoderSpec,
     TinySpec,
 )
 
-__all__ = ["BlockIO", "BlockLayoutError", "Defaults", "EmbeddingShape", "Family", "FamilyError", "StackSpec",
-           "TextEncoderSpec", "TinySpec", "all_families", "family", "family_for_pipeline", "register"]
+__all__ = ["BlockIO", "BlockLayoutError", "Defaults", "EmbeddingShape", "Family", "FamilyError", "MemorySpec", "StackSpec",
+           "TextEncoderShape", "TextEncoderSpec", "TinySpec", "all_families", "family", "family_for_pipeline", "register"]
 
 _REGISTRY: dict[str, Family] = {}
 _DISCOVERED = False

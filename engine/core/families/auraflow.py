@@ -16,10 +16,18 @@ from dit_explore.engine.core.families.base import (
     Defaults,
     EmbeddingShape,
     Family,
+    MemorySpec,
     StackSpec,
+    TextEncoderShape,
     TextEncoderSpec,
     TinySpec,
 )
+
+_REGISTER_TOKENS = 8  # AuraFlowTransformer2DModel prepends 8 learned register tokens to the text
+
+
+def _linear(inputs: int, outputs: int, bias: bool = True) -> int:
+    return inputs * outputs + (outputs if bias else 0)
 
 
 class AuraFlow(Family):
@@ -59,6 +67,27 @@ class AuraFlow(Family):
         if positions is None:
             return None
         return math.isqrt(int(positions)) * self.size_multiple(transformer, vae)  # a square grid, stored flat
+
+    # Memory (engine/core/memory.py). Measured peaks of one block, fp32 on CPU, in (tokens x width) units:
+    # single blocks 11.06 x (text + image tokens), joint blocks 11.0 x image + 2.0 x text; one UMT5 (Pile-T5-XL).
+    memory = MemorySpec(image_activations=11.5, text_activations=11.5, register_tokens=_REGISTER_TOKENS, text_encoders=(
+        TextEncoderShape("UMT5EncoderModel", 32128, 2048, 24, 5120, 32, head_dim=64, gated=True),
+    ))
+
+    def transformer_parameters(self, config: Mapping[str, Any]) -> int | None:
+        d = int(config.get("num_attention_heads", 18)) * int(config.get("attention_head_dim", 128))
+        patch = int(config.get("patch_size", 2))
+        cin = int(config.get("in_channels", 4))
+        hidden = -(-int(2 * 4 * d / 3) // 256) * 256  # AuraFlowFeedForward: 2/3 of 4d, up to a multiple of 256
+        mlp = 3 * d * hidden  # SwiGLU: two projections in, one out, no biases
+        embedders = (patch * patch * cin * d + d + int(config.get("pos_embed_max_size", 1024)) * d  # patches, positions
+                     + int(config.get("joint_attention_dim", 4096)) * int(config.get("caption_projection_dim", 3072))
+                     + _linear(256, d) + _linear(d, d) + _REGISTER_TOKENS * d)
+        joint = 2 * 6 * d * d + 8 * d * d + 2 * mlp  # two AdaLayerNormZero (no bias), eight projections, two MLPs
+        single = 6 * d * d + 4 * d * d + mlp
+        out = patch * patch * int(config.get("out_channels") or cin)
+        return (embedders + int(config.get("num_mmdit_layers", 4)) * joint
+                + int(config.get("num_single_dit_layers", 32)) * single + 2 * d * d + d * out)
 
     def encode_prompt(self, pipe: Any, prompt: str, cfg: bool, max_sequence_length: int | None,
                       device: Any) -> dict[str, Any]:

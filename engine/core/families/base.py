@@ -143,6 +143,41 @@ class EmbeddingShape:
     mask: bool = False
 
 
+@dataclass(frozen=True)
+class TextEncoderShape:
+    """A real pipeline's text encoder as its config.json describes it: enough to count its parameters
+    without loading it (engine/core/memory.py). T5 and UMT5: `ff` is d_ff, `head_dim` d_kv, `gated` a
+    gated feed-forward (wi_0 and wi_1); CLIP: `positions` and the projection width, if any."""
+
+    model_class: str  # CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel, UMT5EncoderModel
+    vocab: int
+    width: int
+    layers: int
+    ff: int
+    heads: int
+    head_dim: int = 0  # 0: width // heads
+    positions: int = 77
+    projection: int | None = None
+    gated: bool = False
+
+
+@dataclass(frozen=True)
+class MemorySpec:
+    """What the memory estimator (engine/core/memory.py) needs beyond the configs, per family.
+
+    Activations: the live tensors at the peak of one block (its input not counted), in units of one
+    (tokens x width) tensor of the model's dtype, per image token and per text token, for the worst of
+    the family's stacks; measured on CPU at real width with `python -m dit_explore.engine.memory_bench
+    --blocks` (see BENCHMARKS.md). `text_encoders`: the real pipeline's encoders, for their parameter
+    count (the tiny pipelines' are derived from their TinySpec)."""
+
+    image_activations: float
+    text_activations: float
+    text_encoders: tuple[TextEncoderShape, ...] = ()
+    register_tokens: int = 0  # tokens the transformer prepends to the text (AuraFlow)
+    rope: bool = False  # rotary embeddings (cos, sin) in float32 held for the whole forward (Flux)
+
+
 # (latent channels x RGB) factors and an RGB bias, for previews from latents without the VAE.
 PreviewFactors = tuple[Sequence[Sequence[float]], Sequence[float]]
 
@@ -163,6 +198,8 @@ class Family:
     # patches into tokens itself (Flux) instead of the transformer patchifying them.
     default_patch_size: ClassVar[int] = 2
     packs_latents: ClassVar[bool] = False
+    # The memory estimator's facts (engine/core/memory.py); None: this family's requests are not estimated.
+    memory: ClassVar[MemorySpec | None] = None
 
     # ---------------------------------------------------------------------------------- layout
 
@@ -178,6 +215,12 @@ class Family:
                 return spec
         raise FamilyError(f"the {self.name} family has no stack {name!r} (it has: "
                           f"{', '.join(s.name for s in self.stacks)})")
+
+    def transformer_parameters(self, config: Mapping[str, Any]) -> int | None:
+        """The transformer's parameter count from its config.json (diffusers' defaults where absent),
+        written out from the class's layers; None where the family does not declare it. Checked against
+        the real classes on the meta device by tests/engine/test_memory.py."""
+        return None
 
     # ------------------------------------------------------------------------------- size rules
 

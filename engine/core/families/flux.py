@@ -16,10 +16,17 @@ from dit_explore.engine.core.families.base import (
     Defaults,
     EmbeddingShape,
     Family,
+    MemorySpec,
     StackSpec,
+    TextEncoderShape,
     TextEncoderSpec,
     TinySpec,
 )
+
+
+def _linear(inputs: int, outputs: int, bias: bool = True) -> int:
+    return inputs * outputs + (outputs if bias else 0)
+
 
 # Since diffusers 0.35 single blocks take and return both streams, like the double blocks.
 _STREAMS = BlockIO(inputs=("hidden_states", "encoder_hidden_states"), outputs=("encoder_hidden_states", "hidden_states"))
@@ -69,6 +76,29 @@ class Flux(Family):
 
     def uses_cfg(self, guidance: float) -> bool:
         return False
+
+    # Memory (engine/core/memory.py). Measured peaks of one block, fp32 on CPU, in (tokens x width) units:
+    # single blocks 14.0 x (image + text tokens), double blocks 12.0 x image + 2.0 x text; CLIP-L and T5-XXL.
+    memory = MemorySpec(image_activations=14.5, text_activations=14.5, rope=True, text_encoders=(
+        TextEncoderShape("CLIPTextModel", 49408, 768, 12, 3072, 12),
+        TextEncoderShape("T5EncoderModel", 32128, 4096, 24, 10240, 64, head_dim=64, gated=True),
+    ))
+
+    def transformer_parameters(self, config: Mapping[str, Any]) -> int | None:
+        head_dim = int(config.get("attention_head_dim", 128))
+        d = int(config.get("num_attention_heads", 24)) * head_dim
+        cin = int(config.get("in_channels", 64))
+        out = int(config.get("patch_size", 1)) ** 2 * int(config.get("out_channels") or cin)
+        timestep = _linear(256, d) + _linear(d, d)  # TimestepEmbedding (and the guidance embedder: the same)
+        embedders = (timestep * (2 if config.get("guidance_embeds", False) else 1)
+                     + _linear(int(config.get("pooled_projection_dim", 768)), d) + _linear(d, d)
+                     + _linear(int(config.get("joint_attention_dim", 4096)), d) + _linear(cin, d))
+        # Double: two AdaLayerNormZero (6d), eight d x d projections, two 4x GELU MLPs, q/k RMSNorms.
+        double = 2 * _linear(d, 6 * d) + 8 * _linear(d, d) + 2 * (_linear(d, 4 * d) + _linear(4 * d, d)) + 4 * head_dim
+        # Single: AdaLayerNormZeroSingle (3d), q/k/v, the 4x MLP in, one projection out of attention + MLP.
+        single = _linear(d, 3 * d) + 3 * _linear(d, d) + _linear(d, 4 * d) + _linear(5 * d, d) + 2 * head_dim
+        return (embedders + int(config.get("num_layers", 19)) * double + int(config.get("num_single_layers", 38)) * single
+                + _linear(d, 2 * d) + _linear(d, out))
 
     def encode_prompt(self, pipe: Any, prompt: str, cfg: bool, max_sequence_length: int | None,
                       device: Any) -> dict[str, Any]:

@@ -14,12 +14,18 @@ from dit_explore.engine.core.families.base import (
     Defaults,
     EmbeddingShape,
     Family,
+    MemorySpec,
     StackSpec,
+    TextEncoderShape,
     TextEncoderSpec,
     TinySpec,
 )
 
 _CLIP_TOKENS = 77
+
+
+def _linear(inputs: int, outputs: int, bias: bool = True) -> int:
+    return inputs * outputs + (outputs if bias else 0)
 
 
 class SD3(Family):
@@ -67,6 +73,37 @@ class SD3(Family):
     def max_side(self, transformer: Mapping[str, Any], vae: Mapping[str, Any]) -> int | None:
         positions = transformer.get("pos_embed_max_size")
         return None if positions is None else int(positions) * self.size_multiple(transformer, vae)
+
+    # Memory (engine/core/memory.py). Measured peak of one block, fp32 on CPU, in (tokens x width) units:
+    # 12.0 x image + 1.9 x text tokens; two CLIPs (L and bigG, projected) and T5-XXL.
+    memory = MemorySpec(image_activations=12.5, text_activations=2.5, text_encoders=(
+        TextEncoderShape("CLIPTextModelWithProjection", 49408, 768, 12, 3072, 12, projection=768),
+        TextEncoderShape("CLIPTextModelWithProjection", 49408, 1280, 32, 5120, 20, projection=1280),
+        TextEncoderShape("T5EncoderModel", 32128, 4096, 24, 10240, 64, head_dim=64, gated=True),
+    ))
+
+    def transformer_parameters(self, config: Mapping[str, Any]) -> int | None:
+        head_dim = int(config.get("attention_head_dim", 64))
+        d = int(config.get("num_attention_heads", 18)) * head_dim
+        caption = int(config.get("caption_projection_dim", 1152))
+        patch = int(config.get("patch_size", 2))
+        cin = int(config.get("in_channels", 16))
+        layers = int(config.get("num_layers", 18))
+        qk = 0 if config.get("qk_norm") is None else head_dim  # one RMSNorm weight per normalized q or k
+        dual = len(config.get("dual_attention_layers", ()) or ())
+        embedders = (cin * patch * patch * d + d  # the patchifying convolution
+                     + _linear(256, d) + _linear(d, d)
+                     + _linear(int(config.get("pooled_projection_dim", 2048)), d) + _linear(d, d)
+                     + _linear(int(config.get("joint_attention_dim", 4096)), caption))
+        mlp = _linear(d, 4 * d) + _linear(4 * d, d)
+        block = 2 * _linear(d, 6 * d) + 8 * _linear(d, d) + 2 * mlp + 4 * qk
+        # The last block is "context pre-only": a continuous norm (2d) for the text, no text output projection
+        # and no text MLP.
+        last = _linear(d, 6 * d) + _linear(d, 2 * d) + 7 * _linear(d, d) + mlp + 4 * qk
+        # A dual-attention block (SD3.5 Medium): a 9d norm instead of 6d, and a second attention.
+        extra = _linear(d, 3 * d) + 4 * _linear(d, d) + 2 * qk
+        out = patch * patch * int(config.get("out_channels") or cin)
+        return embedders + (layers - 1) * block + last + dual * extra + _linear(d, 2 * d) + _linear(d, out)
 
     def encode_prompt(self, pipe: Any, prompt: str, cfg: bool, max_sequence_length: int | None,
                       device: Any) -> dict[str, Any]:
