@@ -21,6 +21,7 @@ import torch
 from dit_explore.engine.analysis import SimilarityAccumulator, image_token_count
 from dit_explore.engine.core import plan as plans
 from dit_explore.engine.core.sampling import Settings
+from dit_explore.engine.core.study import skip_plans
 from dit_explore.engine.executor import applied
 from dit_explore.engine.generate import Generator
 from dit_explore.engine.models import Loaded, compile_blocks, is_compile_failure
@@ -199,13 +200,8 @@ def run_bench(gen: Generator, settings: Settings, *, compile: bool = False, repe
 
     stack = max(layout.stacks, key=lambda s: s.blocks)
     n = stack.blocks
-    usable = n - 2  # keep the first and the last block (SD3's last block must stay)
     say(f"skip plans on {stack.name}")
-    skips: dict[str, plans.Plan] = {}
-    for k in sorted({min(k, usable) for k in (5, 10, 19)}):
-        first = 1 + (usable - k) // 2
-        order = plans.parse_order(f"0-{first - 1}, {first + k}-{n - 1}")
-        skips[f"skip {k}"] = plans.Plan().with_order(stack.name, order)
+    skips = skip_plans(layout)
     timed = measure({"full": nullcontext, **{name: plan_variant(p) for name, p in skips.items()}})
     for name, plan in skips.items():
         ideal = plan_flops(plan, loaded, total_flops, per_block) / total_flops

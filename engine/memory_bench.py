@@ -5,16 +5,25 @@ Every measurement runs in a fresh process, as the engine's first request does: i
 generates one image, the denoising and the decode measured apart. On CPU the peak is the growth of the
 resident set (VmHWM, reset through /proc/self/clear_refs at each phase start): what the kernel sees and
 what the out-of-memory killer acts on. On CUDA it is the growth of torch.cuda.max_memory_reserved (what
-the caching allocator took from the device; max_memory_allocated is reported too). The measured peak is
-the largest of --repeat runs: on CPU, glibc's heap makes identical runs differ by tens of percent.
+the caching allocator took from the device), and the growth of max_memory_allocated (the tensors alone)
+stands in for the exact column below; the memory outside the allocator (the CUDA context) is printed.
+
+On CPU each size is measured twice over. `rss`: as the engine runs, the largest of --repeat processes:
+glibc keeps freed chunks below its (dynamic, at most 32 MiB) mmap threshold in its heaps, so identical
+runs differ by up to a third. `tensors`: one process with MALLOC_MMAP_THRESHOLD_=65536, where every
+block of 64 KiB or more is mapped and unmapped as it is allocated and freed, so the resident set follows
+the live tensors (and the runtime's own memory) exactly, run after run. The estimate's tensor terms are
+compared with the second, its total (with the allocator allowance) with the first.
 
     python -m dit_explore.engine.memory_bench                      # tiny models, 64-512 px, this device
-    python -m dit_explore.engine.memory_bench --models flux-schnell --random-weights --sizes 512,1024,2048
+    python -m dit_explore.engine.memory_bench --models flux-schnell,sd3-medium,auraflow --random-weights \
+        --sizes 512,1024,2048 --repeat 1 --json gpu.json           # real sizes, on a GPU
     python -m dit_explore.engine.memory_bench --blocks             # per-block activations (MemorySpec)
 
 `--blocks` measures what each family's MemorySpec declares: one block of each stack at the real width
-(a real-size transformer cut to one block per stack, random weights), at two sizes, fitted per image
-token and per text token; and whether the attention kernel materialises the N x N matrix.
+(a real-size transformer cut to one block per stack, random weights; exact allocation on CPU, allocated
+bytes on CUDA), at two sizes, fitted per image token and per text token; and whether the attention
+kernel materialises the N x N matrix.
 """
 
 from __future__ import annotations
@@ -45,14 +54,16 @@ PROMPT = "a lighthouse on a rocky coast at dusk"
 
 
 class Meter:
-    """Peak memory growth of a phase: resident set on CPU, the caching allocator on CUDA."""
+    """Peak memory growth of a phase: resident set on CPU; on CUDA what the caching allocator reserved
+    (`tensors`: what it allocated, the tensors alone)."""
 
-    def __init__(self, device: Any) -> None:
+    def __init__(self, device: Any, tensors: bool = False) -> None:
         import torch
 
         self.torch = torch
         self.cuda = device.type == "cuda"
         self.device = device
+        self.tensors = tensors
         self.start = 0
 
     @staticmethod
@@ -77,6 +88,8 @@ class Meter:
     def peak(self) -> int:
         if self.cuda:
             self.torch.cuda.synchronize(self.device)
+            if self.tensors:
+                return self.torch.cuda.max_memory_allocated(self.device) - self.start_allocated
             return self.torch.cuda.max_memory_reserved(self.device) - self.start
         return self._status("VmHWM:") - self.start
 
@@ -84,20 +97,6 @@ class Meter:
         if not self.cuda:
             return None
         return self.torch.cuda.max_memory_allocated(self.device) - self.start_allocated
-
-
-def parameter_bytes(pipe: Any) -> int:
-    import torch
-
-    seen: set[int] = set()
-    total = 0
-    for component in vars(pipe).values():
-        if isinstance(component, torch.nn.Module):
-            for p in component.parameters():
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    total += p.numel() * p.element_size()
-    return total
 
 
 def _load(model: str, device: str, dtype: str | None, random_weights: bool, source: ModelSource | None = None) -> Any:
@@ -113,6 +112,7 @@ def measure_generation(model: str, width: int, height: int, device: str, dtype: 
     encoding) and of the decode alone (from its own start)."""
     from dit_explore.engine.core.runs import png_bytes
     from dit_explore.engine.generate import Generator
+    from dit_explore.engine.models import parameter_bytes
 
     loaded = _load(model, device, dtype, random_weights)
     source = loaded.source
@@ -120,17 +120,18 @@ def measure_generation(model: str, width: int, height: int, device: str, dtype: 
     settings = resolve_settings(source.defaults, plans.Sampling(width=width, height=height))
     meter = Meter(loaded.device)
     meter.begin()
-    base = meter.start
+    base, base_allocated = meter.start, getattr(meter, "start_allocated", 0)
     started = time.perf_counter()
     result = generator.generate(PROMPT, settings, plans.Plan(), decode=False)
     denoise = meter.peak()
     denoise_allocated = meter.peak_allocated()
     meter.begin()
-    before_decode = meter.start
+    before_decode, before_decode_allocated = meter.start, getattr(meter, "start_allocated", 0)
     decode_started = time.perf_counter()
     image = generator.decode(result.latents, settings)
     png_bytes(image, plans.Plan())
     decode = meter.peak()
+    decode_allocated = meter.peak_allocated()
     out = {
         "model": model, "width": width, "height": height, "device": str(loaded.device),
         "dtype": str(loaded.dtype).removeprefix("torch."), "random_weights": loaded.random_weights,
@@ -142,7 +143,9 @@ def measure_generation(model: str, width: int, height: int, device: str, dtype: 
         import torch
 
         free, total = torch.cuda.mem_get_info(loaded.device)
-        out.update(denoise_allocated=denoise_allocated, decode_allocated=meter.peak_allocated(),
+        assert denoise_allocated is not None and decode_allocated is not None
+        out.update(denoise_allocated=denoise_allocated, decode_allocated=decode_allocated,
+                   peak_allocated=max(denoise_allocated, before_decode_allocated - base_allocated + decode_allocated),
                    outside_allocator=total - free - torch.cuda.memory_reserved(loaded.device),
                    gpu=torch.cuda.get_device_name(loaded.device))
     return out
@@ -168,15 +171,19 @@ def measure_blocks(model: str, device: str, dtype: str | None, sides: tuple[int,
     transformer = loaded.transformer
     width = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
     size = torch.tensor([], dtype=loaded.dtype).element_size()
-    meter = Meter(loaded.device)
+    meter = Meter(loaded.device, tensors=True)
     peaks: dict[str, int] = {}
     hooks = []
+    measured = []
     for stack in family.stacks:
-        block = getattr(transformer, stack.attr)[0]
-        hooks.append(block.register_forward_pre_hook(lambda _m, _a: meter.begin()))
-        hooks.append(block.register_forward_hook(
-            lambda _m, _a, _o, name=stack.name: peaks.__setitem__(name, max(peaks.get(name, 0), meter.peak()))))
-    rows: dict[str, list[tuple[int, int, int]]] = {s.name: [] for s in family.stacks}
+        blocks = getattr(transformer, stack.attr)
+        # The first block of each stack, and SD3's "context pre-only" last block, which differs.
+        for name, block in [(stack.name, blocks[0])] + ([(f"{stack.name} last", blocks[-1])] if stack.pre_only_last else []):
+            measured.append(name)
+            hooks.append(block.register_forward_pre_hook(lambda _m, _a: meter.begin()))
+            hooks.append(block.register_forward_hook(
+                lambda _m, _a, _o, name=name: peaks.__setitem__(name, max(peaks.get(name, 0), meter.peak()))))
+    rows: dict[str, list[tuple[int, int, int]]] = {name: [] for name in measured}
     text = text_tokens(source, source.defaults.max_sequence_length)
     multiple = source.size_multiple
     for side in sides:
@@ -204,7 +211,7 @@ def attention_probe(device: Any, dtype: Any, tokens: int = 8192, heads: int = 8)
     import torch
 
     q = torch.randn(1, heads, tokens, 64, device=device, dtype=dtype)
-    meter = Meter(torch.device(device))
+    meter = Meter(torch.device(device), tensors=True)
     torch.nn.functional.scaled_dot_product_attention(q, q, q)
     meter.begin()
     out = torch.nn.functional.scaled_dot_product_attention(q, q, q)
@@ -217,10 +224,15 @@ def attention_probe(device: Any, dtype: Any, tokens: int = 8192, heads: int = 8)
 # ----------------------------------------------------------------------------------- in the parent
 
 
-def run_child(task: dict[str, Any], timeout: float = 3600) -> dict[str, Any]:
-    """A measurement in a fresh interpreter; its JSON answer (an error is raised with its last lines)."""
+EXACT_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536"}  # glibc: blocks of 64 KiB and more mapped, unmapped on free
+
+
+def run_child(task: dict[str, Any], timeout: float = 3600, exact: bool = False) -> dict[str, Any]:
+    """A measurement in a fresh interpreter (`exact`: with glibc mapping every block of 64 KiB or more);
+    its JSON answer (an error is raised with its last lines)."""
+    env = {**os.environ, "TQDM_DISABLE": "1", **(EXACT_MALLOC if exact else {})}
     done = subprocess.run([sys.executable, "-m", "dit_explore.engine.memory_bench", "--child", json.dumps(task)],
-                          capture_output=True, text=True, timeout=timeout, env={**os.environ, "TQDM_DISABLE": "1"})
+                          capture_output=True, text=True, timeout=timeout, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         tail = "\n".join(done.stderr.strip().splitlines()[-5:])
@@ -231,36 +243,42 @@ def run_child(task: dict[str, Any], timeout: float = 3600) -> dict[str, Any]:
 
 def compare(model: str, width: int, height: int, device: str, dtype: str | None, random_weights: bool,
             repeat: int) -> dict[str, Any]:
-    """Estimate and measured peaks (the largest of `repeat` fresh processes) of one request."""
-    runs = [run_child({"kind": "generation", "model": model, "width": width, "height": height, "device": device,
-                       "dtype": dtype, "random_weights": random_weights}) for _ in range(repeat)]
+    """Estimate and measured peaks of one request: as the engine runs (the largest of `repeat` fresh
+    processes), and on CPU with exact allocation too (the tensors' own peak)."""
+    task = {"kind": "generation", "model": model, "width": width, "height": height, "device": device, "dtype": dtype,
+            "random_weights": random_weights}
+    runs = [run_child(task) for _ in range(repeat)]
     first = runs[0]
     kind = "cuda" if first["device"].startswith("cuda") else "cpu"
+    exact = run_child(task, exact=True) if kind == "cpu" else {"peak": max(r["peak_allocated"] for r in runs)}
     guess: MemoryEstimate = estimate(resolve(model), width, height, dtype=first["dtype"], device_kind=kind,
                                      random_weights=random_weights)
     peak = max(r["peak"] for r in runs)
+    tensors = guess.working - guess.allocator  # the largest phase and the runtime, without the allocator's share
     return {
         "model": model, "size": f"{width}x{height}", "device": first["device"], "dtype": first["dtype"],
-        "estimate": guess.working, "estimate_phase": guess.phase, "estimate_phases": dict(guess.phases),
-        "estimate_runtime": guess.runtime, "estimate_allocator": guess.allocator,
+        "estimate": guess.working, "estimate_tensors": tensors, "estimate_phase": guess.phase,
+        "estimate_phases": dict(guess.phases), "estimate_runtime": guess.runtime, "estimate_allocator": guess.allocator,
         "measured": peak, "measured_min": min(r["peak"] for r in runs), "ratio": guess.working / peak if peak else None,
+        "measured_tensors": exact["peak"] if exact else None,
+        "ratio_tensors": tensors / exact["peak"] if exact and exact["peak"] else None,
         "estimate_decode": guess.phases.get("VAE decode"), "measured_decode": max(r["decode"] for r in runs),
         "estimate_denoise": guess.phases["denoising"], "measured_denoise": max(r["denoise"] for r in runs),
-        "estimate_weights": guess.weights, "measured_weights": first["weights_bytes"], "runs": runs,
+        "estimate_weights": guess.weights, "measured_weights": first["weights_bytes"], "runs": runs, "exact": exact,
     }
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("model", "size", "estimate", "measured (min-max)", "est/meas", "decode est/meas", "denoise est/meas",
+    head = ("model", "size", "estimate", "measured (min-max of runs)", "est/max", "tensors est", "tensors", "est/tensors",
             "weights est/actual")
     cells = [head]
     for r in rows:
-        ratio = f"{r['ratio']:.2f}" if r["ratio"] else "-"
-        decode = (f"{format_bytes(r['estimate_decode'])} / {format_bytes(r['measured_decode'])}"
-                  if r["estimate_decode"] is not None else "-")
+        exact = r.get("measured_tensors")
         cells.append((r["model"], r["size"], f"{format_bytes(r['estimate'])} ({r['estimate_phase']})",
-                      f"{format_bytes(r['measured_min'])}-{format_bytes(r['measured'])}", ratio, decode,
-                      f"{format_bytes(r['estimate_denoise'])} / {format_bytes(r['measured_denoise'])}",
+                      f"{format_bytes(r['measured_min'])}-{format_bytes(r['measured'])}",
+                      f"{r['ratio']:.2f}" if r["ratio"] else "-", format_bytes(r["estimate_tensors"]),
+                      format_bytes(exact) if exact else "-",
+                      f"{r['ratio_tensors']:.2f}" if r.get("ratio_tensors") else "-",
                       f"{format_bytes(r['estimate_weights'])} / {format_bytes(r['measured_weights'])}"))
     widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
     return "\n".join("  ".join(c[i].ljust(widths[i]) for i in range(len(head))).rstrip() for c in cells)
@@ -285,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     models = [m for m in args.models.split(",") if m]
     out_path = args.json or Path("memory-bench.json")
     if args.blocks:
-        results = [run_child({"kind": "blocks", "model": m, "device": args.device, "dtype": args.dtype})
+        results = [run_child({"kind": "blocks", "model": m, "device": args.device, "dtype": args.dtype}, exact=True)
                    for m in (models if args.models != ",".join(DEFAULT_MODELS) else BLOCK_MODELS)]
         for r in results:
             declared = resolve(r["model"]).family_info.memory
@@ -315,9 +333,17 @@ def main(argv: list[str] | None = None) -> int:
             say(f"{model} {side}x{side}: {repeat} fresh process(es)…")
             rows.append(compare(model, side, side, args.device, args.dtype, args.random_weights, repeat))
     print(table(rows))
-    under = [r for r in rows if r["ratio"] is not None and r["ratio"] < 1.0]
-    over = [r for r in rows if r["ratio"] is not None and r["ratio"] > 1.2]
-    print(f"\n{len(rows)} requests: {len(under)} underestimated, {len(over)} overestimated by more than 20%")
+    outside = [run["outside_allocator"] for r in rows for run in r["runs"] if "outside_allocator" in run]
+    if outside:
+        print(f"\nCUDA memory outside the caching allocator (context, library handles): "
+              f"{format_bytes(min(outside))}-{format_bytes(max(outside))} (estimate's context: "
+              f"{format_bytes(estimate(resolve(rows[0]['model']), 64, 64, device_kind='cuda').context)})")
+    for key, what in (("ratio", "the largest run"),
+                      ("ratio_tensors", "the tensors' peak (CPU: exact allocation; CUDA: allocated bytes)")):
+        ratios = [r[key] for r in rows if r.get(key)]
+        if ratios:
+            print(f"\nestimate / {what}: {min(ratios):.2f} to {max(ratios):.2f}; "
+                  f"{sum(x < 1.0 for x in ratios)} underestimated, {sum(x > 1.2 for x in ratios)} over by more than 20%")
     out_path.write_text(json.dumps({"rows": rows}, indent=1) + "\n", encoding="utf-8")
     say(f"wrote {out_path}")
     return 0

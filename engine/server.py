@@ -32,7 +32,8 @@ from dit_explore.engine.core.sampling import BlockRuns, Settings, Timing, check_
 
 log = logging.getLogger("dit-explore.engine")
 BASELINE_CACHE_SIZE = 16
-SPEED_CALLS = 3  # timed transformer calls of plan and full model each, after a run (engine/timing.py)
+SPEED_CALLS = 3  # timed transformer calls of plan and full model each, after a run (engine/timing.py),
+SPEED_SECONDS = 0.5  # and more while they took less than this altogether (cheap calls are noisy)
 
 
 class RequestError(ValueError):
@@ -336,8 +337,10 @@ class Engine:
             return False
         self.generator = Generator(loaded, on_warning=lambda message: self.send_error(message))
         self._originals = {s.attr: getattr(loaded.transformer, s.attr) for s in self.source.layout.stacks}
+        from dit_explore.engine.models import free_memory
+
         self.send(protocol.Ready(device=str(device), dtype=dtype_name(dtype), load_seconds=loaded.load_seconds,
-                                 random_weights=loaded.random_weights))
+                                 random_weights=loaded.random_weights, available=free_memory(device)[0]))
         return True
 
     # ----------------------------------------------------------------------------------- running
@@ -457,7 +460,7 @@ class Engine:
 
         loaded = self.generator.loaded
         timed = side_by_side(loaded.transformer, loaded.layout, job.plan, inputs, loaded.device, SPEED_CALLS,
-                             self.check(job))
+                             self.check(job), min_seconds=SPEED_SECONDS)
         steps = job.settings.steps
         event = protocol.Speed(job=job.id, plan=timed.plan, full=timed.identity, calls=timed.calls, steps=steps,
                                active=sum(job.plan.applies_at(s) for s in range(steps)), blocks=timed.blocks)

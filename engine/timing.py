@@ -138,10 +138,13 @@ class _BlockClock(torch.nn.Module):
 
 
 def side_by_side(transformer: torch.nn.Module, layout: Layout, plan: Plan, inputs: StepInputs, device: torch.device,
-                 calls: int, check: Callable[[], None] = lambda: None) -> SideBySide:
+                 calls: int, check: Callable[[], None] = lambda: None, min_seconds: float = 0.0,
+                 max_calls: int = 50) -> SideBySide:
     """Time `plan` and the full model on the same inputs, interleaved (plan, full, plan, full, ...), under
     the same conditions: the measured speedup is then a ratio of warm medians, never a cold run against a
-    warm one. One more full-model call, with a clock around each block, gives each block's share."""
+    warm one. At least `calls` pairs, and more (up to `max_calls`) until `min_seconds` have been spent:
+    a cheap call (a tiny model on a busy CPU) is timed often enough for its median to mean something.
+    One more full-model call, with a clock around each block, gives each block's share."""
     from dit_explore.engine.executor import applied
 
     timer = Timer(device)
@@ -151,11 +154,13 @@ def side_by_side(transformer: torch.nn.Module, layout: Layout, plan: Plan, input
         for variant in (plan, Plan()):  # warm both once (allocator, kernels)
             with applied(transformer, layout, variant, check):
                 inputs(transformer)
-        for _ in range(calls):
+        spent = 0.0
+        while len(plan_s) < calls or (spent < min_seconds and len(plan_s) < max_calls):
             for variant, out in ((plan, plan_s), (Plan(), full_s)):
                 check()
                 with applied(transformer, layout, variant, check):
                     out.append(timer.ms(lambda: inputs(transformer), 1) / 1000.0)
+                spent += out[-1]
         marks: list[tuple[tuple[str, int], Any, Any]] = []
 
         def clocked(stack: str, index: int, block: torch.nn.Module) -> torch.nn.Module:
@@ -167,4 +172,5 @@ def side_by_side(transformer: torch.nn.Module, layout: Layout, plan: Plan, input
         timer.sync()
     seconds = {key: timer.seconds(begin, end) for key, begin, end in marks}
     blocks = {s.name: tuple(seconds.get((s.name, i), 0.0) for i in range(s.blocks)) for s in layout.stacks}
-    return SideBySide(plan=statistics.median(plan_s), identity=statistics.median(full_s), calls=calls, blocks=blocks)
+    return SideBySide(plan=statistics.median(plan_s), identity=statistics.median(full_s), calls=len(plan_s),
+                      blocks=blocks)

@@ -180,7 +180,7 @@ def test_the_installed_explorer_runs_a_plan_and_quits(installed: Installed, tmp_
         assert terminal.engines(), "no engine process while the explorer runs"
 
         terminal.keys("Enter")
-        screen = terminal.wait_for(lambda s: "last run" in s and ("PSNR" in s or "identical to baseline" in s)
+        screen = terminal.wait_for(lambda s: "last run" in s and ("PSNR" in s or "identical to plan" in s)
                                    and _both_images(s), timeout=180)
         assert "plan · " in screen and "baseline (identity plan)" in screen  # a result's captions
         assert "ms/step" in screen

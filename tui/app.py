@@ -135,8 +135,8 @@ class ExplorerApp(App[int]):
                 with VerticalScroll(id="grid-scroll", can_focus=False):  # the grid scrolls its cursor into view
                     yield LayerGrid(self.layout_info, self.plan, id="grid")
                 yield PlanBar(id="plan-bar")
-                yield SamplingForm(self.plan.sampling.prompt or DEFAULT_PROMPT, settings,
-                                   lambda sampling: field_problems(sampling, self.source), id="form")
+                yield SamplingForm(self.plan.sampling.prompt or DEFAULT_PROMPT, settings, self._sampling_problems,
+                                   id="form")
             with Vertical(id="right"):  # the images view
                 yield ImagePane(self.graphics, id="images")
                 yield StatusPanel(id="status")
@@ -249,6 +249,26 @@ class ExplorerApp(App[int]):
 
     # ----------------------------------------------------------------------------------- plan
 
+    def _sampling_problems(self, sampling: plans.Sampling) -> dict[str, str]:
+        """Why each sampling field cannot run (engine/core/sampling.py's rules), and whether the size fits
+        in the memory the engine said it has (engine/core/memory.py's estimate), once it has said so."""
+        problems = field_problems(sampling, self.source)
+        ready = self.session.ready
+        if ready is None or ready.available is None or {"width", "height", "steps", "guidance"} & set(problems):
+            return problems
+        from dit_explore.engine.core.memory import DEVICE_KINDS, check_request
+
+        kind = ready.device.split(":")[0]
+        if kind not in DEVICE_KINDS:
+            return problems
+        settings = resolve_settings(self.source.defaults, sampling)
+        where = "the GPU" if kind == "cuda" else "the engine's machine"
+        problem = check_request(self.source, settings.width, settings.height, ready.available, loaded=True,
+                                where=where, guidance=settings.guidance, dtype=ready.dtype, device_kind=kind,
+                                max_sequence_length=settings.max_sequence_length,
+                                random_weights=ready.random_weights)
+        return {**problems, "width": problem} if problem else problems
+
     def _problem(self, plan: plans.Plan) -> str | None:
         try:
             plans.validate(plan, self.layout_info, source="plan")
@@ -349,6 +369,8 @@ class ExplorerApp(App[int]):
     def on_state_shown(self, message: StateShown) -> None:
         if (panel := self._widget(StatusPanel)) is not None:
             panel.show_state(message.text, message.style, message.since)
+        if (views := self._widget(ViewBar)) is not None:
+            views.show_state(message.text, message.style)
 
     def on_progress_shown(self, message: ProgressShown) -> None:
         if (panel := self._widget(StatusPanel)) is not None:
@@ -502,8 +524,11 @@ class ExplorerApp(App[int]):
         if not history.records:
             self.notify("no runs yet: enter runs the plan", timeout=3)
 
-    def on_history_list_left(self, _message: HistoryList.Left) -> None:
-        self.query_one(LayerGrid).focus()
+    async def on_history_list_left(self, _message: HistoryList.Left) -> None:
+        """Escape on the history: it cancels the job in flight first, as escape does elsewhere; with
+        nothing running, back to the grid."""
+        if not await self.session.cancel():
+            self.query_one(LayerGrid).focus()
 
     async def on_history_list_chosen(self, message: HistoryList.Chosen) -> None:
         """Enter on a run: its images (read from its folder the first time for a run of an earlier

@@ -24,21 +24,21 @@ from typing import Any
 from dit_explore.engine.core import plan as plans
 from dit_explore.engine.core.protocol import EngineState, Status
 
-# Plans the runs alternate between: each differs from the one before, so every enter is a real run.
-PLANS = ("0-9, 29-37", "0-4, 15-37", "0-19, 30-37")
-
 
 async def measure(model: str, random_weights: bool, device: str, runs: int, width: int | None) -> dict[str, Any]:
     import textual_image.widget  # noqa: F401 - as the CLI does (no terminal here: nothing is probed)
 
     from dit_explore.engine.core.resolve import resolve
+    from dit_explore.engine.core.study import skip_plans
     from dit_explore.tui.app import ExplorerApp
     from dit_explore.tui.client import EngineClient
     from dit_explore.tui.session import RunRecord
     from dit_explore.tui.widgets.image_pane import ImagePane
 
     source = resolve(model)
-    stack = max(source.layout.stacks, key=lambda s: s.blocks)
+    # The benchmark's skip plans (`dit-explore bench` times the same ones), in turn: each run's plan differs
+    # from the one before, so every enter is a real run.
+    named = list(skip_plans(source.layout).items())
     app = ExplorerApp(source, graphics="halfcell", runs_dir=Path("/tmp/dit-explore-latency-runs"),
                       engine_factory=lambda: EngineClient(model, device=device, random_weights=random_weights))
     rows: list[dict[str, Any]] = []
@@ -60,9 +60,8 @@ async def measure(model: str, random_weights: bool, device: str, runs: int, widt
         await pilot.press("enter")  # the full model: its image becomes the cached baseline
         await until(pilot, lambda: any(r.status == Status.OK for r in session.records.values()), 600)
         for i in range(runs):
-            small = (f"0, {stack.last}", f"0-1, {stack.last}")  # the tiny models
-            text = PLANS[i % len(PLANS)] if stack.blocks >= 38 else small[i % 2]
-            app.set_plan(plans.Plan().with_order(stack.name, plans.parse_order(text)))
+            name, plan = named[i % len(named)]
+            app.set_plan(plan)
             await until(pilot, lambda: not session.busy, 600)
             known = set(session.records)
             pane = app.query_one(ImagePane)
@@ -79,11 +78,13 @@ async def measure(model: str, random_weights: bool, device: str, runs: int, widt
             drawn = time.perf_counter() - pressed
             await until(pilot, lambda record=record: record.status != Status.RUNNING, 600)
             assert record.timing is not None
-            rows.append({"plan": f"{stack.name}: {text}", "enter_to_image_s": drawn,
+            rows.append({"plan": name, "orders": {s: plans.format_order(o) for s, o in plan.orders},
+                         "enter_to_image_s": drawn,
                          "engine_total_s": record.timing.total, "text_encode_cached": record.timing.text_encode_cached,
                          "transformer_s": record.timing.transformer_total, "decode_s": record.timing.decode,
                          "baseline_cached": record.baseline is not None, "status": str(record.status),
-                         "measured_speedup": record.speed.speedup if record.speed else None})
+                         "measured_speedup": record.speed.speedup if record.speed else None,
+                         "speed_calls": record.speed.calls if record.speed else None})
         await session.shutdown()
     values = [r["enter_to_image_s"] for r in rows]
     return {"model": model, "random_weights": random_weights, "device": device, "runs": rows,

@@ -193,6 +193,7 @@ class Session:
         self._stop_reason: str | None = None  # why the current engine stopped, as it said (fatal error)
         self.cannot_start: str | None = None  # the last engine could not load the model: why
         self._loaded = False  # the current engine said ready
+        self.ready: protocol.Ready | None = None  # what the engine said when it was ready (device, memory)
         self._analysis_job: int | None = None
         self._analysis_prompts: tuple[str, ...] | None = None  # None: the built-in prompt set
         self._analysis_sampling = plans.Sampling()
@@ -262,6 +263,7 @@ class Session:
                 self._post(ProgressShown(event.fraction or 0, 1 if event.fraction is not None else None))
             case protocol.Ready():
                 self._loaded = True
+                self.ready = event
                 kind = " · random weights" if event.random_weights else ""
                 self._post(StateShown(f"ready on {event.device} ({event.dtype}{kind}), loaded in "
                                       f"{event.load_seconds:.1f} s", "green"))

@@ -1,33 +1,38 @@
 """How much memory a request needs, predicted from the model's configs before any model work.
 
 Torch-free: the engine checks requests with it before loading or generating (engine/server.py,
-engine/headless.py) and the TUI can check a size as the user types it. `estimate(...)` gives a
-`MemoryEstimate` (bytes, broken down); `check_fits(estimate, available)` says in one line why it does
-not fit, and the largest size of the same shape that does; `available_memory()` reads what this machine
-has free (on CUDA the engine asks the device instead).
+engine/headless.py), and the TUI can check a size as the user types it:
 
-The model of the peak (every term is in BENCHMARKS.md with the measurements behind it):
+    est = estimate(source, width, height, steps, guidance, dtype, device_kind)   # a MemoryEstimate
+    est.total, est.working, est.phases, est.parts, est.describe()                # bytes; "about 1.2 TB (VAE decode 1.1 TB)"
+    check_fits(est, available_memory(), multiple=source.size_multiple)            # None, or one line with the largest size
+    check_request(source, width, height, available, ...)                          # both in one call
+
+The model of the peak (BENCHMARKS.md "Memory" has the measurements behind each term):
 
 - weights: parameters x dtype size. Transformer: the family's formula over its config
   (`Family.transformer_parameters`); VAE: AutoencoderKL's layers over its config; text encoders: the
-  family's declared shapes (the tiny pipelines': their TinySpec). The engine passes the loaded model's
-  own parameter bytes instead once it has them.
-- denoising: one block at its peak, measured per family (`MemorySpec`) in (tokens x width) units, for
-  the image tokens (W x H / size_multiple^2) and the text tokens (what the family's encoder emits, plus
-  registers), times the batch (2 with classifier-free guidance), plus the block's input, Flux's rotary
-  tables and the latents. The attention matrix itself is never materialised: torch's CPU kernel is a
-  flash attention too (measured: no N x N growth for unmasked attention), like CUDA's.
+  family's declared shapes (the tiny pipelines': from their TinySpec). All exact (tests/engine/test_memory.py
+  counts the real classes on the meta device).
+- denoising: one block at its peak, measured per family (`MemorySpec`, in (tokens x width) tensors per
+  image token and per text token), times the batch (2 with classifier-free guidance), plus the block's
+  input, the prompt embeddings, Flux's rotary tables and the latents. No N x N attention matrix: torch's
+  CPU kernel for unmasked attention is a flash attention too (measured), like CUDA's.
 - VAE decode: a walk over the decoder's layers (from its config) that counts the tensors alive at each
-  step — the arguments the callers still hold, each layer's outputs, and each convolution's transient
-  buffers (oneDNN: an output-sized copy in a 16-channel-blocked layout and a copy of the larger of
-  input and output, measured per layer) — then the image postprocessing. At large sizes this dominates:
-  its peak is the first full-resolution convolutions, 100+ floats per pixel.
-- runtime: what the first generation of a process adds beyond its tensors (lazy initialisation, kernel
-  caches; measured at 64 px where the tensors are negligible); allocator: memory the allocator holds
-  beyond the live tensors (glibc keeps freed chunks below its 32 MiB mmap threshold in its heaps).
+  step: what the callers still hold, each layer's outputs, and each convolution's transient buffers
+  (oneDNN's output in a 16-channel-blocked layout and a copy of the larger of input and output, measured
+  per layer); then the image postprocessing. At large sizes this dominates: its peak is an upsampler's
+  convolution at full resolution, about 110 floats per pixel for the tiny VAE, 960 for the real one.
+- runtime: what a process's first generation adds beyond its tensors (lazy initialisation, kernel caches),
+  measured at 64 px; context: what the device's runtime holds once a model is loaded (CUDA only).
+- allocator: glibc keeps freed blocks below its mmap threshold (dynamic, at most 32 MiB) in its heaps,
+  so identical CPU runs differ by up to a third; the allowance is 1.5 x the largest set of such tensors
+  alive at once, which covers the worst run measured. Tensors of 32 MiB and more are mapped and unmapped
+  exactly, so at large sizes the allowance fades. On CUDA: 10% for the caching allocator (provisional).
 
-The peak of a request is the largest phase (text encoding, denoising, decode, or the similarity
-analysis, which does not decode) plus runtime and allocator slack; `total` adds the weights.
+`working` (what a process holding the model needs on top of it) is the largest phase (text encoding,
+denoising, then the decode, or the similarity analysis, which does not decode) plus runtime and
+allocator; `total` adds the weights and the context.
 """
 
 from __future__ import annotations
@@ -62,13 +67,13 @@ class DeviceCosts:
     """What a device kind adds beyond the model's tensors; calibrated by `python -m
     dit_explore.engine.memory_bench` (CPU here; CUDA values are provisional until measured there)."""
 
+    context: int  # what the device's runtime takes once a model is loaded (the CUDA context), in `total` only
     runtime: int  # the first generation's growth beyond its tensors (lazy init, kernel caches, workspaces)
     # Allocator slack. CPU (glibc): tensors below `heap_chunk` (its largest dynamic mmap threshold) live in
     # heaps that keep freed chunks, so the heap can hold `heap_slack` times the largest set of such tensors
     # alive at once, on top of them; larger tensors are mapped and unmapped, exactly. CUDA: the caching
     # allocator's rounding and fragmentation, as a fraction `heap_slack` of everything (heap_chunk huge).
     heap_chunk: int
-    heap_min: int
     heap_slack: float
     conv_block: int  # channels are padded to a multiple of this in the convolution's blocked layout
     half_extra: float  # per (tokens x width) of a block in 2-byte dtypes: float32 temporaries (norms, RoPE)
@@ -76,13 +81,13 @@ class DeviceCosts:
 
 COSTS = {
     # Measured here (2 cores, torch 2.13 CPU, glibc): see BENCHMARKS.md "Memory".
-    "cpu": DeviceCosts(runtime=21 << 20, heap_chunk=32 << 20, heap_min=0, heap_slack=1.0, conv_block=16, half_extra=4.0),
-    # Provisional: the CUDA context and cuBLAS workspaces (~0.5-1 GB on an H100) and the caching
-    # allocator's rounding; engine/memory_bench.py measures them on the GPU machine.
-    "cuda": DeviceCosts(runtime=1 << 30, heap_chunk=1 << 62, heap_min=0, heap_slack=0.1, conv_block=1, half_extra=4.0),
+    "cpu": DeviceCosts(context=0, runtime=21 << 20, heap_chunk=32 << 20, heap_slack=1.5, conv_block=16,
+                       half_extra=4.0),
+    # Provisional until measured there (engine/memory_bench.py reports them): the CUDA context (~0.5 GB on
+    # an H100), cuBLAS/cuDNN workspaces, the caching allocator's rounding and fragmentation.
+    "cuda": DeviceCosts(context=768 << 20, runtime=256 << 20, heap_chunk=1 << 62, heap_slack=0.1, conv_block=1,
+                        half_extra=4.0),
 }
-
-PHASES = ("text encoding", "denoising", "similarity analysis", "VAE decode")
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,7 @@ class MemoryEstimate:
     device_kind: str
     dtype: str
     weights: int
+    context: int
     runtime: int
     allocator: int
     phases: Mapping[str, int]  # text encoding, denoising, VAE decode (or similarity analysis)
@@ -113,7 +119,7 @@ class MemoryEstimate:
 
     @property
     def total(self) -> int:
-        return self.weights + self.working
+        return self.weights + self.context + self.working
 
     def need(self, loaded: bool = False) -> int:
         return self.working if loaded else self.total
@@ -223,8 +229,8 @@ class _Walk:
         total = sum(tensors) * self.size
         if total > self.peak:
             self.peak, self.where = total, where
-        low, high = self.costs.heap_min, self.costs.heap_chunk
-        self.heap = max(self.heap, sum(t for t in tensors if low <= t * self.size < high) * self.size)
+        limit = self.costs.heap_chunk
+        self.heap = max(self.heap, sum(t for t in tensors if t * self.size < limit) * self.size)
 
 
 class _Decoder(_Walk):
@@ -422,7 +428,7 @@ def estimate(
         return estimate(source, w, h, None, guidance, dtype, device_kind, max_sequence_length=max_sequence_length,
                         random_weights=random_weights, analysis=analysis, weights_bytes=weights_bytes)
 
-    return MemoryEstimate(source.name, width, height, device_kind, dtype, weights, costs.runtime, allocator,
+    return MemoryEstimate(source.name, width, height, device_kind, dtype, weights, costs.context, costs.runtime, allocator,
                           phases, parts, resized)
 
 

@@ -192,6 +192,9 @@ class Ready:
     dtype: str = doc("e.g. `bfloat16`")
     load_seconds: float = doc("seconds the load took")
     random_weights: bool = doc("real-size architecture with random weights")
+    available: int | None = doc("bytes a request may use now the model is loaded (CPU: available memory; CUDA: the "
+                                "device's free memory), or null when unknown; the TUI checks sizes against it",
+                                None)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -19,6 +19,21 @@ from dit_explore.engine.core import plan as plans
 from dit_explore.engine.core.layout import Layout
 
 
+def skip_plans(layout: Layout) -> dict[str, plans.Plan]:
+    """The benchmark's skip plans: 5, 10 and 19 blocks from the middle of the model's largest stack (its
+    first and last block kept; SD3's last block must stay), named "skip K". `dit-explore bench` times
+    them against their ideal, and the explorer's latency benchmark runs the same ones."""
+    stack = max(layout.stacks, key=lambda s: s.blocks)
+    n, usable = stack.blocks, stack.blocks - 2
+    out: dict[str, plans.Plan] = {}
+    for k in sorted({min(k, usable) for k in (5, 10, 19)}):
+        if k < 1:
+            continue
+        first = 1 + (usable - k) // 2
+        out[f"skip {k}"] = plans.Plan().with_order(stack.name, plans.parse_order(f"0-{first - 1}, {first + k}-{n - 1}"))
+    return out
+
+
 def shipped_plans_dir() -> Path:
     """The saved_plans folder installed with dit-explore (package data: MODEL/*.plan.toml)."""
     return Path(str(files("dit_explore.saved_plans")))

@@ -99,7 +99,7 @@ def test_run_streams_progress_images_and_writes_the_run_directory(engine: Engine
     # After the images, the plan against the full model side by side, on the same inputs, warm.
     [speed] = of(events, "speed")
     assert events.index(speed) > events.index(baseline_image[0]) and (speed.steps, speed.active) == (3, 3)
-    assert speed.calls == 3 and [len(speed.blocks[s]) for s in ("double", "single")] == [4, 8]
+    assert speed.calls >= 3 and [len(speed.blocks[s]) for s in ("double", "single")] == [4, 8]
     record = json.loads((out / "run.json").read_text())
     assert record["speed"]["plan"] == speed.plan and record["speed"]["full"] == speed.full
     assert record["status"] == "ok"

@@ -35,9 +35,12 @@ class StubEngine:
     """`runs`: where to record the run requests it gets (answered with `done` ok); without it, a run
     request fails the test."""
 
-    def __init__(self, source: ModelSource, runs: list[protocol.Run] | None = None) -> None:
+    def __init__(self, source: ModelSource, runs: list[protocol.Run] | None = None,
+                 available: int | None = None) -> None:
+        """`available`: the bytes its `ready` says a request may use (None: unknown)."""
         self.source = source
         self.runs = runs
+        self.available = available
         self.state = EngineState.STOPPED
         self.log_path = Path("engine.log")
         self.hello: protocol.Hello | None = None
@@ -55,7 +58,7 @@ class StubEngine:
                                     device="cuda", dtype=None, random_weights=False)
         self._events.put_nowait(self.hello)
         self._events.put_nowait(protocol.Ready(device="cuda:0", dtype="bfloat16", load_seconds=12.5,
-                                               random_weights=False))
+                                               random_weights=False, available=self.available))
         self.state = EngineState.READY
         return self.hello
 

@@ -118,3 +118,36 @@ def test_values_are_checked_as_typed_and_never_run_or_saved_invalid(tmp_path: Pa
         assert saved.sampling.width is None and saved.sampling.height == 64
 
     drive(app, scenario)
+
+
+def test_a_size_that_would_not_fit_in_the_engines_memory_is_refused_as_typed(tmp_path: Path) -> None:
+    """The engine said how much a request may use (its `ready`): the form checks the memory estimate of the
+    size being typed against it (engine/core/memory.py), with the largest size that fits."""
+    from dit_explore.engine.core.memory import estimate
+
+    source = resolve("tiny-flux")
+    runs: list[protocol.Run] = []
+    fits = estimate(source, 128, 128, guidance=0.0, dtype="bfloat16", device_kind="cuda",
+                    max_sequence_length=32).need(loaded=True)
+    app = ExplorerApp(source, graphics="halfcell", plans_dir=tmp_path / "plans", runs_dir=tmp_path / "runs",
+                      engine_factory=lambda: StubEngine(source, runs, available=fits))
+
+    async def scenario(pilot: Pilot[Any]) -> None:
+        deadline = asyncio.get_running_loop().time() + 30
+        while app.session.ready is None:
+            assert asyncio.get_running_loop().time() < deadline
+            await pilot.pause(0.02)
+        width, height = app.query_one("#width", Input), app.query_one("#height", Input)
+        width.value, height.value = "128", "128"
+        await pilot.pause()
+        assert not width.has_class("-problem")
+        width.value, height.value = "1024", "1024"
+        await pilot.pause()
+        shown = str(app.query_one("#problems", Static).render())
+        assert width.has_class("-problem") and "1024x1024 needs" in shown and "the GPU has" in shown
+        assert "at most about 1" in shown  # the largest size that fits, 128 or a little more
+        await pilot.press("escape", "enter")
+        await pilot.pause()
+        assert runs == []
+
+    drive(app, scenario)

@@ -20,7 +20,8 @@ from textual.widgets._footer import FooterKey
 
 
 class ViewBar(Static):
-    """One line: the views (the shown one highlighted, each a click target), then the app's title."""
+    """One line: the views (the shown one highlighted, each a click target), the engine's state in a word
+    or two (the status itself is in the images view), then the app's title."""
 
     DEFAULT_CSS = """
     ViewBar {
@@ -38,6 +39,7 @@ class ViewBar(Static):
         super().__init__(id=id)
         self._views = tuple(views)
         self.shown = self._views[0][0]
+        self._state: tuple[str, str] = ("", "")
 
     def on_mount(self) -> None:
         self.watch(self.app, "title", self._draw, init=False)
@@ -47,12 +49,20 @@ class ViewBar(Static):
         self.shown = name
         self._draw()
 
+    def show_state(self, words: str, style: str = "") -> None:
+        """The engine's state, shortened to its first phrase ("ready", "busy", "loading 40%")."""
+        self._state = (words.split(" — ")[0].split(" on ")[0][:28], style)
+        self._draw()
+
     def _draw(self) -> None:
         parts: list[Content | tuple[str, str] | str] = []
         for name, label in self._views:
             style = "bold reverse" if name == self.shown else "dim"
             parts.append(Content(f" {label} ").stylize(f"{style} @click=app.show_view('{name}')"))
             parts.append(" ")
+        words, style = self._state
+        if words:
+            parts += [(" engine ", "dim"), (words, style or ""), " "]
         title = " — ".join(t for t in (self.app.title, self.app.sub_title) if t)
         parts.append((f"  {title}", "dim"))
         self.update(Content.assemble(*parts))

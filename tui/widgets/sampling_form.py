@@ -52,14 +52,18 @@ class SamplingForm(Vertical):
         width: 1fr;
     }
     SamplingForm .number {
-        width: 10;
+        width: 9;
     }
     SamplingForm #guidance {
-        width: 9;
+        width: 8;
     }
     SamplingForm #problems {
         height: auto;
         color: $error;
+        display: none;
+    }
+    SamplingForm #problems.-shown {
+        display: block;
     }
     """
 
@@ -145,7 +149,9 @@ class SamplingForm(Vertical):
         for i, (key, why) in enumerate(problems.items()):
             text.append(("\n" if i else "") + f"{key}: ", style="bold")
             text.append(why)
-        self.query_one("#problems", Static).update(text)
+        shown = self.query_one("#problems", Static)
+        shown.update(text)
+        shown.set_class(bool(problems), "-shown")  # no empty line when every field can run
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
