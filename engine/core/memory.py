@@ -77,16 +77,23 @@ class DeviceCosts:
     heap_slack: float
     conv_block: int  # channels are padded to a multiple of this in the convolution's blocked layout
     half_extra: float  # per (tokens x width) of a block in 2-byte dtypes: float32 temporaries (norms, RoPE)
+    # CUDA's caching allocator: what it reserves for a phase, as a multiple of the phase's tensors (its
+    # block rounding and fragmentation; for the decode also cuDNN's convolution workspaces), by phase. It
+    # keeps what a phase reserved for the phases after it, so a request's reservations add up.
+    reserve: Mapping[str, float] = field(default_factory=dict)
 
 
 COSTS = {
     # Measured here (2 cores, torch 2.13 CPU, glibc): see BENCHMARKS.md "Memory".
     "cpu": DeviceCosts(context=0, runtime=21 << 20, heap_chunk=32 << 20, heap_slack=1.5, conv_block=16,
                        half_extra=4.0),
-    # Provisional until measured there (engine/memory_bench.py reports them): the CUDA context (~0.5 GB on
-    # an H100), cuBLAS/cuDNN workspaces, the caching allocator's rounding and fragmentation.
-    "cuda": DeviceCosts(context=768 << 20, runtime=256 << 20, heap_chunk=1 << 62, heap_slack=0.1, conv_block=1,
-                        half_extra=4.0),
+    # Measured on an H100 (torch 2.11, CUDA 13; BENCHMARKS.md "Memory"): the context outside the allocator
+    # (695-731 MB), cuBLAS's workspace (32 MiB, through the allocator), and the reservations by phase of
+    # the real-size Flux, SD3 and AuraFlow at 1024 and 2048 px (denoising 2.0-2.2x its tensors' peak,
+    # decode 1.6x of 1.26x the walk's estimate: cuDNN's workspaces).
+    "cuda": DeviceCosts(context=768 << 20, runtime=32 << 20, heap_chunk=1 << 62, heap_slack=0.0, conv_block=1,
+                        half_extra=4.0, reserve={"text encoding": 2.2, "denoising": 2.2, "similarity analysis": 2.2,
+                                                 "VAE decode": 2.1}),
 }
 
 
@@ -107,6 +114,9 @@ class MemoryEstimate:
     phases: Mapping[str, int]  # text encoding, denoising, VAE decode (or similarity analysis)
     parts: Mapping[str, int]  # finer terms, for display and tests (weights by component, activations, ...)
     resized: Callable[[int, int], MemoryEstimate] = field(repr=False, compare=False)
+    # The phases whose memory adds up (CUDA's caching allocator keeps each phase's reservation); empty:
+    # only the largest phase counts (the CPU's allocator gives memory back).
+    cumulative: tuple[str, ...] = ()
 
     @property
     def phase(self) -> str:
@@ -115,7 +125,8 @@ class MemoryEstimate:
 
     @property
     def working(self) -> int:
-        return self.phases[self.phase] + self.runtime + self.allocator
+        held = sum(self.phases[name] for name in self.cumulative) if self.cumulative else self.phases[self.phase]
+        return held + self.runtime + self.allocator
 
     @property
     def total(self) -> int:
@@ -423,13 +434,17 @@ def estimate(
 
     allocator = int(costs.heap_slack * max(heap.values()))
     parts["allocator"] = allocator
+    cumulative: tuple[str, ...] = ()
+    if costs.reserve:  # CUDA: what the caching allocator reserves, phase after phase
+        phases = {name: int(value * costs.reserve.get(name, 1.0)) for name, value in phases.items()}
+        cumulative = tuple(name for name in phases if not (analysis and name == "denoising"))
 
     def resized(w: int, h: int) -> MemoryEstimate:
         return estimate(source, w, h, None, guidance, dtype, device_kind, max_sequence_length=max_sequence_length,
                         random_weights=random_weights, analysis=analysis, weights_bytes=weights_bytes)
 
     return MemoryEstimate(source.name, width, height, device_kind, dtype, weights, costs.context, costs.runtime, allocator,
-                          phases, parts, resized)
+                          phases, parts, resized, cumulative)
 
 
 # ----------------------------------------------------------------------------------------------- fit
