@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,24 @@ from dit_explore.engine.core.plan import Sampling
 from dit_explore.tui.client import EngineClient
 
 _ids = itertools.count(1)  # one counter for every client: ids only ever increase
+
+Runner = Callable[[Coroutine[Any, Any, Any]], Any]
+
+
+def module_loop() -> Iterator[Runner]:
+    """For a module-scoped fixture: one event loop for the module, so an engine can outlive a test."""
+    loop = asyncio.new_event_loop()
+    yield loop.run_until_complete
+    loop.close()
+
+
+def serving(run: Runner, logs: Path, module: str, model: str = "tiny-flux") -> Iterator[EngineClient]:
+    """For a module-scoped fixture: an engine (python -m MODULE) on MODEL, ready, shut down afterwards."""
+    client = EngineClient(model, log_path=logs / "engine.log", module=module)
+    run(client.start())
+    run(wait_ready(client))
+    yield client
+    run(client.shutdown())
 
 
 def next_job() -> int:
@@ -67,3 +86,24 @@ async def wait_ready(client: EngineClient, timeout: float = 120) -> protocol.Rea
         for event in seen:
             client._events.put_nowait(event)
     return client.ready
+
+
+async def until_done(client: EngineClient, job: int, timeout: float = 120) -> list[protocol.Event]:
+    """Every event up to and including JOB's `done`; a crash fails the test."""
+    events = []
+    deadline = time.monotonic() + timeout
+    while True:
+        event = await next_event(client, max(0.1, deadline - time.monotonic()))
+        events.append(event)
+        if isinstance(event, protocol.Done) and event.job == job:
+            return events
+        if isinstance(event, protocol.Crashed):
+            raise AssertionError(f"engine crashed: {event}")
+
+
+def drain(client: EngineClient) -> list[protocol.Event]:
+    """The events already received and not yet read."""
+    out = []
+    while not client._events.empty():
+        out.append(client._events.get_nowait())
+    return out

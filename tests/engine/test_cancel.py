@@ -16,17 +16,15 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
-from dit_explore.engine.core import protocol
 from dit_explore.engine.core.protocol import Event
 from dit_explore.tui.client import EngineClient
-from tests.engine.requests import next_event, wait_ready
+from tests.engine.requests import Runner, drain, module_loop, serving, until_done
 from tests.engine.requests import run as submit_run
 
-T = TypeVar("T")
 MARKED_ENGINE = "tests.engine.test_cancel"
 NO_BLOCKS = 'version = 1\n[order]\ndouble = ""\nsingle = ""\n'  # a step costs next to nothing: straight to decode
 IDENTITY = "version = 1\n"
@@ -34,40 +32,16 @@ LATENCIES: dict[str, float] = {}
 
 
 @pytest.fixture(scope="module")
-def run() -> Iterator[Callable[[Coroutine[Any, Any, T]], T]]:
-    loop = asyncio.new_event_loop()
-    yield loop.run_until_complete
-    loop.close()
+def run() -> Iterator[Runner]:
+    yield from module_loop()
 
 
 @pytest.fixture(scope="module")
-def engine(run: Callable[[Coroutine[Any, Any, Any]], Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineClient]:
-    log = tmp_path_factory.mktemp("logs") / "engine.log"
-    client = EngineClient("tiny-flux", log_path=log, module=MARKED_ENGINE)
-    run(client.start())
-    run(wait_ready(client))
-    yield client
-    run(client.shutdown())
+def engine(run: Runner, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineClient]:
+    yield from serving(run, tmp_path_factory.mktemp("logs"), MARKED_ENGINE)
     if LATENCIES:
         print("\ncancel latencies (s, from sending cancel to receiving done):",
               ", ".join(f"{k} {v:.3f}" for k, v in LATENCIES.items()))
-
-
-async def until_done(client: EngineClient, job: int, timeout: float = 120) -> list[Event]:
-    events = []
-    deadline = time.monotonic() + timeout
-    while True:
-        event = await next_event(client, max(0.1, deadline - time.monotonic()))
-        events.append(event)
-        if isinstance(event, protocol.Done) and event.job == job:
-            return events
-        if isinstance(event, protocol.Crashed):
-            raise AssertionError(f"engine crashed: {event}")
-
-
-def drain(client: EngineClient) -> None:
-    while not client._events.empty():
-        client._events.get_nowait()
 
 
 async def wait_for_marker(log: Path, marker: str, after: int, timeout: float = 120) -> int:

@@ -9,9 +9,9 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,50 +22,34 @@ from dit_explore.engine.core import protocol
 from dit_explore.engine.core.families import Defaults
 from dit_explore.engine.core.protocol import EngineState, Event, Status
 from dit_explore.tui.client import EngineClient, EngineError
-from tests.engine.requests import analyze, next_event, next_job, raw_frame, send_raw, wait_ready
+from tests.engine.requests import (
+    Runner,
+    analyze,
+    drain,
+    module_loop,
+    next_event,
+    next_job,
+    raw_frame,
+    send_raw,
+    serving,
+    until_done,
+    wait_ready,
+)
 from tests.engine.requests import run as submit_run
 
-T = TypeVar("T")
 FAULT_ENGINE = "tests.engine.fault_engine"
 SKIP = 'version = 1\n[order]\nsingle = "0-2, 7"\n'
 IDENTITY = "version = 1\n"
 
 
 @pytest.fixture(scope="module")
-def run() -> Iterator[Callable[[Coroutine[Any, Any, T]], T]]:
-    """One event loop for the module, so an engine can outlive a test."""
-    loop = asyncio.new_event_loop()
-    yield loop.run_until_complete
-    loop.close()
+def run() -> Iterator[Runner]:
+    yield from module_loop()
 
 
 @pytest.fixture(scope="module")
-def engine(run: Callable[[Coroutine[Any, Any, Any]], Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineClient]:
-    log = tmp_path_factory.mktemp("logs") / "engine.log"
-    client = EngineClient("tiny-flux", log_path=log, module=FAULT_ENGINE)
-    run(client.start())
-    run(wait_ready(client))
-    yield client
-    run(client.shutdown())
-
-
-async def until_done(client: EngineClient, job: int, timeout: float = 60) -> list[Event]:
-    events = []
-    deadline = time.monotonic() + timeout
-    while True:
-        event = await next_event(client, max(0.1, deadline - time.monotonic()))
-        events.append(event)
-        if isinstance(event, protocol.Done) and event.job == job:
-            return events
-        if isinstance(event, protocol.Crashed):
-            raise AssertionError(f"engine crashed: {event}")
-
-
-def drain(client: EngineClient) -> list[Event]:
-    out = []
-    while not client._events.empty():
-        out.append(client._events.get_nowait())
-    return out
+def engine(run: Runner, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineClient]:
+    yield from serving(run, tmp_path_factory.mktemp("logs"), FAULT_ENGINE)
 
 
 def of(events: list[Event], kind: str, **match: Any) -> list[Any]:

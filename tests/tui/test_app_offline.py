@@ -3,8 +3,6 @@ dialog's bound, sampling held in one place (the form), the edits registry and us
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -17,32 +15,10 @@ from dit_explore.engine.core import plan as plans
 from dit_explore.engine.core import protocol
 from dit_explore.engine.core.resolve import resolve
 from dit_explore.tui import editing
-from dit_explore.tui.app import ExplorerApp
 from dit_explore.tui.keys import EDIT_KEYS, EDITS, IDS
 from dit_explore.tui.screens.dialogs import AskDialog, OpenDialog
-from tests.tui.stub_engine import StubEngine
-
-
-def make_app(tmp_path: Path, model: str = "tiny-flux", runs: list[protocol.Run] | None = None,
-             **kwargs: Any) -> ExplorerApp:
-    source = resolve(model)
-    return ExplorerApp(source, graphics="halfcell", plans_dir=tmp_path / "plans", runs_dir=tmp_path / "runs",
-                       engine_factory=lambda: StubEngine(source, runs), **kwargs)
-
-
-async def until(pilot: Pilot[Any], condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await pilot.pause(0.02)
-
-
-def drive(app: ExplorerApp, scenario: Callable[[Pilot[Any]], Coroutine[Any, Any, None]]) -> None:
-    async def main() -> None:
-        async with app.run_test(size=(140, 44)) as pilot:
-            await scenario(pilot)
-
-    asyncio.run(main())
+from tests.tui.pilot import drive, until
+from tests.tui.pilot import offline_app as make_app
 
 
 def test_the_loop_count_is_bounded_by_what_the_plan_can_still_take(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ escape goes back to the grid, and every value is checked as it is typed (and nev
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -17,29 +16,12 @@ from dit_explore.engine.core import protocol
 from dit_explore.engine.core.resolve import resolve
 from dit_explore.tui.app import ExplorerApp
 from dit_explore.tui.widgets.layer_grid import LayerGrid
+from tests.tui.pilot import drive, offline_app, until
 from tests.tui.stub_engine import StubEngine
 
 
 def make_app(tmp_path: Path, runs: list[protocol.Run]) -> ExplorerApp:
-    source = resolve("tiny-sd3")  # 8-pixel patches, at most 256 px a side
-    return ExplorerApp(source, graphics="halfcell", plans_dir=tmp_path / "plans", runs_dir=tmp_path / "runs",
-                       engine_factory=lambda: StubEngine(source, runs))
-
-
-async def until(pilot: Pilot[Any], condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await pilot.pause(0.02)
-
-
-def drive(app: ExplorerApp, scenario: Callable[[Pilot[Any]], Coroutine[Any, Any, None]]) -> None:
-    async def main() -> None:
-        async with app.run_test(size=(140, 44)) as pilot:
-            await until(pilot, lambda: app.session.client is not None and app.session.client.hello is not None)
-            await scenario(pilot)
-
-    asyncio.run(main())
+    return offline_app(tmp_path, "tiny-sd3", runs)  # 8-pixel patches, at most 256 px a side
 
 
 def shown(field: Input) -> str:
@@ -64,7 +46,7 @@ def test_a_focused_or_invalid_field_still_shows_its_text_and_cursor(tmp_path: Pa
         await pilot.pause()
         assert width.has_class("-problem") and width.region.height == 1 and "65" in shown(width)
 
-    drive(app, scenario)
+    drive(app, scenario, hello=True)
 
 
 def test_enter_in_any_field_runs_and_escape_returns_to_the_grid(tmp_path: Path) -> None:
@@ -82,7 +64,7 @@ def test_enter_in_any_field_runs_and_escape_returns_to_the_grid(tmp_path: Path) 
         await pilot.press("escape")
         assert isinstance(app.focused, LayerGrid)
 
-    drive(app, scenario)
+    drive(app, scenario, hello=True)
 
 
 def test_values_are_checked_as_typed_and_never_run_or_saved_invalid(tmp_path: Path) -> None:
@@ -117,7 +99,7 @@ def test_values_are_checked_as_typed_and_never_run_or_saved_invalid(tmp_path: Pa
         saved = plans.load(next((tmp_path / "plans").glob("*.plan.toml")))
         assert saved.sampling.width is None and saved.sampling.height == 64
 
-    drive(app, scenario)
+    drive(app, scenario, hello=True)
 
 
 def test_a_size_that_would_not_fit_in_the_engines_memory_is_refused_as_typed(tmp_path: Path) -> None:
@@ -150,4 +132,4 @@ def test_a_size_that_would_not_fit_in_the_engines_memory_is_refused_as_typed(tmp
         await pilot.pause()
         assert runs == []
 
-    drive(app, scenario)
+    drive(app, scenario, hello=True)

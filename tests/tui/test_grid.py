@@ -4,7 +4,6 @@ the blocks actually run, and each block's share of the step time."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +14,9 @@ from dit_explore.engine.core import plan as plans
 from dit_explore.engine.core.resolve import resolve
 from dit_explore.tui.app import ExplorerApp
 from dit_explore.tui.widgets.layer_grid import LayerGrid
+from tests.tui.pilot import drive
+from tests.tui.pilot import offline_app as make_app
 from tests.tui.stub_engine import StubEngine
-
-
-def make_app(tmp_path: Path) -> ExplorerApp:
-    source = resolve("tiny-flux")
-    return ExplorerApp(source, graphics="halfcell", plans_dir=tmp_path / "plans", runs_dir=tmp_path / "runs",
-                       engine_factory=lambda: StubEngine(source))
-
-
-def drive(app: ExplorerApp, scenario: Callable[[Pilot[Any]], Coroutine[Any, Any, None]]) -> None:
-    async def main() -> None:
-        async with app.run_test(size=(140, 44)) as pilot:
-            await scenario(pilot)
-
-    asyncio.run(main())
 
 
 def lines(grid: LayerGrid) -> list[str]:

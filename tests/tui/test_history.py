@@ -4,11 +4,10 @@ Against stub engines (no model), with run folders written here by hand or with L
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from dit_explore.tui.app import ExplorerApp
 from dit_explore.tui.session import RunRecord
 from dit_explore.tui.widgets.history_list import HistoryList, summary
 from dit_explore.tui.widgets.layer_grid import LayerGrid
+from tests.tui.pilot import drive, until
 from tests.tui.stub_engine import StubEngine
 
 SIZE = (140, 44)
@@ -80,22 +80,6 @@ def make_app(tmp_path: Path, engines: list[StubEngine] | None = None, runs: list
 
     return ExplorerApp(source, graphics="halfcell", plans_dir=tmp_path / "plans", runs_dir=tmp_path / "runs",
                        engine_factory=factory)
-
-
-async def until(pilot: Pilot[Any], condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await pilot.pause(0.02)
-
-
-def drive(app: App[Any], scenario: Callable[[Pilot[Any]], Coroutine[Any, Any, None]],
-          size: tuple[int, int] = SIZE) -> None:
-    async def main() -> None:
-        async with app.run_test(size=size) as pilot:
-            await scenario(pilot)
-
-    asyncio.run(main())
 
 
 def words(app: ExplorerApp) -> list[str]:

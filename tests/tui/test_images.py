@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 import textual_image.widget  # noqa: F401 - imported before any app runs, as the CLI does
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from textual.app import App, ComposeResult
@@ -57,6 +57,7 @@ from dit_explore.tui.widgets.image_pane import (
     scale_text,
 )
 from dit_explore.tui.widgets.sampling_form import SamplingForm
+from tests.tui.pilot import until
 from tests.tui.stub_engine import StubEngine
 
 TOLERANCE = 0.10  # a picture's shape in pixels against its image's
@@ -188,13 +189,15 @@ def test_fit_keeps_the_shape_in_pixels(image: tuple[int, int], available: tuple[
 @given(st.integers(8, 2048), st.integers(8, 2048), st.integers(1, 240), st.integers(1, 120),
        st.sampled_from([TEXT_CELL, DEFAULT_CELL, CellSize(8, 16), CellSize(9, 21), CellSize(7, 15),
                         CellSize(12, 24)]))
+@example(9, 60, 32, 105, CellSize(1, 2))  # columns 31.5 rounded to 32: off by 0.5 / 31.5
 def test_fit_is_the_largest_box_of_the_images_shape(width: int, height: int, columns: int, rows: int,
                                                    cell: CellSize) -> None:
     got = fit((width, height), (columns, rows), cell)
     assert 1 <= got[0] <= columns and 1 <= got[1] <= rows
     assert got[0] == columns or got[1] == rows  # as large as fits: it touches a side of the space
-    if min(got) >= 10:  # whole cells: half a cell of rounding on a side of 10 or more
-        assert aspect_error((width, height), got, cell) <= 0.5 / min(got) + 1e-9 <= TOLERANCE
+    if min(got) >= 10:  # whole cells: half a cell of rounding on a side of 10 or more. The rounded side n
+        # came from an exact x >= n - 0.5, so the shape is off by at most 0.5 / (n - 0.5).
+        assert aspect_error((width, height), got, cell) <= 0.5 / (min(got) - 0.5) + 1e-9 <= TOLERANCE
 
 
 def test_arrange_picks_a_row_two_columns_or_a_column() -> None:
@@ -259,13 +262,6 @@ class PaneApp(App[None]):
 
     def compose(self) -> ComposeResult:
         yield ImagePane(self.graphics, id="images")
-
-
-async def until(pilot: Pilot[Any], condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await pilot.pause(0.02)
 
 
 async def settle(pilot: Pilot[Any]) -> None:

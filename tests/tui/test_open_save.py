@@ -4,8 +4,6 @@ line says "modified" after edits to a saved plan; ctrl+s never silently replaces
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -15,36 +13,15 @@ from textual.pilot import Pilot
 from textual.widgets import Label, OptionList
 
 from dit_explore.engine.core import plan as plans
-from dit_explore.engine.core.resolve import resolve
 from dit_explore.engine.core.study import shipped_plans_dir
 from dit_explore.tui.app import ExplorerApp
 from dit_explore.tui.screens.dialogs import ConfirmDialog, OpenDialog
 from dit_explore.tui.widgets.layer_grid import LayerGrid
 from dit_explore.tui.widgets.plan_bar import PlanBar
-from tests.tui.stub_engine import StubEngine
+from tests.tui.pilot import drive, until
+from tests.tui.pilot import offline_app as make_app
 
 SIZE = (140, 44)
-
-
-def make_app(tmp_path: Path) -> ExplorerApp:
-    source = resolve("tiny-flux")
-    return ExplorerApp(source, graphics="halfcell", plans_dir=tmp_path / "plans", runs_dir=tmp_path / "runs",
-                       engine_factory=lambda: StubEngine(source))
-
-
-async def until(pilot: Pilot[Any], condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await pilot.pause(0.02)
-
-
-def drive(app: ExplorerApp, scenario: Callable[[Pilot[Any]], Coroutine[Any, Any, None]]) -> None:
-    async def main() -> None:
-        async with app.run_test(size=SIZE) as pilot:
-            await scenario(pilot)
-
-    asyncio.run(main())
 
 
 def write_plan(path: Path, single: str, *, model: str | None = "tiny-flux", name: str | None = None) -> Path:

@@ -8,8 +8,6 @@ by the screen), non-empty and overlapping none of the others. Against the stub e
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +21,8 @@ from textual.widgets import Footer, Static
 from textual.widgets._footer import FooterKey
 from textual.widgets._toast import Toast
 
-from dit_explore.engine.core.resolve import resolve
 from dit_explore.tui.app import ExplorerApp
-from tests.tui.stub_engine import StubEngine
+from tests.tui.pilot import drive, offline_app, until
 
 SIZES = [(80, 24), (100, 30), (120, 36), (139, 40), (140, 40), (200, 60)]
 PLAN_VIEW = ("#grid", "#plan-bar", "#prompt")
@@ -34,27 +31,7 @@ ALWAYS = ("help", "run", "quit")
 
 
 def make_app(tmp_path: Path) -> ExplorerApp:
-    source = resolve("flux-schnell")
-    return ExplorerApp(source, graphics="halfcell", plans_dir=tmp_path / "plans", runs_dir=tmp_path / "runs",
-                       engine_factory=lambda: StubEngine(source))
-
-
-def drive(app: ExplorerApp, size: tuple[int, int],
-          scenario: Callable[[Pilot[Any]], Coroutine[Any, Any, None]]) -> None:
-    async def main() -> None:
-        async with app.run_test(size=size, notifications=True) as pilot:
-            await until(pilot, lambda: app.session.client is not None and app.session.client.hello is not None)
-            await pilot.pause()
-            await scenario(pilot)
-
-    asyncio.run(main())
-
-
-async def until(pilot: Pilot[Any], condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await pilot.pause(0.02)
+    return offline_app(tmp_path, "flux-schnell")  # the real layout: 19 + 38 blocks
 
 
 def on_screen(app: ExplorerApp, widget: Widget) -> Region:
@@ -110,7 +87,7 @@ def test_everything_is_on_screen_at_every_size(tmp_path: Path, size: tuple[int, 
         assert_laid_out(app, size, PLAN_VIEW)
         assert app.focused is app.query_one("#grid")
 
-    drive(app, size, scenario)
+    drive(app, scenario, size, hello=True, notifications=True)
 
 
 @pytest.mark.parametrize("size", [(80, 24), (200, 60)], ids=["80x24", "200x60"])
@@ -137,7 +114,7 @@ def test_tab_stops_only_on_what_shows(tmp_path: Path, size: tuple[int, int]) -> 
         await pilot.pause()
         assert app.focused is not None and app.focused.id == expected[-1]
 
-    drive(app, size, scenario)
+    drive(app, scenario, size, hello=True, notifications=True)
 
 
 def test_the_footer_keeps_help_run_and_quit_at_every_width(tmp_path: Path) -> None:
@@ -163,7 +140,7 @@ def test_the_footer_keeps_help_run_and_quit_at_every_width(tmp_path: Path) -> No
                     assert not region or region.width == key.region.width, f"{width}: {key.description} is cut"
             app.query_one("#grid").focus()
 
-    drive(app, (80, 30), scenario)
+    drive(app, scenario, (80, 30), hello=True, notifications=True)
 
 
 @pytest.mark.parametrize("size", [(79, 24), (80, 23), (40, 10)], ids=["79x24", "80x23", "40x10"])
@@ -181,7 +158,7 @@ def test_too_small_says_so_and_recovers(tmp_path: Path, size: tuple[int, int]) -
         assert not on_screen(app, note)
         assert_laid_out(app, (80, 24), PLAN_VIEW)
 
-    drive(app, size, scenario)
+    drive(app, scenario, size, hello=True, notifications=True)
 
 
 def test_narrowing_shows_the_view_that_has_the_focus(tmp_path: Path) -> None:
@@ -201,7 +178,7 @@ def test_narrowing_shows_the_view_that_has_the_focus(tmp_path: Path) -> None:
         assert app.focused is app.query_one("#prompt")
         assert_laid_out(app, (100, 30), PLAN_VIEW)
 
-    drive(app, (200, 60), scenario)
+    drive(app, scenario, (200, 60), hello=True, notifications=True)
 
 
 @pytest.mark.parametrize("size", [(80, 24), (200, 60)], ids=["80x24", "200x60"])
@@ -227,7 +204,7 @@ def test_messages_take_the_top_line_and_at_most_two_show(tmp_path: Path, size: t
         assert len(app.screen.query(Toast)) == 2
         assert [str(t.render()) for t in app.screen.query(Toast)] == ["message 3", "message 4"]
 
-    drive(app, size, scenario)
+    drive(app, scenario, size, hello=True, notifications=True)
 
 
 def test_information_goes_in_seconds_errors_stay(tmp_path: Path) -> None:
@@ -250,7 +227,7 @@ def test_information_goes_in_seconds_errors_stay(tmp_path: Path) -> None:
         assert error._notification.severity == "error" and str(info.render()) == "opened z"
         assert info._notification.timeout == ExplorerApp.MESSAGE_SECONDS["information"]
 
-    drive(app, (80, 24), scenario)
+    drive(app, scenario, (80, 24), hello=True, notifications=True)
 
 
 def test_resizing_under_the_help_screen(tmp_path: Path) -> None:
@@ -269,7 +246,7 @@ def test_resizing_under_the_help_screen(tmp_path: Path) -> None:
         assert_laid_out(app, (80, 24), PLAN_VIEW)
         assert not [n for n in app._notifications if n.severity == "error"]
 
-    drive(app, (200, 60), scenario)
+    drive(app, scenario, (200, 60), hello=True, notifications=True)
 
 
 def test_the_run_entry_is_dimmed_where_enter_does_something_else(tmp_path: Path) -> None:
@@ -283,7 +260,7 @@ def test_the_run_entry_is_dimmed_where_enter_does_something_else(tmp_path: Path)
             await until(pilot, lambda dimmed=dimmed: any(k.description == "run" and k.has_class("-disabled") == dimmed
                                                          for k in app.query_one(Footer).query(FooterKey)), timeout=5)
 
-    drive(app, (200, 60), scenario)
+    drive(app, scenario, (200, 60), hello=True, notifications=True)
 
 
 def test_the_view_bar_takes_clicks(tmp_path: Path) -> None:
@@ -298,4 +275,4 @@ def test_the_view_bar_takes_clicks(tmp_path: Path) -> None:
         assert_laid_out(app, (80, 24), PLAN_VIEW)
         assert app.focused is app.query_one("#grid")
 
-    drive(app, (80, 24), scenario)
+    drive(app, scenario, (80, 24), hello=True, notifications=True)
