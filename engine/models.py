@@ -103,14 +103,28 @@ def quiet_libraries() -> None:
 
 
 def pick_device(requested: str) -> torch.device:
+    """The device `requested` names: auto, cpu, cuda or cuda:N. Other torch devices (mps, meta, xpu, ...)
+    are refused with one line: the engine's timing, memory checks and generation are built for these."""
+    from dit_explore.engine.core.text import shown
+
+    supported = "auto, cpu, cuda, cuda:N"
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError(f"--device {requested}: no CUDA device is available here (try --device cpu)")
     try:
-        return torch.device(requested)
-    except RuntimeError:
-        raise ModelError(f"--device {requested}: not a device (cpu, cuda, cuda:1, auto)") from None
+        device = torch.device(requested)
+    except (RuntimeError, ValueError):
+        raise ModelError(f"--device {shown(requested)}: not a device (this build runs on {supported})") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ModelError(f"--device {shown(requested)}: dit-explore runs on {supported}, not on {device.type}")
+    if device.type == "cpu" and device.index not in (None, 0):
+        raise ModelError(f"--device {shown(requested)}: there is one cpu device (use --device cpu)")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelError(f"--device {shown(requested)}: no CUDA device is available here (try --device cpu)")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ModelError(f"--device {shown(requested)}: this machine has {count} CUDA device(s): cuda:0-{count - 1}")
+    return device
 
 
 def free_memory(device: torch.device) -> tuple[int | None, str]:

@@ -35,6 +35,9 @@ PLAN_SUFFIX = ".plan.toml"
 PNG_PLAN_KEY = "dit-explore"  # PNG text chunk holding the plan file of the image
 MAX_COUNT = 1000  # largest "*N" / "xK"
 MAX_EXECUTIONS = 10_000  # block executions per stack per step; beyond this a typo, not an experiment
+MAX_STEPS = 1000  # denoising steps of one image: flow models converge in 4-50; 10000 ran 227 s without a word
+MAX_SIDE = 16384  # pixels of a width or height, for every family (an architecture may allow fewer)
+MAX_PROMPT = 10_000  # characters of one prompt: the text encoders read at most 512 tokens of it
 
 
 class PlanError(ValueError):
@@ -505,16 +508,20 @@ def check_sampling(sampling: Sampling, prefix: str) -> Sampling:
     """Range checks that need no model: positive sizes and steps, finite guidance, a non-empty prompt.
     Problems are named `{prefix}{field}` ("plan.toml: sampling.steps", "--steps")."""
     problems = []
-    for key in ("steps", "width", "height"):
+    for key, cap in (("steps", MAX_STEPS), ("width", MAX_SIDE), ("height", MAX_SIDE)):
         value = getattr(sampling, key)
         if value is not None and value < 1:
             problems.append(f"{prefix}{key}: must be at least 1 at '{value}'")
+        elif value is not None and value > cap:
+            problems.append(f"{prefix}{key}: must be at most {cap} at '{value}'")
     if sampling.seed is not None and not 0 <= sampling.seed < 2**63:
         problems.append(f"{prefix}seed: must be in 0..2**63-1 at '{sampling.seed}'")
     if sampling.guidance is not None and not (math.isfinite(sampling.guidance) and sampling.guidance >= 0):
         problems.append(f"{prefix}guidance: must be a finite number >= 0 at '{sampling.guidance}'")
     if sampling.prompt is not None and not sampling.prompt.strip():
         problems.append(f"{prefix}prompt: must not be empty")
+    elif sampling.prompt is not None and len(sampling.prompt) > MAX_PROMPT:
+        problems.append(f"{prefix}prompt: at most {MAX_PROMPT} characters, got {len(sampling.prompt)}")
     if problems:
         raise PlanError(problems)
     return sampling

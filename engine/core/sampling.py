@@ -11,7 +11,9 @@ from typing import Any
 
 from dit_explore.engine.core.families import Defaults
 from dit_explore.engine.core.layout import Layout
-from dit_explore.engine.core.plan import Plan, PlanError, Sampling, check_sampling, executions
+from dit_explore.engine.core.plan import MAX_PROMPT, Plan, PlanError, Sampling, check_sampling, executions
+
+MAX_PROMPTS = 1000  # prompts in one request or prompts file
 from dit_explore.engine.core.resolve import ModelSource
 
 
@@ -58,6 +60,11 @@ def check_prompts(prompts: Sequence[str], where: str) -> tuple[str, ...]:
         raise PlanError([f"{where}: give at least one prompt"])
     if any(not p.strip() for p in prompts):
         raise PlanError([f"{where}: a prompt must not be empty"])
+    if len(prompts) > MAX_PROMPTS:
+        raise PlanError([f"{where}: at most {MAX_PROMPTS} prompts in one run, got {len(prompts)}"])
+    longest = max(len(p) for p in prompts)
+    if longest > MAX_PROMPT:
+        raise PlanError([f"{where}: a prompt may have at most {MAX_PROMPT} characters, got one of {longest}"])
     return tuple(p.strip() for p in prompts)
 
 
