@@ -105,19 +105,15 @@ def quiet_libraries() -> None:
 def pick_device(requested: str) -> torch.device:
     """The device `requested` names: auto, cpu, cuda or cuda:N. Other torch devices (mps, meta, xpu, ...)
     are refused with one line: the engine's timing, memory checks and generation are built for these."""
+    from dit_explore.engine.core.devices import device_problem
     from dit_explore.engine.core.text import shown
 
-    supported = "auto, cpu, cuda, cuda:N"
+    problem = device_problem(requested)
+    if problem is not None:
+        raise ModelError(problem)
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(requested)
-    except (RuntimeError, ValueError):
-        raise ModelError(f"--device {shown(requested)}: not a device (this build runs on {supported})") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ModelError(f"--device {shown(requested)}: dit-explore runs on {supported}, not on {device.type}")
-    if device.type == "cpu" and device.index not in (None, 0):
-        raise ModelError(f"--device {shown(requested)}: there is one cpu device (use --device cpu)")
+    device = torch.device(requested)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ModelError(f"--device {shown(requested)}: no CUDA device is available here (try --device cpu)")

@@ -34,6 +34,7 @@ from dit_explore.engine.core.protocol import Status
 from dit_explore.engine.core.resolve import ModelSource
 from dit_explore.engine.core.sampling import check_prompts, field_problems, resolve_settings
 from dit_explore.engine.core.similarity import group_labels
+from dit_explore.engine.core.text import escape_controls
 from dit_explore.tui import editing
 from dit_explore.tui.client import EngineClient
 from dit_explore.tui.errors import funnel, report
@@ -221,14 +222,18 @@ class ExplorerApp(App[int]):
 
     def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
                timeout: float | None = None, markup: bool = True) -> None:
-        """Messages are short lines at the top (app.tcss): the title inline, info gone in seconds."""
+        """Messages are short lines at the top (app.tcss): the title inline, info gone in seconds.
+        `message` and `title` are plain text — they often quote a plan ("[10-28]x3") or a file the user
+        named, so neither is read as markup (a "[link=…]" in a plan name must not raise or inject an
+        action) and their control characters are escaped; only the title's bold is markup."""
         most = self.MESSAGE_SECONDS[severity]
         timeout = most if timeout is None else min(timeout, most) if severity == "information" else timeout
+        message = "\n".join(escape(escape_controls(line)) for line in message.split("\n"))
         if title:
-            message = f"[b]{escape(title)}:[/b] {message}" if markup else f"{title}: {message}"
+            message = f"[b]{escape(escape_controls(title))}:[/b] {message}"
         if severity != "error":  # one line each; an error wraps, so its log path shows
             message = " · ".join(line.strip() for line in message.splitlines() if line.strip())
-        super().notify(message, severity=severity, timeout=timeout, markup=markup)
+        super().notify(message, severity=severity, timeout=timeout, markup=True)
 
     def on_notify(self, event: Notify) -> None:
         """At most MAX_MESSAGES toasts (Textual has no cap): the new one, and of the others errors first,

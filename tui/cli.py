@@ -34,8 +34,18 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, help="guidance scale (default: the model's usual)")
 
 
+def _device(text: str) -> str:
+    """--device, checked by name before anything starts (engine/core/devices.py)."""
+    from dit_explore.engine.core.devices import device_problem
+
+    problem = device_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem.removeprefix(f"--device {text}: "))
+    return text
+
+
 def _add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
+    p.add_argument("--device", default="auto", type=_device, help="cpu, cuda, cuda:N or auto (default auto)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                    help="default: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--random-weights", action="store_true",

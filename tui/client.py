@@ -179,8 +179,14 @@ class EngineClient:
     # ---------------------------------------------------------------------------------- requests
 
     async def send(self, request: protocol.Request) -> None:
-        """One request, as it is (see `submit` for runs and analyses)."""
-        await self._write(protocol.encode(request))
+        """One request, as it is (see `submit` for runs and analyses). A request that cannot be framed (too
+        large: a prompt or plan of megabytes) is an EngineError, like an engine that is gone: the caller
+        reports it and the app lives on."""
+        try:
+            frame = protocol.encode(request)
+        except protocol.ProtocolError as exc:
+            raise EngineError(f"cannot send this {request.TYPE} request: {exc}") from None
+        await self._write(frame)
 
     async def _write(self, frame: bytes) -> None:
         proc = self._proc

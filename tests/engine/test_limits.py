@@ -1,0 +1,96 @@
+"""Stated caps on what one request may ask (steps, sides, prompts) and on the devices this build runs on:
+refused before anything loads, one line naming the limit, exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dit_explore.engine.core import plan as plans
+from dit_explore.engine.core.devices import device_problem
+from dit_explore.engine.core.sampling import MAX_PROMPTS, check_prompts
+from dit_explore.engine.core.text import escape_controls, shown
+from dit_explore.tui.cli import main
+
+
+def cli(*args: str) -> int:
+    try:
+        return main(list(args))
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
+@pytest.mark.parametrize(("field", "value", "cap"), [("steps", 1001, 1000), ("width", 16400, 16384),
+                                                      ("height", 100000, 16384)])
+def test_sampling_caps_name_the_limit(field: str, value: int, cap: int) -> None:
+    with pytest.raises(plans.PlanError) as caught:
+        plans.check_sampling(plans.Sampling(**{field: value}), "--")
+    assert caught.value.problems == [f"--{field}: must be at most {cap} at '{value}'"]
+    plans.check_sampling(plans.Sampling(**{field: cap}), "--")  # the cap itself is allowed
+
+
+def test_a_plan_file_cannot_ask_more_than_the_caps() -> None:
+    text = 'version = 1\n[sampling]\nsteps = 10000\nwidth = 100000\nprompt = "' + "p" * 10_001 + '"\n'
+    with pytest.raises(plans.PlanError) as caught:
+        plans.loads(text, "big.plan.toml")
+    problems = caught.value.problems
+    assert len(problems) == 3
+    assert "big.plan.toml: sampling.steps: must be at most 1000" in problems[0]
+    assert "big.plan.toml: sampling.width: must be at most 16384" in problems[1]
+    assert problems[2] == "big.plan.toml: sampling.prompt: at most 10000 characters, got 10001"
+
+
+def test_prompt_count_and_length_are_capped() -> None:
+    assert check_prompts(["a"] * MAX_PROMPTS, "--prompt") == ("a",) * MAX_PROMPTS
+    with pytest.raises(plans.PlanError, match=r"at most 1000 prompts in one run, got 1001"):
+        check_prompts(["a"] * (MAX_PROMPTS + 1), "--prompt")
+    with pytest.raises(plans.PlanError, match=r"at most 10000 characters, got one of 3145728"):
+        check_prompts(["x" * (3 << 20)], "--prompt")
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--steps", "10000"], "--steps: must be at most 1000 at '10000'"),
+    (["--width", "100000", "--height", "100000"], "--width: must be at most 16384 at '100000'"),
+    (["--prompt", "y" * 20_000], "--prompt: a prompt may have at most 10000 characters, got one of 20000"),
+])
+def test_run_refuses_beyond_the_caps_before_loading(args: list[str], expected: str, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    # flux-schnell with random weights would build a 12B model: a refusal after loading would take minutes
+    assert cli("run", "flux-schnell", "--random-weights", "--device", "cpu", *args, "--out", str(tmp_path / "o")) == 2
+    err = capsys.readouterr().err
+    assert expected in err.splitlines()[0]
+    assert "Traceback" not in err and "loading" not in err.lower()
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(("device", "expected"), [
+    ("mps", "--device mps: dit-explore runs on auto, cpu, cuda, cuda:N, not on mps"),
+    ("meta", "--device meta: dit-explore runs on auto, cpu, cuda, cuda:N, not on meta"),
+    ("cpu:1", "--device cpu:1: there is one cpu device (use --device cpu)"),
+    ("gpu", "--device gpu: not a device (this build runs on auto, cpu, cuda, cuda:N)"),
+])
+@pytest.mark.parametrize("command", ["run", "analyze", "bench"])
+def test_unsupported_devices_are_one_line(command: str, device: str, expected: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    out = ["--out", str(tmp_path / "o")] if command != "bench" else []
+    model = ["--model", "tiny-flux"] if command == "bench" else ["tiny-flux"]
+    assert cli(command, *model, "--device", device, *out) == 2
+    err = capsys.readouterr().err.strip()
+    why = expected.split(": ", 1)[1]
+    assert f"error: argument --device: {why}" in err and "\n" not in err and "Traceback" not in err
+    assert device_problem(device) == expected  # the engine's own check (pick_device) says the same
+
+
+def test_the_explorer_refuses_a_device_before_any_screen(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli("tiny-flux", "--device", "mps") == 2
+    assert capsys.readouterr().err.strip() == ("dit-explore: error: argument --device: dit-explore runs on auto, cpu, "
+                                               "cuda, cuda:N, not on mps (see dit-explore --help)")
+
+
+def test_echoed_values_cannot_steer_the_terminal() -> None:
+    hostile = "a\x1b]0;owned\x07b\nc\x9bd\u202ee"
+    assert escape_controls(hostile) == "a\\x1b]0;owned\\x07b\\nc\\x9bd\\u202ee"
+    assert all(ch.isprintable() for ch in shown(hostile))
+    long = shown("z" * 5000)
+    assert long.startswith("z" * 200) and long.endswith("… (5000 characters)") and len(long) < 230
