@@ -19,6 +19,9 @@ from dit_explore.engine.core.resolve import ModelError, ModelSource, resolve
 from dit_explore.engine.core.sampling import Settings, check_prompts, resolve_settings
 
 
+MAX_PROMPTS_BYTES = 1 << 20  # a --prompts file: a thousand prompts of a thousand characters
+
+
 class UsageError(Exception):
     """Bad input: printed as given (one line per problem), exit code 2."""
 
@@ -30,13 +33,14 @@ def _say(message: str) -> None:
 def read_prompts(prompts: list[str] | None, prompts_file: str | None, fallback: str | None) -> list[str]:
     out = [p for p in prompts or []]
     if prompts_file is not None:
+        from dit_explore.engine.core.userfiles import UserFileError, read_user_text
+
         path = Path(prompts_file)
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            raise UsageError(f"--prompts {path}: no such file") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"--prompts {path}: cannot read: {exc}") from None
+            lines = read_user_text(path, limit=MAX_PROMPTS_BYTES, what=f"--prompts {path}",
+                                   kind="prompts files").splitlines()
+        except UserFileError as exc:  # missing, not a regular file (a FIFO never blocks), too large, not UTF-8
+            raise UsageError(str(exc)) from None
         from_file = [line.strip() for line in lines if line.strip()]
         if not from_file:
             raise UsageError(f"--prompts {path}: no prompts in it (one prompt per line)")
@@ -268,6 +272,8 @@ def plans_command(model: str, from_groups: Path, out: Path | None, overwrite: bo
     from dit_explore.engine.core.runs import check_destination
     from dit_explore.engine.core.similarity import SIMILARITY_JSON, group_labels, group_names, read_result
     from dit_explore.engine.core.study import study_plans
+    from dit_explore.engine.core.text import shown
+    from dit_explore.engine.core.userfiles import UserFileError
 
     try:
         source = resolve(model)
@@ -280,16 +286,15 @@ def plans_command(model: str, from_groups: Path, out: Path | None, overwrite: bo
         raise UsageError(f"--from-groups {from_groups}: no {SIMILARITY_JSON} in this folder ({what})")
     try:
         result = read_result(from_groups)
-    except OSError as exc:
-        raise UsageError(f"--from-groups {from_groups}: cannot read: {exc.strerror or exc}") from None
-    except KeyError as exc:
-        raise UsageError(f"--from-groups {from_groups}: not a similarity result (no {exc} in it; {what})") from None
-    except (ValueError, TypeError) as exc:  # not JSON, or not the shape analyze writes
+    except UserFileError as exc:  # missing, not a regular file, too large, not UTF-8: one line naming it
+        raise UsageError(f"--from-groups {exc}") from None
+    except ValueError as exc:  # ResultError: not JSON, nested too deeply, not the shape analyze writes
         raise UsageError(f"--from-groups {from_groups}: not a similarity result ({exc}; {what})") from None
     measured = {name: s.blocks for name, s in result.stacks.items()}
     expected = {s.name: s.blocks for s in source.layout.stacks}
     if measured != expected:
-        raise UsageError(f"--from-groups {from_groups}: measured on stacks {measured}, but {model} has {expected}")
+        raise UsageError(f"--from-groups {from_groups}: measured on stacks {shown(measured)}, "
+                         f"but {model} has {expected}")
     folder = out or Path("saved_plans") / model
     try:
         if folder.exists() and any(folder.glob(f"*{plans.PLAN_SUFFIX}")) and not overwrite:

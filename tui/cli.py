@@ -154,7 +154,9 @@ def tui_main(argv: list[str]) -> int:
     from dit_explore.tui.themes import DEFAULT_THEME, ThemeError, available_themes, check_theme
 
     def fail(message: str) -> int:
-        for line in message.splitlines():
+        from dit_explore.engine.core.text import printable_lines
+
+        for line in printable_lines(message).split("\n"):  # no raw ESC/BEL from a shared file reaches the terminal
             print(f"dit-explore: error: {line}", file=sys.stderr)
         return EXIT_USAGE
 
@@ -203,7 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except UsageError as exc:
-        for line in str(exc).splitlines():
+        from dit_explore.engine.core.text import printable_lines
+
+        for line in printable_lines(str(exc)).split("\n"):  # control characters escaped, one problem a line
             print(f"dit-explore {args.command}: error: {line}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -22,9 +22,12 @@ from pathlib import Path
 
 from textual.keys import KEY_ALIASES, _character_to_key
 
+from dit_explore.engine.core.text import escape_controls, shown
+from dit_explore.engine.core.userfiles import UserFileError, read_user_text
 from dit_explore.tui.keys import ALL_KEYS, IDS
 
 GRAPHICS = ("auto", "tgp", "sixel", "halfcell", "unicode")
+MAX_CONFIG_BYTES = 1 << 20  # far more than every action rebound; refused on size alone beyond this
 _KEY = re.compile(r"^([a-z0-9_]+\+)*([a-z0-9_]+|[^\sa-z0-9_,])$", re.IGNORECASE)
 
 
@@ -88,39 +91,59 @@ def config_path() -> Path:
     return config_dir() / "config.toml"
 
 
+def _got(value: object) -> str:
+    """A config value as an error line echoes it: quoted, control characters escaped, cut."""
+    return repr(value) if isinstance(value, str) and len(value) <= 200 and value.isprintable() else shown(value)
+
+
+def _table(data: dict[str, object], section: str, where: str, example: str) -> dict[str, object]:
+    value = data.get(section, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: {section}: expected a table like {example}, got {_got(value)}")
+    return value
+
+
 def load_config(path: Path | None = None) -> Config:
-    """The config at `path` (default: config_path()); a missing file is an empty config."""
+    """The config at `path` (default: config_path()); a missing file is an empty config. Read like every
+    file the user names: a regular file (never a FIFO or a device) of at most MAX_CONFIG_BYTES."""
     path = path or config_path()
     if not path.exists():
         return Config()
+    where = escape_controls(str(path))
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
+        data = tomllib.loads(read_user_text(path, limit=MAX_CONFIG_BYTES, kind="config files"))
+    except UserFileError as exc:
+        raise ConfigError(str(exc)) from None
+    except RecursionError:
+        raise ConfigError(f"{where}: cannot read: arrays or tables nested too deeply") from None
+    except ValueError as exc:  # TOMLDecodeError, or an integer over Python's 4300-digit limit
+        reason = str(exc) if isinstance(exc, tomllib.TOMLDecodeError) else "a number too long to read"
+        raise ConfigError(f"{where}: cannot read: {shown(reason)}") from None
     for section in data:
         if section not in ("keys", "ui"):
-            raise ConfigError(f"{path}: {section}: unknown section (known: keys, ui)")
+            raise ConfigError(f"{where}: {shown(section)}: unknown section (known: keys, ui)")
     keymap: dict[str, str] = {}
-    for action, keys in data.get("keys", {}).items():
-        where = f"{path}: keys.{action}"
+    for action, keys in _table(data, "keys", where, '[keys] skip = "s"').items():
+        at = f"{where}: keys.{shown(action)}"
         if action not in IDS:
-            raise ConfigError(f"{where}: unknown action (known: {', '.join(sorted(IDS))})")
+            raise ConfigError(f"{at}: unknown action (known: {', '.join(sorted(IDS))})")
         if not isinstance(keys, str) or not keys.strip():
-            raise ConfigError(f"{where}: expected keys like \"s\" or \"ctrl+s,f2\", got {keys!r}")
+            raise ConfigError(f"{at}: expected keys like \"s\" or \"ctrl+s,f2\", got {_got(keys)}")
         tokens = [t.strip() for t in keys.split(",")]
         for token in tokens:
             if not _KEY.match(token):
-                raise ConfigError(f"{where}: not a key name at {token!r}")
+                raise ConfigError(f"{at}: not a key name at {_got(token)}")
         keymap[action] = ",".join(tokens)
-    check_conflicts(keymap, str(path))
-    ui = data.get("ui", {})
+    check_conflicts(keymap, where)
+    ui = _table(data, "ui", where, '[ui] theme = "dit-light"')
     for key in ui:
         if key not in ("theme", "graphics"):
-            raise ConfigError(f"{path}: ui.{key}: unknown key (known: theme, graphics)")
+            raise ConfigError(f"{where}: ui.{shown(key)}: unknown key (known: theme, graphics)")
     theme = ui.get("theme")
     if theme is not None and not isinstance(theme, str):
-        raise ConfigError(f"{path}: ui.theme: expected a theme name, got {theme!r}")
+        raise ConfigError(f"{where}: ui.theme: expected a theme name, got {_got(theme)}")
     graphics = ui.get("graphics")
     if graphics is not None and graphics not in GRAPHICS:
-        raise ConfigError(f"{path}: ui.graphics: expected one of {', '.join(GRAPHICS)}, got {graphics!r}")
-    return Config(keymap=keymap, theme=theme, graphics=graphics)
+        raise ConfigError(f"{where}: ui.graphics: expected one of {', '.join(GRAPHICS)}, got {_got(graphics)}")
+    assert theme is None or isinstance(theme, str)
+    return Config(keymap=keymap, theme=theme, graphics=graphics if isinstance(graphics, str) else None)

@@ -25,9 +25,11 @@ import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from dit_explore.engine.core.layout import Layout
+from dit_explore.engine.core.text import escape_controls, shown
+from dit_explore.engine.core.userfiles import UserFileError, open_user_file, read_user_text
 
 T = TypeVar("T")
 PLAN_VERSION = 1
@@ -38,13 +40,25 @@ MAX_EXECUTIONS = 10_000  # block executions per stack per step; beyond this a ty
 MAX_STEPS = 1000  # denoising steps of one image: flow models converge in 4-50; 10000 ran 227 s without a word
 MAX_SIDE = 16384  # pixels of a width or height, for every family (an architecture may allow fewer)
 MAX_PROMPT = 10_000  # characters of one prompt: the text encoders read at most 512 tokens of it
+MAX_PLAN_BYTES = 64 * 1024  # a plan file (or a PNG's plan chunk): refused on size alone beyond this
+MAX_PNG_BYTES = 256 << 20  # a PNG replayed as a plan (its plan chunk is still at most MAX_PLAN_BYTES)
+MAX_BLOCK_INDEX = 9999  # no stack has 10000 blocks; a longer number is refused before it is converted
+MAX_STACKS = 16  # [order] entries of one plan (a family has at most a few stacks)
+MAX_NAME = 200  # characters of a plan's name and of its model field
+MAX_NOTE = 4000  # characters of a plan's note
+MAX_PROBLEMS = 20  # problem lines of one PlanError; the rest are counted on the last line
 
 
 class PlanError(ValueError):
     """Bad plan input. Each line of the message is one problem naming the file, the key and the token."""
 
     def __init__(self, problems: Iterable[str]) -> None:
-        self.problems = list(problems)
+        # A line never holds a raw control character (a newline would make two problems of one, an ESC
+        # would reach the terminal), and a flood of problems is cut to a screenful.
+        lines = [escape_controls(line) for line in problems]
+        if len(lines) > MAX_PROBLEMS:
+            lines = [*lines[:MAX_PROBLEMS - 1], f"... and {len(lines) - MAX_PROBLEMS + 1} more problems"]
+        self.problems = lines
         super().__init__("\n".join(self.problems))
 
 
@@ -134,80 +148,100 @@ def blocks_in(order: Order) -> Iterator[int]:
 # ---------------------------------------------------------------------------------------------- parsing
 
 
-@dataclass(frozen=True)
-class _Token:
+class _Token(NamedTuple):
     kind: str  # "int" or the punctuation character itself
     text: str
     column: int  # 1-based, in the string as written
 
 
-def _tokenize(text: str, where: str) -> list[_Token]:
-    tokens: list[_Token] = []
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if ch.isspace():
-            i += 1
-        elif ch.isascii() and ch.isdigit():
-            j = i
-            while j < len(text) and text[j].isascii() and text[j].isdigit():
-                j += 1
-            tokens.append(_Token("int", text[i:j], i + 1))
-            i = j
-        elif ch in ",-*[]x":
-            tokens.append(_Token(ch, ch, i + 1))
-            i += 1
-        else:
-            raise PlanError([f"{where}: syntax error at '{ch}' (column {i + 1}): unexpected character"])
-    return tokens
+# ASCII digits, punctuation, whitespace (as str.isspace() has it), anything else
+_TOKEN = re.compile(r"([0-9]+)|([-,*\[\]x])|(\s+)|(.)", re.DOTALL)
+
+
+def _tokenize(text: str, where: str) -> Iterator[_Token]:
+    """The tokens of `text`, lazily: a parser that refuses early reads no further."""
+    for match in _TOKEN.finditer(text):
+        kind = match.lastindex
+        if kind == 3:
+            continue
+        if kind == 4:
+            raise PlanError([f"{where}: syntax error at '{shown(match.group())}' (column {match.start() + 1}): "
+                             "unexpected character"])
+        yield _Token("int" if kind == 1 else match.group(), match.group(), match.start() + 1)
 
 
 class _Parser:
-    """Recursive descent over the tokens of one order string; errors name the offending token."""
+    """Recursive descent over the tokens of one order string; errors name the offending token.
 
-    def __init__(self, text: str, where: str) -> None:
+    The work is bounded by the length of the text, never by the numbers in it: an index is at most
+    `max_index` (a longer digit string is refused before int() sees it), span lengths are computed
+    arithmetically, and every element is paid for from `budget` before it is materialized, so
+    "0-99999999" or "0-37*1000" is refused having built nothing."""
+
+    def __init__(self, text: str, where: str, *, index: str, max_index: int, budget: int, over_budget: str) -> None:
         self.where = where
         self.tokens = _tokenize(text, where)
-        self.pos = 0
+        self.next = next(self.tokens, None)
+        self.index = index  # "block index", "step index"
+        self.max_index = max_index
+        self.budget = budget  # elements (block executions, step indices) still allowed
+        self.over_budget = over_budget
 
     def error(self, message: str, token: _Token | None = None) -> PlanError:
         token = token or self.peek()
-        at = f"'{token.text}' (column {token.column})" if token else "end of text"
+        at = f"'{shown(token.text)}' (column {token.column})" if token else "end of text"
         return PlanError([f"{self.where}: {message} at {at}"])
 
+    def spend(self, n: int, token: _Token) -> None:
+        """Pay for `n` more elements, or refuse at `token`."""
+        self.budget -= n
+        if self.budget < 0:
+            raise self.error(self.over_budget, token)
+
+    def number(self, token: _Token, cap: int, what: str) -> int:
+        digits = token.text.lstrip("0")
+        if len(digits) > len(str(cap)) or int(digits or "0") > cap:
+            raise self.error(f"{what} must be at most {cap}", token)
+        return int(digits or "0")
+
     def peek(self) -> _Token | None:
-        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+        return self.next
 
     def take(self, kind: str, what: str) -> _Token:
         token = self.peek()
         if token is None or token.kind != kind:
             raise self.error(f"syntax error: expected {what}")
-        self.pos += 1
+        self.next = next(self.tokens, None)
         return token
 
     def accept(self, kind: str) -> _Token | None:
         token = self.peek()
         if token is not None and token.kind == kind:
-            self.pos += 1
+            self.next = next(self.tokens, None)
             return token
         return None
 
     def count(self, what: str) -> int:
         token = self.take("int", f"a {what} count")
-        value = int(token.text)
+        value = self.number(token, MAX_COUNT, f"{what} count")
         if value < 1:
             raise self.error(f"{what} count must be at least 1", token)
-        if value > MAX_COUNT:
-            raise self.error(f"{what} count must be at most {MAX_COUNT}", token)
         return value
 
-    def span(self) -> list[int]:
-        first = int(self.take("int", "a block index").text)
+    def bounds(self) -> tuple[int, int, _Token]:
+        """`INT ("-" INT)?` as (first, last, its first token): nothing materialized yet."""
+        start = self.take("int", f"a {self.index}")
+        first = self.number(start, self.max_index, f"a {self.index}")
         if self.accept("-") is None:
-            return [first]
-        last = int(self.take("int", "the end of a range").text)
-        step = 1 if last >= first else -1
-        return list(range(first, last + step, step))
+            return first, first, start
+        last = self.number(self.take("int", "the end of a range"), self.max_index, f"a {self.index}")
+        return first, last, start
+
+    def span(self) -> list[int]:
+        """A span as its indices, paid for first."""
+        first, last, start = self.bounds()
+        self.spend(abs(last - first) + 1, start)
+        return _span(first, last)
 
     def comma_list(self, element: Callable[[], list[T]]) -> list[T]:
         """`element ("," element)*` up to the end of the text."""
@@ -226,23 +260,45 @@ class _Parser:
     def item(self) -> list[Unit]:
         bracket = self.accept("[")
         if bracket is None:
-            blocks = self.span()
-            times = self.count("repeat") if self.accept("*") else 1
-            return [b for _ in range(times) for b in blocks]
+            first, last, start = self.bounds()
+            length = abs(last - first) + 1
+            self.spend(length, start)
+            star = self.accept("*")
+            if star is not None:
+                token = self.peek()
+                times = self.count("repeat")
+                assert token is not None
+                self.spend(length * (times - 1), token)
+            else:
+                times = 1
+            return _span(first, last) * times
         members: list[int] = []
+        seen: set[int] = set()
         while True:
             start = self.peek()
-            for b in self.span():
-                if b in members:
+            for b in self.span():  # each member paid for once here, its further loops below
+                if b in seen:
                     raise self.error(f"block {b} appears twice in a parallel group", start)
+                seen.add(b)
                 members.append(b)
             if self.accept(",") is None:
                 break
         self.take("]", "']' closing the parallel group")
-        loops = self.count("loop") if self.accept("x") else 1
+        loops = 1
+        if self.accept("x") is not None:
+            token = self.peek()
+            loops = self.count("loop")
+            assert token is not None
+            self.spend(len(members) * (loops - 1), token)
         if len(members) == 1:  # the average of one block is that block
             return [members[0]] * loops
         return [Group(tuple(sorted(members)), loops)]
+
+
+def _span(first: int, last: int) -> list[int]:
+    """first..last inclusive, descending when last < first."""
+    step = 1 if last >= first else -1
+    return list(range(first, last + step, step))
 
 
 def _normalize(units: list[Unit]) -> Order:
@@ -259,16 +315,18 @@ def _normalize(units: list[Unit]) -> Order:
 
 
 def parse_order(text: str, where: str = "order") -> Order:
-    """Parse one order string; raises PlanError naming `where` and the offending token."""
-    order = _normalize(_Parser(text, where).order())
-    if executions(order) > MAX_EXECUTIONS:
-        raise PlanError([f"{where}: {executions(order)} block executions per step (at most {MAX_EXECUTIONS})"])
-    return order
+    """Parse one order string; raises PlanError naming `where` and the offending token. At most
+    MAX_EXECUTIONS block executions, refused as soon as the running count passes it."""
+    parser = _Parser(text, where, index="block index", max_index=MAX_BLOCK_INDEX, budget=MAX_EXECUTIONS,
+                     over_budget=f"more than {MAX_EXECUTIONS} block executions per step (at most {MAX_EXECUTIONS})")
+    return _normalize(parser.order())
 
 
 def parse_steps(text: str, where: str = "active_steps") -> tuple[int, ...]:
-    """Step indices in span syntax ("0-1", "0,2,4-6"), as a sorted set."""
-    parser = _Parser(text, where)
+    """Step indices in span syntax ("0-1", "0,2,4-6"), as a sorted set. An index is at most
+    MAX_STEPS - 1 (no run has more steps), and at most MAX_STEPS indices may be listed."""
+    parser = _Parser(text, where, index="step index", max_index=MAX_STEPS - 1, budget=MAX_STEPS,
+                     over_budget=f"more than {MAX_STEPS} step indices (at most {MAX_STEPS})")
     if parser.peek() is None:
         raise parser.error("syntax error: expected a step index")
     return tuple(sorted(set(parser.comma_list(parser.span))))
@@ -364,9 +422,9 @@ def validate(plan: Plan, layout: Layout, source: str = "plan") -> None:
     """Check every order against the model's stacks; raises PlanError listing every problem."""
     problems: list[str] = []
     for stack_name, order in plan.orders:
-        where = f"{source}: order.{stack_name}"
+        where = f"{source}: order.{shown(stack_name)}"
         if stack_name not in layout.names:
-            problems.append(f"{where}: unknown stack '{stack_name}' (this model has: {', '.join(layout.names)})")
+            problems.append(f"{where}: unknown stack '{shown(stack_name)}' (this model has: {', '.join(layout.names)})")
             continue
         stack = layout.stack(stack_name)
         bad = sorted({b for b in blocks_in(order) if not 0 <= b < stack.blocks})
@@ -423,30 +481,60 @@ _SAMPLING_TYPES: dict[str, tuple[type, ...]] = {
 
 
 def loads(text: str, source: str = "<plan>") -> Plan:
-    """Parse the text of a `.plan.toml` file (syntax only; see `validate` for the model's layout)."""
+    """Parse the text of a `.plan.toml` file (syntax only; see `validate` for the model's layout).
+    Text over MAX_PLAN_BYTES is refused on its size alone, before the TOML parser sees it."""
+    size = len(text) if len(text) > MAX_PLAN_BYTES else len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_PLAN_BYTES:
+        what = "characters" if len(text) > MAX_PLAN_BYTES else "bytes"
+        raise PlanError([f"{source}: {size} {what}; plans are at most {MAX_PLAN_BYTES} bytes"])
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise PlanError([f"{source}: not valid TOML: {exc}"]) from None
+    except RecursionError:
+        raise PlanError([f"{source}: not a plan: arrays or tables nested too deeply"]) from None
+    except ValueError as exc:  # TOMLDecodeError, or an integer over Python's 4300-digit limit
+        reason = str(exc) if isinstance(exc, tomllib.TOMLDecodeError) else "a number too long to read"
+        raise PlanError([f"{source}: not valid TOML: {shown(reason)}"]) from None
     return from_mapping(data, source)
+
+
+def _kind(value: object) -> str:
+    """A TOML value's type, in words, with the value itself cut and escaped."""
+    kinds = {bool: "the boolean", str: "the string", int: "the integer", float: "the float", list: "an array",
+             dict: "a table"}
+    words = next((w for t, w in kinds.items() if isinstance(value, t)), "the date/time")
+    return f"{words} '{_shown_value(value)}'"
+
+
+def _shown_value(value: object) -> str:
+    """A TOML value as an error line echoes it: TOML's spelling of booleans, cut and escaped."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return shown(value)
 
 
 def from_mapping(data: Mapping[str, Any], source: str) -> Plan:
     problems: list[str] = []
     for key in data:
         if key not in _TOP_KEYS:
-            problems.append(f"{source}: {key}: unknown key (known: {', '.join(_TOP_KEYS)})")
+            problems.append(f"{source}: {shown(key)}: unknown key (known: {', '.join(_TOP_KEYS)})")
     version = data.get("version")
     if version is None:
         problems.append(f"{source}: version: missing (this dit-explore reads version = {PLAN_VERSION})")
-    elif type(version) is not int or version != PLAN_VERSION:
-        problems.append(f"{source}: version: unsupported version at '{version}' (this dit-explore reads {PLAN_VERSION})")
+    elif type(version) is not int:
+        problems.append(f"{source}: version: must be the integer {PLAN_VERSION}, got {_kind(version)}")
+    elif version != PLAN_VERSION:
+        problems.append(f"{source}: version: unsupported version at '{shown(version)}' "
+                        f"(this dit-explore reads version = {PLAN_VERSION})")
 
     texts: dict[str, str | None] = {}
-    for key in ("model", "name", "note", "active_steps"):
+    caps = {"model": MAX_NAME, "name": MAX_NAME, "note": MAX_NOTE, "active_steps": None}
+    for key, cap in caps.items():
         value = data.get(key)
         if value is not None and not isinstance(value, str):
-            problems.append(f"{source}: {key}: expected a string, got '{value}'")
+            problems.append(f"{source}: {key}: expected a string, got {_kind(value)}")
+            value = None
+        elif value is not None and cap is not None and len(value) > cap:
+            problems.append(f"{source}: {key}: at most {cap} characters, got {len(value)}")
             value = None
         texts[key] = value
 
@@ -460,29 +548,33 @@ def from_mapping(data: Mapping[str, Any], source: str) -> Plan:
     orders: list[tuple[str, Order]] = []
     raw_orders = data.get("order", {})
     if not isinstance(raw_orders, dict):
-        problems.append(f"{source}: order: expected a table like [order] single = \"0-37\", got '{raw_orders}'")
+        problems.append(f"{source}: order: expected a table like [order] single = \"0-37\", got {_kind(raw_orders)}")
+        raw_orders = {}
+    if len(raw_orders) > MAX_STACKS:
+        problems.append(f"{source}: order: at most {MAX_STACKS} stacks, got {len(raw_orders)}")
         raw_orders = {}
     for stack_name, text in raw_orders.items():
         if not isinstance(text, str):
-            problems.append(f"{source}: order.{stack_name}: expected a string like \"0-9, 20-37\", got '{text}'")
+            problems.append(f"{source}: order.{shown(stack_name)}: expected a string like \"0-9, 20-37\", "
+                            f"got {_kind(text)}")
             continue
         try:
-            orders.append((stack_name, parse_order(text, f"{source}: order.{stack_name}")))
+            orders.append((stack_name, parse_order(text, f"{source}: order.{shown(stack_name)}")))
         except PlanError as exc:
             problems.extend(exc.problems)
 
     sampling = Sampling()
     raw_sampling = data.get("sampling", {})
     if not isinstance(raw_sampling, dict):
-        problems.append(f"{source}: sampling: expected a table, got '{raw_sampling}'")
+        problems.append(f"{source}: sampling: expected a table, got {_kind(raw_sampling)}")
         raw_sampling = {}
     values: dict[str, Any] = {}
     for key, value in raw_sampling.items():
         types = _SAMPLING_TYPES.get(key)
         if types is None:
-            problems.append(f"{source}: sampling.{key}: unknown key (known: {', '.join(_SAMPLING_TYPES)})")
+            problems.append(f"{source}: sampling.{shown(key)}: unknown key (known: {', '.join(_SAMPLING_TYPES)})")
         elif isinstance(value, bool) or not isinstance(value, types):
-            problems.append(f"{source}: sampling.{key}: wrong type at '{value}'")
+            problems.append(f"{source}: sampling.{key}: wrong type at {_kind(value)}")
         elif key == "guidance" and isinstance(value, (int, float)):
             values[key] = float(value)
         else:
@@ -511,13 +603,13 @@ def check_sampling(sampling: Sampling, prefix: str) -> Sampling:
     for key, cap in (("steps", MAX_STEPS), ("width", MAX_SIDE), ("height", MAX_SIDE)):
         value = getattr(sampling, key)
         if value is not None and value < 1:
-            problems.append(f"{prefix}{key}: must be at least 1 at '{value}'")
+            problems.append(f"{prefix}{key}: must be at least 1 at '{shown(value)}'")
         elif value is not None and value > cap:
-            problems.append(f"{prefix}{key}: must be at most {cap} at '{value}'")
+            problems.append(f"{prefix}{key}: must be at most {cap} at '{shown(value)}'")
     if sampling.seed is not None and not 0 <= sampling.seed < 2**63:
-        problems.append(f"{prefix}seed: must be in 0..2**63-1 at '{sampling.seed}'")
+        problems.append(f"{prefix}seed: must be in 0..2**63-1 at '{shown(sampling.seed)}'")
     if sampling.guidance is not None and not (math.isfinite(sampling.guidance) and sampling.guidance >= 0):
-        problems.append(f"{prefix}guidance: must be a finite number >= 0 at '{sampling.guidance}'")
+        problems.append(f"{prefix}guidance: must be a finite number >= 0 at '{shown(sampling.guidance)}'")
     if sampling.prompt is not None and not sampling.prompt.strip():
         problems.append(f"{prefix}prompt: must not be empty")
     elif sampling.prompt is not None and len(sampling.prompt) > MAX_PROMPT:
@@ -564,31 +656,31 @@ def dumps(plan: Plan, comment: str | None = None) -> str:
 
 
 def load(path: str | os.PathLike[str]) -> Plan:
-    """Read a `.plan.toml` file, or the plan stored in a PNG written by dit-explore (replay)."""
+    """Read a `.plan.toml` file, or the plan stored in a PNG written by dit-explore (replay). Only a
+    regular file is read (never a FIFO or a device), and only up to its limit; every failure is a
+    PlanError of one line."""
     path = Path(path)
     source = str(path)
     if path.suffix.lower() == ".png":
         text = _png_plan_text(path)
     else:
         try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise PlanError([f"{source}: no such file"]) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PlanError([f"{source}: cannot read: {exc}"]) from None
+            text = read_user_text(path, limit=MAX_PLAN_BYTES, kind="plan files")
+        except UserFileError as exc:
+            raise PlanError([str(exc)]) from None
     return loads(text, source)
 
 
 def _png_plan_text(path: Path) -> str:
-    from PIL import Image, UnidentifiedImageError  # pillow is light; only replay needs it
+    from PIL import Image  # pillow is light; only replay needs it
 
     try:
-        with Image.open(path) as image:
-            text = image.info.get(PNG_PLAN_KEY)  # tEXt/iTXt chunks land in .info
-    except FileNotFoundError:
-        raise PlanError([f"{path}: no such file"]) from None
-    except (OSError, UnidentifiedImageError) as exc:
-        raise PlanError([f"{path}: cannot read image: {exc}"]) from None
+        with open_user_file(path, limit=MAX_PNG_BYTES, kind="PNGs read as plans") as file, Image.open(file) as image:
+            text = image.info.get(PNG_PLAN_KEY)  # tEXt/iTXt chunks before the pixels land in .info
+    except UserFileError as exc:
+        raise PlanError([str(exc)]) from None
+    except Exception as exc:  # Pillow's many ways of saying "not a PNG" (OSError, ValueError, SyntaxError, ...)
+        raise PlanError([f"{path}: cannot read image: {shown(exc)}"]) from None
     if not isinstance(text, str):
         raise PlanError([f"{path}: this PNG carries no dit-explore plan (only images written by dit-explore do)"])
     return text

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,10 +27,18 @@ from typing import Any
 import numpy as np
 
 from dit_explore.engine.core.plan import span_text
+from dit_explore.engine.core.text import shown
+from dit_explore.engine.core.userfiles import UserFileError, read_user_text
 
 SIMILARITY_JSON = "similarity.json"
 SIMILARITY_PNG = "similarity.png"
 RESULT_FORMAT = 1
+MAX_RESULT_BYTES = 16 << 20  # a similarity.json or cache file (a 100-block model's is about 0.3 MB)
+MAX_RESULT_BLOCKS = 1000  # blocks of one result, all stacks together (grouping is cubic in them)
+
+
+class ResultError(ValueError):
+    """A file that is not a similarity result (not JSON, nested too deeply, the wrong shape): one line."""
 
 # Five varied prompts for the default analysis: subjects, styles and compositions differ, so the
 # average over them is not the fingerprint of one image.
@@ -143,6 +152,42 @@ class SimilarityResult:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> SimilarityResult:
+        """The result of a parsed similarity.json; ResultError (one line) for anything else: a missing
+        key, a wrong type, a matrix that is not square over its blocks, a group outside them."""
+        if not isinstance(data, Mapping):
+            raise ResultError(f"expected a JSON object, got {type(data).__name__}")
+        try:
+            result = cls._from_json(data)
+        except KeyError as exc:
+            raise ResultError(f"no '{shown(exc.args[0] if exc.args else exc)}' in it") from None
+        except (TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:
+            if isinstance(exc, ResultError):
+                raise
+            raise ResultError(f"the wrong shape ({type(exc).__name__}: {shown(exc)})") from None
+        result._check()
+        return result
+
+    def _check(self) -> None:
+        if len(self.order) > MAX_RESULT_BLOCKS:
+            raise ResultError(f"all.order: {len(self.order)} blocks (at most {MAX_RESULT_BLOCKS})")
+        if sum(s.blocks for s in self.stacks.values()) != len(self.order):
+            raise ResultError("all.order: not every block of the stacks once")
+        for where, blocks, matrix, groups in [
+            *((f"stacks.{shown(name)}", s.blocks, s.matrix, s.groups) for name, s in self.stacks.items()),
+            ("all", len(self.order), self.matrix, self.groups),
+        ]:
+            if blocks < 1:
+                raise ResultError(f"{where}.blocks: must be at least 1, got {blocks}")
+            if not (isinstance(matrix, list) and len(matrix) == blocks and all(
+                    isinstance(row, list) and len(row) == blocks and all(
+                        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in row)
+                    for row in matrix)):
+                raise ResultError(f"{where}.matrix: not {blocks} x {blocks} finite numbers")
+            if not all(0 <= a <= b < blocks for a, b in groups):
+                raise ResultError(f"{where}.groups: a group outside blocks 0-{blocks - 1}")
+
+    @classmethod
+    def _from_json(cls, data: Mapping[str, Any]) -> SimilarityResult:
         stacks = {name: StackResult(int(s["blocks"]), s["matrix"], [(int(g[0]), int(g[1])) for g in s["groups"]])
                   for name, s in data["stacks"].items()}
         return cls(
@@ -184,16 +229,18 @@ def cache_path(cache_root: Path, key: Mapping[str, Any]) -> Path:
 
 
 def load_cached(cache_root: Path, key: Mapping[str, Any]) -> SimilarityResult | None:
+    """The cached result for `key`, or None: a missing, unreadable, corrupt or foreign cache file is a
+    miss (measured again and overwritten), never an error."""
     path = cache_path(cache_root, key)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = _parse(read_user_text(path, limit=MAX_RESULT_BYTES, kind="similarity results"))
+    except ValueError:  # UserFileError, ResultError
         return None
-    if data.get("key") != dict(key):
+    if not isinstance(data, dict) or data.get("key") != dict(key):
         return None  # a hash collision or a stale format: measure again
     try:
         return SimilarityResult.from_json(data)
-    except (KeyError, TypeError, ValueError):
+    except ValueError:
         return None
 
 
@@ -206,6 +253,19 @@ def store_cached(cache_root: Path, result: SimilarityResult) -> Path:
     return path
 
 
+def _parse(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ResultError("not a similarity result: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, or a number over Python's 4300-digit limit
+        raise ResultError(f"not JSON ({shown(exc)})") from None
+
+
 def read_result(folder_or_file: Path) -> SimilarityResult:
+    """An analyze output folder's similarity.json (or that file). Every failure is a ValueError of one
+    line: UserFileError (missing, not a regular file, too large, not UTF-8) naming the file, or
+    ResultError (not JSON, not the shape analyze writes) saying what is wrong."""
     path = folder_or_file / SIMILARITY_JSON if folder_or_file.is_dir() else folder_or_file
-    return SimilarityResult.from_json(json.loads(path.read_text(encoding="utf-8")))
+    return SimilarityResult.from_json(_parse(read_user_text(path, limit=MAX_RESULT_BYTES,
+                                                            kind="similarity results")))
