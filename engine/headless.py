@@ -125,7 +125,7 @@ class RunRequest:
 
 
 def run_command(req: RunRequest) -> int:
-    from dit_explore.engine.core.runs import check_destination
+    from dit_explore.engine.core.runs import RUN_JSON, check_destination
 
     try:
         source = resolve(req.model)
@@ -137,7 +137,7 @@ def run_command(req: RunRequest) -> int:
         raise UsageError(str(exc)) from None
     prompts = read_prompts(list(req.prompts), req.prompts_file, plan.sampling.prompt)
     try:
-        check_destination(req.out, req.overwrite)
+        check_destination(req.out, req.overwrite, RUN_JSON, "run")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
@@ -148,12 +148,25 @@ def run_command(req: RunRequest) -> int:
     except (plans.PlanError, ModelError) as exc:
         raise UsageError(str(exc)) from None
     check_memory(source, settings, req.options)
-    return _generate_all(req, source, plan, prompts, settings)
+    from dit_explore.engine.core.runs import OutputError, RunWriter
+
+    # The destination is claimed before the model loads: the staging folder (with its owner marker) is
+    # made now, so a read-only or full filesystem, a parent that is not a folder, ... is one line, unloaded.
+    try:
+        writer = RunWriter(req.out, req.overwrite)
+    except OutputError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        return _generate_all(req, source, plan, prompts, settings, writer)
+    finally:
+        writer.abort()  # nothing once committed or kept elsewhere; else (an error, an interrupt) all of it
 
 
-def _generate_all(req: RunRequest, source: ModelSource, plan: plans.Plan, prompts: list[str], settings: Settings) -> int:
-    from dit_explore.engine.core.protocol import to_json
-    from dit_explore.engine.core.runs import RunWriter, image_plan
+def _generate_all(req: RunRequest, source: ModelSource, plan: plans.Plan, prompts: list[str], settings: Settings,
+                  writer: Any) -> int:
+    from dit_explore.engine.core.protocol import Status, to_json
+    from dit_explore.engine.core.runs import OutputError, image_plan
+    from dit_explore.engine.core.text import shown
     from dit_explore.engine.generate import Generator, dtype_name, run_record
 
     loaded = _load(source, req.options)
@@ -161,30 +174,49 @@ def _generate_all(req: RunRequest, source: ModelSource, plan: plans.Plan, prompt
          f"{source.layout.describe()}")
 
     generator = Generator(loaded, on_warning=lambda message: _say(f"warning: {message}"))
-    writer = RunWriter(req.out, req.overwrite)
     started = time.perf_counter()
-    results = []
-    try:
-        for i, prompt in enumerate(prompts):
-            result = generator.generate(prompt, settings, plan)
-            assert result.image is not None  # decoded: generate's default
-            writer.add_image(result.image, image_plan(plan, source.name, settings.for_prompt(prompt)))
-            results.append(result)
-            _say(f"[{i + 1}/{len(prompts)}] {result.timing.total:.2f} s  {prompt}")
-        record = run_record(loaded, plan, req.plan, prompts, settings)
-        record["timing"] = {
+    results: list[Any] = []
+
+    def record() -> dict[str, Any]:
+        out = run_record(loaded, plan, req.plan, prompts, settings)
+        out["timing"] = {
             "total": time.perf_counter() - started,
             "load": loaded.load_seconds,
             "text_encode": sum(r.timing.text_encode for r in results),
             "decode": sum(r.timing.decode for r in results),
             "per_image": [to_json(r.timing) for r in results],
         }
-        record["block_runs"] = to_json(results[0].block_runs)
-        out = writer.commit_run(record)
-    except BaseException:
-        writer.abort()
-        raise
-    _say(f"wrote {out}/ ({len(results)} image{'s' if len(results) != 1 else ''} and run.json)")
+        out["block_runs"] = to_json(results[0].block_runs) if results else None
+        return out
+
+    for i, prompt in enumerate(prompts):
+        result = generator.generate(prompt, settings, plan)
+        assert result.image is not None  # decoded: generate's default
+        name = f"{len(writer.images):03d}.png"
+        try:
+            writer.add_image(result.image, image_plan(plan, source.name, settings.for_prompt(prompt)))
+        except OSError as exc:  # a full disk, a folder gone read-only, ...: keep what was written, if it can be
+            problem = f"--out {shown(req.out)}: cannot write {name}: {exc.strerror or exc}"
+            if not results:
+                raise UsageError(f"{problem}; nothing written") from None
+            try:
+                kept = writer.commit_run({**record(), "error": problem}, status=Status.ERROR)
+            except (OSError, OutputError):
+                raise UsageError(f"{problem}; nothing kept (the images made before could not be saved either)") \
+                    from None
+            raise UsageError(f"{problem}; the {len(results)} image{'s' if len(results) != 1 else ''} made before "
+                             f"are in {shown(kept)} (run.json says error)") from None
+        results.append(result)
+        _say(f"[{i + 1}/{len(prompts)}] {result.timing.total:.2f} s  {prompt}")
+    try:
+        out = writer.commit_run(record())
+    except OutputError as exc:  # --out was taken meanwhile: the run is kept beside it, the message says where
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"--out {shown(req.out)}: cannot write the run: {exc.strerror or exc}; nothing kept") \
+            from None
+    _say(f"wrote {shown(req.out if out == writer.out else out)}/ ({len(results)} image{'s' if len(results) != 1 else ''} "
+         "and run.json)")
     return 0
 
 
@@ -218,15 +250,15 @@ class AnalyzeRequest:
 
 def analyze_command(req: AnalyzeRequest) -> int:
     """`dit-explore analyze`: the block-similarity matrices and groups, as similarity.json and .png."""
-    from dit_explore.engine.core.runs import check_destination
-    from dit_explore.engine.core.similarity import DEFAULT_PROMPTS, SIMILARITY_JSON, SIMILARITY_PNG, group_labels
+    from dit_explore.engine.core.runs import OutputError, StagedDirectory, check_destination
+    from dit_explore.engine.core.similarity import DEFAULT_PROMPTS, SIMILARITY_JSON
 
     try:
         source = resolve(req.model)
         cli = plans.check_sampling(req.sampling, "--")
         settings = resolve_settings(source.defaults, cli)
         source.check_size(settings.width, settings.height)
-        check_destination(req.out, req.overwrite)
+        check_destination(req.out, req.overwrite, SIMILARITY_JSON, "analysis")
     except (plans.PlanError, ModelError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     if req.groups is not None and req.groups < 1:
@@ -235,9 +267,26 @@ def analyze_command(req: AnalyzeRequest) -> int:
     prompts = read_prompts(list(req.prompts), req.prompts_file, None) if (req.prompts or req.prompts_file) \
         else list(DEFAULT_PROMPTS)
 
+    # The destination is claimed before the model loads (as for run): its problems cost no load.
+    try:
+        staged = StagedDirectory(req.out, req.overwrite, marker=SIMILARITY_JSON, what="analysis")
+    except OutputError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        return _analyze_into(req, source, settings, prompts, staged)
+    finally:
+        staged.abort()  # nothing once committed or kept elsewhere
+
+
+def _analyze_into(req: AnalyzeRequest, source: ModelSource, settings: Settings, prompts: list[str],
+                  staged: Any) -> int:
+    import json
+
     from dit_explore.engine.analysis import cached_analysis
     from dit_explore.engine.core.heatmap import save_heatmaps
-    from dit_explore.engine.core.runs import StagedDirectory
+    from dit_explore.engine.core.runs import OutputError
+    from dit_explore.engine.core.similarity import SIMILARITY_JSON, SIMILARITY_PNG, group_labels
+    from dit_explore.engine.core.text import shown
     from dit_explore.engine.generate import Generator
 
     loaded = _load(source, req.options)
@@ -250,20 +299,20 @@ def analyze_command(req: AnalyzeRequest) -> int:
                                      use_cache=req.use_cache, on_progress=progress)
     if cached:
         _say(f"{source.name}: this analysis was cached ({len(prompts)} prompts, {settings.steps} steps)")
-    staged = StagedDirectory(req.out, req.overwrite)
     try:
-        import json
-
         (staged.staging / SIMILARITY_JSON).write_text(json.dumps(result.to_json(), indent=1) + "\n", encoding="utf-8")
         save_heatmaps(result, staged.staging / SIMILARITY_PNG)
         out = staged.commit()
-    except BaseException:
-        staged.abort()
-        raise
+    except OutputError as exc:  # --out was taken meanwhile: the analysis is kept beside it, the message says where
+        raise UsageError(str(exc)) from None
+    except OSError as exc:  # a full disk, ...: the result is in the analysis cache, when that could be written
+        raise UsageError(f"--out {shown(req.out)}: cannot write the analysis: {exc.strerror or exc}; nothing kept")\
+            from None
     for name, stack in result.stacks.items():
         groups = ", ".join(group_labels(stack.groups))
         _say(f"{name:>7}: {len(stack.groups)} groups: {groups}")
-    _say(f"wrote {out}/ ({SIMILARITY_JSON}, {SIMILARITY_PNG}) in {time.perf_counter() - started:.1f} s")
+    _say(f"wrote {shown(req.out if out == staged.out else out)}/ ({SIMILARITY_JSON}, {SIMILARITY_PNG}) in "
+         f"{time.perf_counter() - started:.1f} s")
     return 0
 
 

@@ -10,12 +10,14 @@ Torch-free (pillow only): the TUI reads run directories too.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
 import platform
 import re
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Mapping
@@ -30,6 +32,7 @@ from PIL.PngImagePlugin import PngInfo
 from dit_explore.engine.core import plan as plans
 from dit_explore.engine.core.protocol import ProtocolError, Speed, Status, from_json
 from dit_explore.engine.core.sampling import BlockRuns, Timing
+from dit_explore.engine.core.text import shown
 
 RUN_JSON = "run.json"
 RUN_FORMAT = 1
@@ -50,47 +53,278 @@ def image_plan(plan: plans.Plan, model: str, sampling: plans.Sampling) -> plans.
     return replace(plan, model=model, sampling=sampling)
 
 
-def check_destination(out: Path, overwrite: bool) -> None:
-    """Refuse to clobber a non-empty directory unless asked; raise ValueError with one line."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"--out {out}: directory is not empty (choose another, or pass --overwrite)")
+# ------------------------------------------------------------------------------------------ owners
+
+OWNER_FILE = ".dit-explore-owner.json"  # in a staging folder: the process building it (stale ones are swept)
+_STAGING_NAME = re.compile(r"\..+\.(?:partial|old)-[^/]+")  # StagedDirectory's hidden folders
+
+
+class OutputError(ValueError):
+    """A destination that cannot take the output, or a commit refused: one line (the CLI prints it and
+    exits 2). A ValueError, as check_destination's refusals always were."""
+
+
+def _first_line(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.readline().strip() or None
+    except (OSError, ValueError):
+        return None
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def process_start(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks after boot (/proc/PID/stat field 22), or None where
+    that cannot be read (no such process, no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode("ascii", "replace")
+        return int(stat[stat.rindex(")") + 2:].split()[19])  # fields after the name start at field 3
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def owner_marker(pid: int | None = None) -> dict[str, Any]:
+    """Who writes a folder: host, machine and boot ids, pid namespace, pid and the process's start time,
+    so that another process can tell for sure that the writer is gone (`owner_dead`)."""
+    pid = os.getpid() if pid is None else pid
+    return {"host": socket.gethostname(), "machine": _first_line("/etc/machine-id"),
+            "boot": _first_line("/proc/sys/kernel/random/boot_id"), "pid_namespace": _pid_namespace(),
+            "pid": pid, "start": process_start(pid)}
+
+
+def owner_dead(owner: object) -> bool:
+    """True only when `owner` (an owner_marker) provably names a process that is gone: written on this
+    host (same host name and machine id), and the machine has booted since, or no process has that pid,
+    or the one that has it started at another time (the pid was reused). A marker of another host, of
+    another pid namespace (another container), or anything unreadable is never dead: its folder is
+    someone's live work for all we know."""
+    if not isinstance(owner, dict):
+        return False
+    here = owner_marker(0)  # pid 0: only the host facts are used
+    if owner.get("host") != here["host"] or owner.get("machine") != here["machine"]:
+        return False
+    pid, start = owner.get("pid"), owner.get("start")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    if isinstance(owner.get("boot"), str) and here["boot"] is not None and owner["boot"] != here["boot"]:
+        return True  # the same machine, booted since: every process of before is gone
+    if owner.get("pid_namespace") != here["pid_namespace"]:
+        return False  # its pids are not ours to look up
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # it exists (another user's process)
+    except OSError:
+        return False
+    now = process_start(pid)
+    return isinstance(start, int) and not isinstance(start, bool) and now is not None and now != start
+
+
+def sweep_stale(folder: Path) -> list[Path]:
+    """Remove the hidden staging folders (`.NAME.partial-*`, `.NAME.old-*`) directly in `folder` that
+    were left by a process provably dead on this host (its owner marker says so: `owner_dead`); never one
+    without a marker, of a live process, or of another host. Returns those removed."""
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not _STAGING_NAME.fullmatch(entry.name):
+            continue
+        try:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            with open(os.path.join(entry.path, OWNER_FILE), "rb") as f:
+                owner = json.loads(f.read(64 << 10))
+        except (OSError, ValueError):
+            continue
+        if owner_dead(owner):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux says it (threads write files too)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# ------------------------------------------------------------------------------------------ writing
+
+
+def check_destination(out: Path, overwrite: bool, marker: str | None = None, what: str = "output") -> None:
+    """Refuse, with one line (OutputError, a ValueError), a destination that cannot take the output: a
+    file, a symbolic link to nothing, a parent that is not a folder, a non-empty folder without
+    `overwrite`. For a folder that is replaced as a whole (`marker` given: the file that makes a folder one
+    of ours, e.g. run.json), also the current directory or a folder above it, and, with `overwrite`, a
+    non-empty folder without `marker` in it: --overwrite never replaces a folder of the user's."""
+    s = shown(out)
+    try:
+        if out.is_symlink() and not out.exists():
+            raise OutputError(f"--out {s}: is a symbolic link to nothing ({shown(os.readlink(out))})")
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"--out {s}: exists and is not a directory")
+        if not out.exists():
+            ancestor = out.absolute().parent
+            while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+                ancestor = ancestor.parent
+            if not ancestor.is_dir():
+                raise OutputError(f"--out {s}: {shown(ancestor)} is not a directory")
+        if marker is not None:
+            real, here = Path(os.path.realpath(out)), Path(os.getcwd()).resolve()
+            if real == here or real in here.parents:
+                raise OutputError(f"--out {s}: is the current directory or a folder above it (name a new folder)")
+        if out.is_dir() and any(out.iterdir()):
+            if not overwrite:
+                raise OutputError(f"--out {s}: directory is not empty (choose another, or pass --overwrite)")
+            if marker is not None and not (out / marker).is_file():
+                raise OutputError(f"--out {s}: has no {marker}, so it is not a dit-explore {what} folder; "
+                                  "--overwrite replaces only those (choose another folder)")
+    except OSError as exc:
+        raise OutputError(f"--out {s}: cannot use it: {_why(exc)}") from None
 
 
 class StagedDirectory:
     """A folder built in a hidden staging folder beside `out` and renamed into place by `commit`, so
-    `out` is never half-written; `abort` removes the staging folder."""
+    `out` is never half-written; `abort` removes the staging folder.
 
-    def __init__(self, out: Path, overwrite: bool = False) -> None:
-        check_destination(out, overwrite)
-        self.out = out
-        out.parent.mkdir(parents=True, exist_ok=True)
-        self.staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        self.staging.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the result is an ordinary folder
+    The staging folder holds an owner marker (OWNER_FILE) until the commit, so that one left by a killed
+    process is swept by the next (`sweep_stale`, run here). The commit is one rename(2), which refuses a
+    non-empty destination atomically: of two runs committing to one `out`, the second never replaces the
+    first's output; it keeps its own in a visible sibling (`out-2`, ...) and says so (OutputError). With
+    `overwrite`, only a folder holding `marker` (a dit-explore folder of this kind) is replaced."""
+
+    def __init__(self, out: Path, overwrite: bool = False, *, marker: str, what: str = "output") -> None:
+        check_destination(out, overwrite, marker, what)
+        self.shown = shown(out)
+        self.out = Path(os.path.realpath(out))  # a link to a folder: that folder (a rename would replace the link)
+        self.overwrite, self.marker, self.what = overwrite, marker, what
+        self._finished = False  # committed, kept elsewhere, or aborted: the staging folder is no longer ours
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            sweep_stale(self.out.parent)
+            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=self.out.parent))
+        except OSError as exc:
+            raise OutputError(f"--out {self.shown}: cannot create a folder in {shown(self.out.parent)}: "
+                              f"{_why(exc)}") from None
+        try:
+            self.staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the result is an ordinary folder
+            _write_json(self.staging / OWNER_FILE, owner_marker())
+        except OSError as exc:
+            self.abort()
+            raise OutputError(f"--out {self.shown}: cannot write in {shown(self.out.parent)}: {_why(exc)}") from None
 
     def commit(self) -> Path:
-        if self.out.exists():
-            # Move the old folder aside first, so at every instant `out` is either the old or the new one.
-            trash = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent))
-            os.replace(self.out, trash / "old")
-            os.replace(self.staging, self.out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(self.staging, self.out)
+        """Rename the staging folder to `out`; OutputError (one line) when `out` was taken meanwhile by
+        something this run may not replace (the output is then kept in a sibling, named in the message);
+        OSError for anything else (the staging folder stays, for `abort`)."""
+        try:
+            os.rename(self.staging, self.out)
+        except OSError as exc:
+            if exc.errno not in _TAKEN:
+                raise _named(exc, self.out) from None
+            self._replace()
+        self._finished = True
+        with contextlib.suppress(OSError):
+            os.unlink(self.out / OWNER_FILE)
         return self.out
 
+    def _replace(self) -> None:
+        """`out` exists and is not empty: replace it if --overwrite allows, else keep ours beside it."""
+        if not self.overwrite:
+            raise OutputError(self._keep(f"--out {self.shown}: was created meanwhile (by another run?) and is "
+                                         "not replaced without --overwrite"))
+        if self.out.is_symlink() or not (self.out / self.marker).is_file():
+            raise OutputError(self._keep(f"--out {self.shown}: is now a folder without {self.marker}, which "
+                                         "--overwrite never replaces"))
+        # Move the old folder aside first; the instant between the two renames is the only one without `out`.
+        trash = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent))
+        try:
+            _write_json(trash / OWNER_FILE, owner_marker())  # a kill right here leaves a folder swept later
+            os.rename(self.out, trash / "old")
+        except FileNotFoundError:
+            pass  # gone meanwhile
+        except OSError as exc:
+            shutil.rmtree(trash, ignore_errors=True)
+            raise _named(exc, self.out) from None
+        try:
+            os.rename(self.staging, self.out)
+        except OSError as exc:
+            if os.path.lexists(trash / "old"):
+                with contextlib.suppress(OSError):
+                    os.rename(trash / "old", self.out)  # put it back (fails if another run took `out`)
+            shutil.rmtree(trash, ignore_errors=True)
+            if exc.errno in _TAKEN:
+                raise OutputError(self._keep(f"--out {self.shown}: another run replaced it meanwhile")) from None
+            raise _named(exc, self.out) from None
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def _keep(self, reason: str) -> str:
+        """Keep the staging folder's contents in the first free visible sibling `out-2`, `out-3`, ...
+        (claimed with os.mkdir, then replaced by the rename); the one line that says so."""
+        for k in range(2, 1000):
+            sibling = self.out.with_name(f"{self.out.name}-{k}")
+            try:
+                os.mkdir(sibling)
+            except FileExistsError:
+                continue
+            except OSError:
+                break
+            try:
+                os.rename(self.staging, sibling)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.rmdir(sibling)
+                break
+            self._finished = True
+            with contextlib.suppress(OSError):
+                os.unlink(sibling / OWNER_FILE)
+            return f"{reason}; this {self.what} is in {shown(sibling)}"
+        # No visible sibling could be made: keep the hidden staging folder itself (without its marker, so
+        # that no later sweep takes it).
+        self._finished = True
+        with contextlib.suppress(OSError):
+            os.unlink(self.staging / OWNER_FILE)
+        return f"{reason}; this {self.what} is in {shown(self.staging)}"
+
     def abort(self) -> None:
-        shutil.rmtree(self.staging, ignore_errors=True)
+        """Remove the staging folder (nothing, once committed or kept elsewhere)."""
+        if not self._finished:
+            self._finished = True
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+
+_TAKEN = (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR)  # rename(2): the destination is occupied
 
 
 class RunWriter(StagedDirectory):
     """A `dit-explore run` directory: images collected while generating, run.json written last."""
 
     def __init__(self, out: Path, overwrite: bool = False) -> None:
-        super().__init__(out, overwrite)
+        super().__init__(out, overwrite, marker=RUN_JSON, what="run")
         self.images: list[str] = []
 
     def add_image(self, image: Image.Image, plan_for_image: plans.Plan) -> str:
@@ -99,35 +333,86 @@ class RunWriter(StagedDirectory):
         self.images.append(name)
         return name
 
-    def commit_run(self, run: Mapping[str, Any]) -> Path:
-        record = {"format": RUN_FORMAT, "status": Status.OK.value, "images": list(self.images), **run}
+    def commit_run(self, run: Mapping[str, Any], status: Status = Status.OK) -> Path:
+        record = {"format": RUN_FORMAT, "status": status.value, "images": list(self.images), **run}
         _write_json(self.staging / RUN_JSON, record)
         return self.commit()
+
+
+def claim_folder(out: Path, *, accept_empty: bool) -> Path:
+    """A new folder for one run: `out`, else the first free `out-2`, `out-3`, ... (os.mkdir is the atomic
+    claim, so two processes never get the same one). With `accept_empty`, an empty folder at `out` is
+    taken as it is: the engine's side, where the client that chose the name has claimed it already."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 1000):
+        path = out if k == 1 else out.with_name(f"{out.name}-{k}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            if k == 1 and accept_empty and path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+                return path
+    raise FileExistsError(errno.EEXIST, "no free name for a run folder", str(out))
 
 
 class LiveRun:
     """A run directory written as results arrive (the engine process): every PNG and run.json is
     replaced atomically, so after any crash the folder holds each finished image and a run.json that
-    lists exactly those. Plan images are 000.png, 001.png, ...; baselines baseline-000.png, ..."""
+    lists exactly those. Plan images are 000.png, 001.png, ...; baselines baseline-000.png, ...
+
+    run.json names its writer (`owner`: owner_marker), so that a reader can tell a run whose engine died
+    from a live one (read_run says crashed). The folder is `out`, or a free `out-N` when something else is
+    there (`claim_folder`): `self.out` is the one used. Every write that fails raises an OSError naming
+    the file and leaves no temporary file; the record on disk is then the last one written."""
 
     def __init__(self, out: Path, record: Mapping[str, Any]) -> None:
-        out.mkdir(parents=True, exist_ok=False)
-        self.out = out
-        self.record: dict[str, Any] = {"format": RUN_FORMAT, "status": Status.RUNNING.value, "images": [],
-                                       "baseline_images": [], **record}
-        _write_json(out / RUN_JSON, self.record)
+        self.out = claim_folder(out, accept_empty=True)
+        record = {"format": RUN_FORMAT, "status": Status.RUNNING.value, "images": [], "baseline_images": [],
+                  **record, "owner": owner_marker()}
+        try:
+            _write_json(self.out / RUN_JSON, record)
+        except OSError:
+            with contextlib.suppress(OSError):
+                self.out.rmdir()  # nothing in it: leave no folder that is not a run
+            raise
+        self.record: dict[str, Any] = record
 
     def add_png(self, png: bytes, index: int, baseline: bool = False) -> str:
         key = "baseline_images" if baseline else "images"
         name = f"{'baseline-' if baseline else ''}{index:03d}.png"
         write_atomic(self.out / name, png)
-        self.record[key] = [*self.record[key], name]
-        _write_json(self.out / RUN_JSON, self.record)
+        self._write({**self.record, key: [*self.record[key], name]})
         return name
 
     def update(self, **fields: Any) -> None:
-        self.record.update(fields)
-        _write_json(self.out / RUN_JSON, self.record)
+        self._write({**self.record, **fields})
+
+    def _write(self, record: dict[str, Any]) -> None:
+        _write_json(self.out / RUN_JSON, record)
+        self.record = record  # only once on disk: a failed write leaves the last good record
+
+
+def mark_ended(path: Path, status: Status) -> bool:
+    """The client's side when its engine is gone: a run.json in `path` that still says running is
+    rewritten to say `status` (crashed, cancelled); an empty folder (claimed, never written) is removed.
+    True when something changed; False when there was nothing to do or it could not be done."""
+    file = path / RUN_JSON
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        with contextlib.suppress(OSError):
+            path.rmdir()  # fails unless empty
+            return True
+        return False
+    except (OSError, ValueError):
+        return False
+    if not isinstance(data, dict) or data.get("status") != Status.RUNNING.value:
+        return False
+    try:
+        _write_json(file, {**data, "status": status.value})
+    except OSError:
+        return False
+    return True
 
 
 def png_bytes(image: Image.Image, plan_for_image: plans.Plan) -> bytes:
@@ -139,10 +424,36 @@ def png_bytes(image: Image.Image, plan_for_image: plans.Plan) -> bytes:
     return buffer.getvalue()
 
 
+def _named(exc: OSError, path: Path) -> OSError:
+    """`exc` as an OSError of the same kind that names `path` (a failed write() names no file)."""
+    if exc.errno is None:
+        return exc
+    return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path))
+
+
 def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    """Write `data` to `path` atomically: a new temporary file beside it (mkstemp: an unpredictable name,
+    created exclusively, so a planted symlink cannot redirect the write), then os.replace. On any failure
+    (a full disk: ENOSPC) the temporary file is removed and an OSError naming `path` is raised."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _named(exc, path) from None
+    try:
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())  # as an ordinary file (mkstemp makes 0600)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _named(exc, path) from None
+        raise
 
 
 def _write_json(path: Path, record: Mapping[str, Any]) -> None:
@@ -161,7 +472,8 @@ class PastRun:
 
     path: Path
     started: float  # seconds since the epoch: from the folder name (20261126-123042-...), else run.json's mtime
-    status: Status  # as run.json says; RUNNING when no engine finished it (the engine died or was stopped)
+    status: Status  # as run.json says; RUNNING when no engine finished it, CRASHED when its engine is
+    # provably dead (run.json's owner: a process of this host that is gone)
     model: str
     plan_text: str  # the plan file the run used
     plan_name: str | None
@@ -211,6 +523,8 @@ def read_run(path: Path) -> PastRun:
         status = Status(data.get("status", Status.OK.value))
     except ValueError:
         raise ValueError(f"{file}: unknown status {data.get('status')!r}") from None
+    if status == Status.RUNNING and owner_dead(data.get("owner")):
+        status = Status.CRASHED  # its engine died on this host without saying how the run ended
     model, plan, prompts = data.get("model"), data.get("plan"), data.get("prompts")
     if not isinstance(model, dict) or not isinstance(model.get("name"), str):
         raise ValueError(f"{file}: no model name")

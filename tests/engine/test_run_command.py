@@ -156,6 +156,11 @@ def test_refuses_a_non_empty_out_unless_overwrite(tmp_path: Path, capsys: pytest
     assert run_cli("tiny-flux", "--out", str(out)) == 2
     assert "not empty" in capsys.readouterr().err
     assert leftovers(out) == ["keep.txt"]
+    # --overwrite replaces only a dit-explore run folder (one with run.json), never a folder of the user's
+    assert run_cli("tiny-flux", "--out", str(out), "--overwrite") == 2
+    assert "has no run.json, so it is not a dit-explore run folder" in capsys.readouterr().err
+    assert leftovers(out) == ["keep.txt"]
+    (out / "keep.txt").rename(out / "run.json")
     assert run_cli("tiny-flux", "--out", str(out), "--overwrite") == 0
     assert leftovers(out) == ["000.png", "run.json"]
     assert leftovers(tmp_path) == ["out"]
