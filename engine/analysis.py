@@ -16,6 +16,7 @@ lists are back when the analysis ends, however it ends.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -187,5 +188,8 @@ def cached_analysis(generator: Generator, prompts: Sequence[str], settings: Sett
     if result is not None:
         return result.regroup(groups), True
     result = analyze(generator, prompts, settings, groups=groups, check=check, on_progress=on_progress)
-    store_cached(root, result)
+    try:
+        store_cached(root, result)
+    except OSError as exc:  # a full disk, a read-only cache folder: the result stands, uncached
+        logging.getLogger("dit-explore").warning("could not cache the analysis in %s: %s", root, exc)
     return result, False

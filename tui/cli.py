@@ -8,9 +8,12 @@ exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -203,16 +206,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     from dit_explore.engine.headless import UsageError
 
     try:
-        return _dispatch(args)
+        with _stopped_like_ctrl_c():
+            return _dispatch(args)
     except UsageError as exc:
         from dit_explore.engine.core.text import printable_lines
 
         for line in printable_lines(str(exc)).split("\n"):  # control characters escaped, one problem a line
             print(f"dit-explore {args.command}: error: {line}", file=sys.stderr)
         return EXIT_USAGE
+    except Terminated as exc:
+        print(f"dit-explore {args.command}: stopped by {signal.Signals(exc.signum).name}", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print(f"dit-explore {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP during a headless command: unwinds like ctrl+c (a KeyboardInterrupt), so the
+    output being staged is removed the same way; the exit code is 128 + the signal's number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stopped_like_ctrl_c() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise Terminated while the block runs (the main thread only: elsewhere Python
+    cannot set handlers); the previous handlers come back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame: object) -> None:
+        raise Terminated(signum)
+
+    wanted = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+    previous = {s: signal.signal(s, stop) for s in wanted}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ exception that takes the interface down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import itertools
 import re
@@ -37,8 +38,10 @@ from dit_explore.engine.core import plan as plans
 from dit_explore.engine.core import protocol
 from dit_explore.engine.core.layout import Layout
 from dit_explore.engine.core.protocol import EngineState, Event, Role, Status
+from dit_explore.engine.core.runs import claim_folder, mark_ended
 from dit_explore.engine.core.sampling import BlockRuns, Timing
 from dit_explore.engine.core.similarity import SimilarityResult
+from dit_explore.engine.core.text import shown
 from dit_explore.tui.client import EngineError
 from dit_explore.tui.metrics import Difference, difference
 
@@ -316,10 +319,13 @@ class Session:
                 self._end_running(Status.CANCELLED)
 
     def _end_running(self, status: Status) -> None:
-        """The engine is gone: its runs end with `status` (else they stay running, and block the analysis)."""
+        """The engine is gone: its runs end with `status` (else they stay running, and block the analysis),
+        on disk too: a run.json that still says running says `status` (the engine died before it could)."""
         for record in self.records.values():
             if record.status == Status.RUNNING:
                 record.status = status
+                if record.path is not None and not record.past:
+                    mark_ended(record.path, status)
                 self._post(RecordChanged(record))
 
     async def _on_progress(self, event: protocol.Progress) -> None:
@@ -354,6 +360,8 @@ class Session:
         record = self.records.get(event.job)
         if record is not None:
             record.status = event.status
+            if event.path is not None and record.path is not None:
+                record.path = Path(event.path)  # where the engine wrote it (another name if this one was taken)
             self._post(RecordChanged(record))
         if event.job != self._latest_job:
             return  # a job the latest one superseded: only its record changes
@@ -396,13 +404,23 @@ class Session:
         self._pending = None
         self._analysis_job = None  # a run pre-empts an analysis in flight; it is asked again after
         job = next(self._job_ids)
-        out_dir = (self.runs_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{job:03d}-{slug(wish.label)}").resolve()
+        # The run's folder is claimed here (os.mkdir: unique even with another explorer on this runs folder,
+        # or an enter within the same second: then it gets a suffix, -2, ...); the engine writes into it.
+        name = f"{time.strftime('%Y%m%d-%H%M%S')}-{job:03d}-{slug(wish.label)}"
+        try:
+            out_dir = claim_folder((self.runs_dir / name).resolve(), accept_empty=False)
+        except OSError as exc:
+            self._post(Notice(f"cannot make a folder for the run in {shown(self.runs_dir)}: {exc.strerror or exc}",
+                              title="run not started", severity="error", timeout=10))
+            return
         plan_text = plans.dumps(replace(wish.plan, sampling=plans.Sampling()))
         request = protocol.Run(job=job, plan=plan_text, prompts=(wish.prompt,), sampling=wish.sampling,
                                out_dir=str(out_dir), plan_source=wish.plan.name or "plan")
         try:
             await client.submit(request)
         except EngineError as exc:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()  # claimed, never written
             self._post(Notice(str(exc), title="engine", severity="error"))
             return
         self._latest_job = job  # a run in flight is superseded: its `done` says so

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,11 +244,11 @@ def load_cached(cache_root: Path, key: Mapping[str, Any]) -> SimilarityResult | 
 
 
 def store_cached(cache_root: Path, result: SimilarityResult) -> Path:
+    from dit_explore.engine.core.runs import write_atomic  # a fresh temp file (mkstemp), removed on failure
+
     path = cache_path(cache_root, result.key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result.to_json()), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(result.to_json()).encode())
     return path
 
 
