@@ -483,10 +483,9 @@ _SAMPLING_TYPES: dict[str, tuple[type, ...]] = {
 def loads(text: str, source: str = "<plan>") -> Plan:
     """Parse the text of a `.plan.toml` file (syntax only; see `validate` for the model's layout).
     Text over MAX_PLAN_BYTES is refused on its size alone, before the TOML parser sees it."""
-    size = len(text) if len(text) > MAX_PLAN_BYTES else len(text.encode("utf-8", "surrogatepass"))
+    size = len(text.encode("utf-8", "surrogatepass"))  # one linear pass, whatever the text holds
     if size > MAX_PLAN_BYTES:
-        what = "characters" if len(text) > MAX_PLAN_BYTES else "bytes"
-        raise PlanError([f"{source}: {size} {what}; plans are at most {MAX_PLAN_BYTES} bytes"])
+        raise PlanError([f"{source}: {size} bytes; plans are at most {MAX_PLAN_BYTES} bytes"])
     try:
         data = tomllib.loads(text)
     except RecursionError:

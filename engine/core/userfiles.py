@@ -48,8 +48,9 @@ def _describe(exc: OSError) -> str:
     return f"cannot read: {exc.strerror or exc}"
 
 
-def _too_large(what: str, size: int, limit: int, kind: str) -> UserFileError:
-    more = f"{size} bytes" if size <= limit + 1 else f"more than {limit} bytes"
+def _too_large(what: str, size: int, limit: int, kind: str, *, read: bool = False) -> UserFileError:
+    """`size` is the file's size, or (`read`) the limit + 1 bytes read before reading stopped."""
+    more = f"more than {limit} bytes" if read else f"{size} bytes"
     return UserFileError(f"{what}: {more}; {kind} are at most {limit} bytes")
 
 
@@ -97,7 +98,7 @@ def read_user_bytes(path: str | os.PathLike[str], *, limit: int, what: str | Non
         except OSError as exc:
             raise UserFileError(f"{escape_controls(str(path) if what is None else what)}: {_describe(exc)}") from None
     if len(data) > limit:  # it grew since it was looked at
-        raise _too_large(escape_controls(str(path) if what is None else what), len(data), limit, kind)
+        raise _too_large(escape_controls(str(path) if what is None else what), len(data), limit, kind, read=True)
     return data
 
 
