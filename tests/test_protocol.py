@@ -155,3 +155,135 @@ def test_the_documentation_tables_are_generated_from_the_classes() -> None:
     assert f"version {protocol.PROTOCOL_VERSION}" in doc.splitlines()[0]
     for kind in ALL:  # and every message is in it
         assert f"| `{kind}` |" in generated
+
+
+# ------------------------------------------------------------------------------------------ framing
+
+
+def ping_frame(ident: int) -> bytes:
+    return protocol.encode(protocol.Ping(id=ident))
+
+
+def raw_frame(payload: bytes, binary: bytes = b"") -> bytes:
+    return protocol.HEADER.pack(protocol.MAGIC, len(payload), len(binary)) + payload + binary
+
+
+def outcomes(reader: protocol.FrameReader, limit: int = 50) -> list[Any]:
+    """What read_frame gives until the end of the stream: each message, or the ProtocolError's class."""
+    out: list[Any] = []
+    for _ in range(limit):
+        try:
+            frame = reader.read_frame()
+        except ProtocolError as exc:
+            out.append(type(exc))
+            continue
+        if frame is None:
+            return out
+        out.append(frame[0])
+    raise AssertionError(f"no end of stream after {limit} reads: {out}")
+
+
+def over_bytes(data: bytes, limit: int = 50, **kwargs: Any) -> list[Any]:
+    import io
+
+    return outcomes(protocol.FrameReader(io.BytesIO(data), **kwargs), limit)
+
+
+def pinged(ident: int) -> dict[str, Any]:
+    return {"type": "ping", "id": ident}
+
+
+def test_a_header_over_the_limits_is_refused_without_consuming_what_follows() -> None:
+    # A header declaring 2 GiB used to swallow the next 2 GiB (here: the pings and the end of input).
+    huge = protocol.HEADER.pack(protocol.MAGIC, 1 << 31, 0)
+    assert over_bytes(huge + ping_frame(1) + ping_frame(2)) == [protocol.FrameTooLarge, pinged(1), pinged(2)]
+    # Binary over the reader's own limit (the engine takes none): refused the same way, at the header.
+    with_binary = raw_frame(b'{"type":"ping","id":3}', b"\x89PNG" * 100)
+    assert over_bytes(with_binary + ping_frame(4), max_binary=0) == [protocol.FrameTooLarge, pinged(4)]
+
+
+def test_a_frame_cut_short_does_not_eat_the_frames_after_it() -> None:
+    cut = protocol.HEADER.pack(protocol.MAGIC, 100, 0) + b'{"type": "pi'
+    assert over_bytes(cut + ping_frame(1) + ping_frame(2)) == [ProtocolError, pinged(1), pinged(2)]
+    # Cut inside its header (the next frame's bytes make its length absurd), and cut at the end of the
+    # input: each one error, the frame between them kept.
+    assert over_bytes(ping_frame(1)[:7] + ping_frame(2) + ping_frame(3)[:20]) == [
+        protocol.FrameTooLarge, pinged(2), protocol.IncompleteFrame]
+
+
+def test_garbage_and_bad_json_are_each_one_error_and_reading_goes_on() -> None:
+    data = (b"\x00\xffnot a frame" + ping_frame(1) + raw_frame(b"{nope") + raw_frame(b"[1]")
+            + raw_frame(b'{"type": "ping", "id": ' + b"9" * 5000 + b"}") + raw_frame(b"[" * 100_000 + b"]" * 100_000)
+            + raw_frame(b'{"type": "\xff"}') + ping_frame(2))
+    assert over_bytes(data) == [ProtocolError, pinged(1)] + [ProtocolError] * 5 + [pinged(2)]
+
+
+def test_the_payload_errors_are_one_short_line() -> None:
+    for payload, fragment in [(b'{"id": ' + b"9" * 5000 + b"}", "ValueError: Exceeds the limit (4300 digits)"),
+                              (b"[" * 100_000 + b"]" * 100_000, "RecursionError"),
+                              (b'{"a": "\xff"}', "UnicodeDecodeError")]:
+        with pytest.raises(ProtocolError) as info:
+            protocol.parse_payload(payload)
+        assert fragment in str(info.value) and "\n" not in str(info.value) and len(str(info.value)) < 400
+
+
+def test_a_frame_whose_bytes_stop_coming_is_reported_and_the_next_frame_read() -> None:
+    """Over a pipe (a file descriptor): the reader waits `frame_seconds` for the rest of a frame, then
+    says so, and reads the frame that comes later."""
+    import os
+    import threading
+
+    read_fd, write_fd = os.pipe()
+    results: list[Any] = []
+    with os.fdopen(read_fd, "rb", buffering=0) as stream:
+        reader = protocol.FrameReader(stream, frame_seconds=0.2)
+
+        def read(n: int) -> threading.Thread:
+            def body() -> None:
+                for _ in range(n):
+                    try:
+                        frame = reader.read_frame()
+                        results.append(frame[0] if frame else None)
+                    except ProtocolError as exc:
+                        results.append(type(exc))
+
+            thread = threading.Thread(target=body, daemon=True)
+            thread.start()
+            return thread
+
+        os.write(write_fd, ping_frame(1)[:15])  # a header and three bytes of JSON; the rest never comes
+        first = read(1)
+        first.join(30)  # a hang guard: reporting takes frame_seconds
+        assert not first.is_alive() and results == [protocol.IncompleteFrame]
+        os.write(write_fd, ping_frame(2))
+        second = read(1)
+        second.join(30)
+        assert results == [protocol.IncompleteFrame, pinged(2)]
+        # A 2 GiB header is refused at once: the reader does not wait for the bytes it declares.
+        os.write(write_fd, protocol.HEADER.pack(protocol.MAGIC, 1 << 31, 0))
+        third = read(1)
+        third.join(30)
+        assert results[2:] == [protocol.FrameTooLarge]
+        os.write(write_fd, ping_frame(3))
+        os.close(write_fd)
+        fourth = read(2)
+        fourth.join(30)
+        assert results[3:] == [pinged(3), None]
+
+
+def _junk() -> st.SearchStrategy[bytes]:
+    """Bytes as a confused or hostile peer sends them: random, frame-like, or pieces of real frames."""
+    header = st.builds(lambda j, b: protocol.HEADER.pack(protocol.MAGIC, j, b),
+                       st.one_of(st.integers(0, 64), st.integers(0, 2**32 - 1)), st.one_of(st.just(0), st.integers(0, 2**32 - 1)))
+    piece = st.one_of(st.binary(max_size=40), header, st.just(protocol.MAGIC),
+                      st.integers(1, 40).map(lambda n: ping_frame(7)[:n]), st.just(b'{"type": "ping", "id": 5}'))
+    return st.lists(piece, max_size=6).map(b"".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_junk(), st.integers(0, 2**31))
+def test_whatever_comes_before_it_a_frame_is_read(junk: bytes, ident: int) -> None:
+    """Any bytes, then a frame, then the end of input: the frame is the last thing read (after the
+    engine's reader has reported what came before it), and nothing is read after it."""
+    got = over_bytes(junk + ping_frame(ident), max_binary=0, limit=200)
+    assert got and got[-1] == pinged(ident)

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import select
 import struct
+import time
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -31,12 +34,14 @@ from dit_explore.engine.core.layout import Layout
 from dit_explore.engine.core.plan import Sampling
 from dit_explore.engine.core.sampling import BlockRuns, Settings, Timing
 from dit_explore.engine.core.similarity import SimilarityResult
+from dit_explore.engine.core.text import shown
 
 PROTOCOL_VERSION = 2
 MAGIC = b"DXP1"
 HEADER = struct.Struct(">4sII")
 MAX_JSON = 4 << 20  # 4 MiB: similarity matrices are the largest JSON payloads
 MAX_BINARY = 256 << 20  # 256 MiB: a PNG of the largest image a model can make
+ECHO_LIMIT = 60  # characters of a received name or value that an error message repeats
 
 
 class ProtocolError(ValueError):
@@ -44,9 +49,9 @@ class ProtocolError(ValueError):
 
 
 class FrameTooLarge(ProtocolError):
-    def __init__(self, json_len: int, bin_len: int) -> None:
-        super().__init__(f"frame too large: {json_len} bytes of JSON (max {MAX_JSON}), "
-                         f"{bin_len} bytes of binary (max {MAX_BINARY})")
+    def __init__(self, json_len: int, bin_len: int, max_json: int = MAX_JSON, max_binary: int = MAX_BINARY) -> None:
+        super().__init__(f"frame too large: {json_len} bytes of JSON (max {max_json}), "
+                         f"{bin_len} bytes of binary (max {max_binary})")
         self.json_len = json_len
         self.bin_len = bin_len
 
@@ -393,7 +398,7 @@ def from_json(annotation: Any, data: Any, where: str) -> Any:
         key_type, item = typing.get_args(annotation)
         if not isinstance(data, dict) or key_type is not str:
             raise ProtocolError(f"{where}: expected an object, got {_kind(data)}")
-        return {k: from_json(item, v, f"{where}.{k}") for k, v in data.items()}
+        return {k: from_json(item, v, f"{where}.{shown(k, ECHO_LIMIT)}") for k, v in data.items()}
     if annotation is Any:
         return data
     if isinstance(annotation, type) and issubclass(annotation, StrEnum):
@@ -401,7 +406,7 @@ def from_json(annotation: Any, data: Any, where: str) -> Any:
             return annotation(data)
         except ValueError:
             allowed = ", ".join(m.value for m in annotation)
-            raise ProtocolError(f"{where}: {data!r} is not one of {allowed}") from None
+            raise ProtocolError(f"{where}: {shown(repr(data), ECHO_LIMIT)} is not one of {allowed}") from None
     if annotation is bool:
         if not isinstance(data, bool):
             raise ProtocolError(f"{where}: expected true or false, got {_kind(data)}")
@@ -440,7 +445,7 @@ def _fields(cls: type[T], data: Mapping[str, Any], where: str, binary: bytes = b
     known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - known - {"type"})
     if unknown:
-        raise ProtocolError(f"{where}: unknown field {unknown[0]!r}")
+        raise ProtocolError(f"{where}: unknown field {shown(repr(unknown[0]), ECHO_LIMIT)}")
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         annotation = hints[f.name]
@@ -476,8 +481,7 @@ def decode(message: Mapping[str, Any], binary: bytes, kinds: Mapping[str, type[T
     kind = message.get("type")
     cls = kinds.get(kind) if isinstance(kind, str) else None
     if cls is None or not isinstance(kind, str):
-        shown = repr(kind) if len(repr(kind)) <= 40 else repr(kind)[:40] + "…"
-        raise ProtocolError(f"unknown {what} type {shown} (known: {', '.join(kinds)})")
+        raise ProtocolError(f"unknown {what} type {shown(repr(kind), ECHO_LIMIT)} (known: {', '.join(kinds)})")
     if binary and _binary_field(cls) is None:
         raise ProtocolError(f"{kind}: carries {len(binary)} bytes of binary, but takes none")
     return _fields(cls, message, kind, binary)
@@ -493,21 +497,32 @@ def decode_event(message: Mapping[str, Any], binary: bytes = b"") -> EngineEvent
 
 # ------------------------------------------------------------------------------------------ framing
 
+FRAME_SECONDS = 3.0  # FrameReader: a frame's bytes must all arrive within this long of its first byte
+_CHUNK = 1 << 16
+# A frame boundary: MAGIC and the first byte of a sane JSON length, which is 0 (MAX_JSON < 2**24). A JSON
+# text never holds a raw NUL byte, so this inside a frame's JSON means the frame was cut short and the
+# next frame has begun.
+_BOUNDARY = MAGIC + b"\x00"
 
-def parse_header(header: bytes) -> tuple[int, int]:
+
+class IncompleteFrame(ProtocolError):
+    """A frame whose bytes stopped coming: cut short, or a peer that stalled mid-frame."""
+
+
+def parse_header(header: bytes, max_json: int = MAX_JSON, max_binary: int = MAX_BINARY) -> tuple[int, int]:
     magic, json_len, bin_len = HEADER.unpack(header)
     if magic != MAGIC:
         raise ProtocolError(f"bad frame header {header[:4]!r} (expected {MAGIC!r}): not a dit-explore peer?")
-    if json_len > MAX_JSON or bin_len > MAX_BINARY:
-        raise FrameTooLarge(json_len, bin_len)
+    if json_len > max_json or bin_len > max_binary:
+        raise FrameTooLarge(json_len, bin_len, max_json, max_binary)
     return json_len, bin_len
 
 
 def parse_payload(payload: bytes) -> dict[str, Any]:
     try:
         message = json.loads(payload.decode())
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ProtocolError(f"malformed JSON in frame: {type(exc).__name__}: {str(exc)[:200]}") from None
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, or an integer over Python's digit limit
+        raise ProtocolError(f"malformed JSON in frame: {type(exc).__name__}: {shown(exc)}") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ProtocolError("a message must be a JSON object with a string 'type'")
     return message
@@ -516,59 +531,111 @@ def parse_payload(payload: bytes) -> dict[str, Any]:
 class FrameReader:
     """Blocking frame reader (the engine side), over a binary stream such as stdin.
 
-    It keeps the stream in step with the peer whatever arrives: a frame that is too large is skipped
-    whole and reported by raising FrameTooLarge; after a bad header the stream is scanned for the next
-    MAGIC, which is kept as the start of the next frame, and ProtocolError is raised.
+    Whatever arrives, it reports each problem at once (by raising ProtocolError from `read_frame`) and
+    never consumes a following frame silently: after any bad frame — a bad header, a header over the
+    limits (refused as it arrives: its declared bytes are not waited for), malformed JSON — the next
+    `read_frame` scans on from the bad frame's second byte for the next MAGIC. A frame cut short and
+    followed by the next frame is noticed as soon as that frame's header shows inside its JSON (a JSON
+    text holds no raw NUL byte), and a frame whose bytes stop coming is IncompleteFrame after
+    `frame_seconds` (when the stream has a file descriptor to wait on with select; a stream without one,
+    such as io.BytesIO, is read as it is).
     """
 
-    def __init__(self, raw: IO[bytes]) -> None:
+    def __init__(self, raw: IO[bytes], *, max_json: int = MAX_JSON, max_binary: int = MAX_BINARY,
+                 frame_seconds: float = FRAME_SECONDS) -> None:
         self._raw = raw
-        self._pending = b""
+        self._fd: int | None
+        try:
+            self._fd = raw.fileno()
+        except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+            self._fd = None
+        self._pending = bytearray()
+        self._resyncing = False
+        self.max_json, self.max_binary = max_json, max_binary
+        self.frame_seconds = frame_seconds
 
-    def _read(self, n: int) -> bytes | None:
-        out = self._pending[:n]
-        self._pending = self._pending[n:]
-        while len(out) < n:
-            chunk = self._raw.read(n - len(out))
-            if not chunk:
-                return None
-            out += chunk
-        return out
+    def _fill(self, deadline: float | None) -> bool:
+        """Read what the stream has (at least one byte) into the pending bytes; False at its end.
+        TimeoutError when nothing came before `deadline` (time.monotonic())."""
+        if self._fd is not None:
+            while True:
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    ready, _, _ = select.select([self._fd], [], [], timeout)
+                except InterruptedError:
+                    continue
+                if not ready:
+                    raise TimeoutError
+                chunk = os.read(self._fd, _CHUNK)
+                break
+        else:
+            read1 = getattr(self._raw, "read1", None)
+            chunk = read1(_CHUNK) if read1 is not None else self._raw.read(_CHUNK)
+        if not chunk:
+            return False
+        self._pending += chunk
+        return True
+
+    def _need(self, n: int, deadline: float | None, json_end: int = 0) -> bool:
+        """Wait until `n` bytes are pending; False at the end of the stream. ProtocolError when a frame
+        boundary shows before `json_end` (after the frame's first byte): the frame was cut short."""
+        searched = 1
+        while True:
+            if json_end:
+                at = self._pending.find(_BOUNDARY, searched, json_end + len(_BOUNDARY) - 1)
+                if at >= 0:
+                    raise ProtocolError(f"frame cut short: the next frame began {at} bytes into it "
+                                        f"(it declared {n})")
+                searched = max(searched, min(json_end, len(self._pending) - len(_BOUNDARY) + 1))
+            if len(self._pending) >= n:
+                return True
+            if not self._fill(deadline):
+                return False
+
+    def _scan(self) -> bool:
+        """Drop pending bytes up to the next MAGIC, reading on as needed; False at the end of the stream."""
+        while True:
+            at = self._pending.find(MAGIC)
+            if at >= 0:
+                del self._pending[:at]
+                self._resyncing = False
+                return True
+            del self._pending[: max(0, len(self._pending) - (len(MAGIC) - 1))]
+            if not self._fill(None):
+                return False
 
     def read_frame(self) -> tuple[dict[str, Any], bytes] | None:
-        """One frame as (message, binary); None at the end of the stream."""
-        header = self._read(HEADER.size)
-        if header is None:
+        """One frame as (message, binary); None at the end of the stream. ProtocolError (at once) for
+        a bad frame; the next call goes on with the frame after it."""
+        if self._resyncing and not self._scan():
             return None
+        if not self._pending and not self._fill(None):
+            return None
+        deadline = time.monotonic() + self.frame_seconds if self._fd is not None else None
         try:
-            json_len, bin_len = parse_header(header)
-        except FrameTooLarge as exc:
-            self._skip(exc.json_len + exc.bin_len)
-            raise
+            if not self._need(HEADER.size, deadline):
+                raise EOFError
+            json_len, bin_len = parse_header(bytes(self._pending[: HEADER.size]), self.max_json, self.max_binary)
+            end = HEADER.size + json_len
+            if not self._need(end + bin_len, deadline, json_end=end):
+                raise EOFError
+            message = parse_payload(bytes(self._pending[HEADER.size : end]))
+        except (TimeoutError, EOFError) as exc:
+            got = len(self._pending)
+            self._resync_after_bad_frame()
+            raise IncompleteFrame(f"incomplete frame: {got} bytes came within {self.frame_seconds:g} s, then nothing"
+                                  if isinstance(exc, TimeoutError) else
+                                  f"incomplete frame: the input ended {got} bytes into it") from None
         except ProtocolError:
-            self._resync(header)
+            self._resync_after_bad_frame()
             raise
-        payload = self._read(json_len)
-        binary = self._read(bin_len) if bin_len else b""
-        if payload is None or binary is None:
-            return None
-        return parse_payload(payload), binary
+        binary = bytes(self._pending[end : end + bin_len])
+        del self._pending[: end + bin_len]
+        return message, binary
 
-    def _skip(self, n: int) -> None:
-        while n > 0:
-            chunk = self._read(min(n, 1 << 20))
-            if chunk is None:
-                return
-            n -= len(chunk)
-
-    def _resync(self, seen: bytes) -> None:
-        window = seen[1:]
-        while MAGIC not in window:
-            chunk = self._read(1)
-            if chunk is None:
-                return
-            window = (window + chunk)[-(HEADER.size + len(MAGIC)) :]
-        self._pending = window[window.index(MAGIC) :] + self._pending
+    def _resync_after_bad_frame(self) -> None:
+        del self._pending[:1]  # the bad frame's first byte: the scan finds the next MAGIC after it
+        self._resyncing = True
 
 
 # ------------------------------------------------------------------------------------ documentation
