@@ -745,3 +745,112 @@ def test_a_failing_event_becomes_an_error_notice(tmp_path: Path) -> None:
         assert [n.severity for n in h.since(mark, Notice)] == ["error"]
 
     scenario(body, tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ run folders on disk
+
+
+def test_two_sessions_on_one_runs_folder_in_one_second_get_their_own_folders(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two explorers sharing a runs folder, each with its job 1 entered in the same second: the folder name
+    (second, job, label) is the same, so the second explorer's claim gets a suffix; each folder exists
+    (claimed, empty: the engine writes into it) and still starts with the stamp history ordering reads."""
+    from dit_explore.engine.core.runs import LiveRun, read_run
+
+    real_strftime = session_module.time.strftime
+    monkeypatch.setattr(session_module.time, "strftime",
+                        lambda fmt, *t: "20250106-093000" if fmt == "%Y%m%d-%H%M%S" else real_strftime(fmt, *t))
+
+    async def main() -> None:
+        first, second = Harness(tmp_path), Harness(tmp_path)
+        try:
+            engines = [await first.ready_engine(), await second.ready_engine()]
+            await first.session.run(wish())
+            await second.session.run(wish())
+            out_dirs = [Path(e.requests[0].out_dir or "") for e in engines]  # type: ignore[union-attr]
+            runs = (tmp_path / "runs").resolve()
+            assert [d.name for d in out_dirs] == ["20250106-093000-001-swap-1-2", "20250106-093000-001-swap-1-2-2"]
+            assert [d.parent for d in out_dirs] == [runs, runs]
+            assert all(d.is_dir() and list(d.iterdir()) == [] for d in out_dirs)
+            assert [first.session.records[1].path, second.session.records[1].path] == out_dirs
+            for d in out_dirs:  # each engine writes where its explorer claimed
+                assert LiveRun(d, {"model": {"name": "tiny-flux"}, "plan": {"text": ""}, "prompts": ["p"]}).out == d
+            assert [time.strftime("%Y%m%d-%H%M%S", time.localtime(read_run(d).started)) for d in out_dirs] == \
+                ["20250106-093000"] * 2
+        finally:
+            await first.close()
+            await second.close()
+
+    import time
+
+    asyncio.run(asyncio.wait_for(main(), 10))
+
+
+def test_a_run_folder_that_cannot_be_made_is_a_notice_and_no_request(tmp_path: Path) -> None:
+    (tmp_path / "runs").write_text("a file where the runs folder should be")
+
+    async def body(h: Harness) -> None:
+        fake = await h.ready_engine()
+        mark = len(h.messages)
+        await h.session.run(wish())
+        assert fake.requests == [] and h.session.records == {}
+        [notice] = h.since(mark, Notice)
+        assert notice.severity == "error" and notice.title == "run not started"
+        assert notice.text.startswith(f"cannot make a folder for the run in {tmp_path / 'runs'}: ")
+
+    scenario(body, tmp_path)
+
+
+def test_an_engine_crash_marks_its_running_run_json_crashed(tmp_path: Path) -> None:
+    """The engine died mid-run: its run.json still says running (it could not say otherwise); the session
+    rewrites it to crashed, and removes a claimed folder the engine never wrote into."""
+    import json
+
+    from dit_explore.engine.core.runs import LiveRun
+
+    async def body(h: Harness) -> None:
+        a = await h.ready_engine()
+        record = {"model": {"name": "tiny-flux"}, "plan": {"text": ""}, "prompts": ["p"]}
+        await h.session.run(wish("first"))
+        done_dir = Path(a.requests[0].out_dir or "")  # type: ignore[union-attr]
+        LiveRun(done_dir, record).update(status="ok")  # as the engine writes: the first run ended ok
+        a.deliver(protocol.Done(job=1, status=Status.OK, seconds=1.0, path=str(done_dir)))
+        await h.session.run(wish("second"))
+        await a.drained()
+        running_dir = Path(a.requests[1].out_dir or "")  # type: ignore[union-attr]
+        LiveRun(running_dir, record).add_png(b"an image", 0)  # the second has one image, and then...
+        a.deliver(protocol.Crashed(exit_code=-9, log="/tmp/a.log", log_tail="Killed\n"))
+        await a.drained()
+        assert h.session.records[2].status == Status.CRASHED
+        second = json.loads((running_dir / "run.json").read_text())
+        assert second["status"] == "crashed" and second["images"] == ["000.png"]
+        assert json.loads((done_dir / "run.json").read_text())["status"] == "ok"  # ended: untouched
+
+        await h.session.run(wish("third"))  # a new engine; it dies before it writes anything
+        b = await h.engine(1)
+        b.deliver(hello(), READY)
+        await b.drained()
+        claimed = Path(b.requests[0].out_dir or "")  # type: ignore[union-attr]
+        assert claimed.is_dir() and list(claimed.iterdir()) == []
+        b.deliver(protocol.Crashed(exit_code=-9, log="/tmp/b.log", log_tail=""))
+        await b.drained()
+        assert not claimed.exists()  # claimed, never written: removed
+        assert {job: r.status for job, r in h.session.records.items()} == {
+            1: Status.OK, 2: Status.CRASHED, 3: Status.CRASHED}
+
+    scenario(body, tmp_path)
+
+
+def test_done_says_where_the_engine_wrote(tmp_path: Path) -> None:
+    """An engine that found the folder taken writes into another (out-2) and says so in `done`."""
+
+    async def body(h: Harness) -> None:
+        fake = await h.ready_engine()
+        await h.session.run(wish())
+        claimed = h.session.records[1].path
+        assert claimed is not None
+        fake.deliver(protocol.Done(job=1, status=Status.OK, seconds=1.0, path=f"{claimed}-2"))
+        await fake.drained()
+        assert h.session.records[1].path == Path(f"{claimed}-2")
+
+    scenario(body, tmp_path)
