@@ -18,7 +18,6 @@ from dit_explore.engine.core.families import all_families
 from dit_explore.engine.core.resolve import ModelError, ModelSource, resolve
 from dit_explore.engine.core.sampling import Settings, check_prompts, resolve_settings
 
-
 MAX_PROMPTS_BYTES = 1 << 20  # a --prompts file: a thousand prompts of a thousand characters
 
 

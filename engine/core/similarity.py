@@ -27,7 +27,7 @@ import numpy as np
 
 from dit_explore.engine.core.plan import span_text
 from dit_explore.engine.core.text import shown
-from dit_explore.engine.core.userfiles import UserFileError, read_user_text
+from dit_explore.engine.core.userfiles import read_user_text
 
 SIMILARITY_JSON = "similarity.json"
 SIMILARITY_PNG = "similarity.png"

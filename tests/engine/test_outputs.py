@@ -290,13 +290,13 @@ def test_overwrite_replaces_only_a_folder_of_its_kind(tmp_path: Path) -> None:
     assert listing(tmp_path) == ["moved", "out", "out-2"]
 
     # Each kind has its marker: an analysis folder is not a run folder, and the other way round.
-    with pytest.raises(OutputError, match="has no run.json, so it is not a dit-explore run folder"):
+    with pytest.raises(OutputError, match=r"has no run\.json, so it is not a dit-explore run folder"):
         RunWriter(tmp_path / "out", overwrite=True)
     (tmp_path / "analysis").mkdir()
     (tmp_path / "analysis" / "similarity.json").write_text("{}")
-    with pytest.raises(OutputError, match="has no run.json"):
+    with pytest.raises(OutputError, match=r"has no run\.json"):
         RunWriter(tmp_path / "analysis", overwrite=True)
-    with pytest.raises(OutputError, match="has no similarity.json, so it is not a dit-explore analysis folder"):
+    with pytest.raises(OutputError, match=r"has no similarity\.json, so it is not a dit-explore analysis folder"):
         StagedDirectory(tmp_path / "moved", overwrite=True, marker="similarity.json", what="analysis")
     staged = StagedDirectory(tmp_path / "analysis", overwrite=True, marker="similarity.json", what="analysis")
     (staged.staging / "similarity.json").write_text('{"new": 1}')
