@@ -244,6 +244,7 @@ def test_temp_files_cannot_be_redirected_by_a_planted_symlink(tmp_path: Path) ->
 
 @pytest.mark.parametrize("first", ["a", "b"])
 def test_two_runs_into_one_out_never_replace_each_other(tmp_path: Path, first: str) -> None:
+    tmp_path = tmp_path.resolve()  # messages name the real folder
     out = tmp_path / "out"
     writers = {"a": RunWriter(out), "b": RunWriter(out)}  # both checked while --out was free
     colors = {"a": (255, 0, 0), "b": (0, 0, 255)}
@@ -323,6 +324,7 @@ def test_cli_run_whose_out_is_taken_meanwhile_keeps_its_images_beside(tmp_path: 
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from dit_explore.engine.generate import Generator
 
+    tmp_path = tmp_path.resolve()  # messages name the real folder
     out = tmp_path / "out"
     real = Generator.generate
 
@@ -408,6 +410,7 @@ def test_an_unreadable_parent_is_one_line_before_loading(tmp_path: Path, capsys:
 def test_disk_full_after_loading_is_one_line_and_keeps_the_images_made(tmp_path: Path,
                                                                        capsys: pytest.CaptureFixture[str],
                                                                        disk_full: Callable[[str], FailingOs]) -> None:
+    tmp_path = tmp_path.resolve()  # messages name the real folder
     out = tmp_path / "out"
     failing = disk_full(".001.png.")  # the second image's temporary file
     assert cli("run", "tiny-flux", "--prompt", "one", "--prompt", "two", "--prompt", "three", "--steps", "2",
