@@ -431,7 +431,7 @@ def validate(plan: Plan, layout: Layout, source: str = "plan") -> None:
         if bad:
             tokens = ",".join(span_text(a, b) for a, b in _runs(bad))
             problems.append(
-                f"{where}: block index out of range at '{tokens}' "
+                f"{where}: block index out of range at '{shown(tokens)}' "
                 f"('{stack_name}' has {stack.blocks} blocks: 0-{stack.last})"
             )
         if stack.pre_only_last and not bad:
@@ -462,7 +462,7 @@ def validate_steps(plan: Plan, steps: int, source: str = "plan") -> None:
     bad = [s for s in plan.active_steps if s >= steps]
     if bad:
         raise PlanError(
-            [f"{source}: active_steps: step out of range at '{format_steps(tuple(bad))}' "
+            [f"{source}: active_steps: step out of range at '{shown(format_steps(tuple(bad)))}' "
              f"(this run has {steps} steps: 0-{steps - 1})"]
         )
 
