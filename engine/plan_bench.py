@@ -16,6 +16,7 @@ counts (tokens read, ints built, bytes allocated), never as times.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, text in cases.items():
         outcome = _one(text)
-        seconds = time_it(lambda text=text: _one(text), args.runs)
+        seconds = time_it(functools.partial(_one, text), args.runs)
         rows.append({"plan": name, "bytes": len(text.encode()), "outcome": outcome, "median_ms": round(seconds * 1e3, 2)})
     if args.json:
         print(json.dumps({"python": platform.python_version(), "machine": platform.machine(), "runs": args.runs,

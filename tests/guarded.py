@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import subprocess
@@ -24,7 +25,7 @@ def in_thread(fn: Callable[[], Any], fifo: Path | None = None, timeout: float = 
     def target() -> None:
         try:
             box["value"] = fn()
-        except BaseException as exc:  # handed to the test below
+        except BaseException as exc:  # noqa: BLE001 - handed to the test, which raises it
             box["error"] = exc
 
     thread = threading.Thread(target=target, daemon=True)
@@ -32,10 +33,8 @@ def in_thread(fn: Callable[[], Any], fifo: Path | None = None, timeout: float = 
     thread.join(timeout)
     if thread.is_alive():
         if fifo is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # the blocked reader gets EOF
-            except OSError:
-                pass
         thread.join(timeout)
         raise AssertionError(f"blocked for more than {timeout} s")
     if "error" in box:

@@ -25,7 +25,7 @@ import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 
 from dit_explore.engine.core.layout import Layout
 from dit_explore.engine.core.text import escape_controls, shown
@@ -271,14 +271,14 @@ class _Parser:
                 self.spend(length * (times - 1), token)
             else:
                 times = 1
-            return _span(first, last) * times
+            return cast(list[Unit], _span(first, last)) * times
         members: list[int] = []
         seen: set[int] = set()
         while True:
-            start = self.peek()
+            at = self.peek()
             for b in self.span():  # each member paid for once here, its further loops below
                 if b in seen:
-                    raise self.error(f"block {b} appears twice in a parallel group", start)
+                    raise self.error(f"block {b} appears twice in a parallel group", at)
                 seen.add(b)
                 members.append(b)
             if self.accept(",") is None:
@@ -678,7 +678,7 @@ def _png_plan_text(path: Path) -> str:
             text = image.info.get(PNG_PLAN_KEY)  # tEXt/iTXt chunks before the pixels land in .info
     except UserFileError as exc:
         raise PlanError([str(exc)]) from None
-    except Exception as exc:  # Pillow's many ways of saying "not a PNG" (OSError, ValueError, SyntaxError, ...)
+    except Exception as exc:  # noqa: BLE001 - Pillow's many ways of saying "not a PNG" (OSError, ValueError, ...)
         raise PlanError([f"{path}: cannot read image: {shown(exc)}"]) from None
     if not isinstance(text, str):
         raise PlanError([f"{path}: this PNG carries no dit-explore plan (only images written by dit-explore do)"])
