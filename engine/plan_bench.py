@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=7, help="runs of each plan; the median is reported")
     parser.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     args = parser.parse_args(argv)
-    cases = {"largest valid plan (accepted)": largest_valid_plan(), **adversarial_plans()}
+    cases = {"largest valid plan (accepted)": largest_valid_plan(), **adversarial_plans(),
+             "10 MB 0,0,0,… (over the limit)": '[order]\nsingle = "' + "0," * 5_000_000 + '0"\n'}
     rows = []
     for name, text in cases.items():
         outcome = _one(text)
@@ -136,10 +137,10 @@ def main(argv: list[str] | None = None) -> int:
                           "rows": rows}, indent=1))
         return 0
     print(f"python {platform.python_version()} on {platform.machine()}, median of {args.runs} runs")
-    print(f"| {'plan':<48} | bytes | outcome  | median ms |")
-    print(f"|{'-' * 50}|------:|----------|----------:|")
+    print(f"| {'plan':<48} |    bytes | outcome  | median ms |")
+    print(f"|{'-' * 50}|---------:|----------|----------:|")
     for row in rows:
-        print(f"| {row['plan']:<48} | {row['bytes']:>5} | {row['outcome']:<8} | {row['median_ms']:>9.2f} |")
+        print(f"| {row['plan']:<48} | {row['bytes']:>8} | {row['outcome']:<8} | {row['median_ms']:>9.2f} |")
     return 0
 
 
