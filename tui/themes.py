@@ -35,6 +35,9 @@ REQUIRED_VARIABLES = (
 _COLOR_KEYS = {f.name for f in fields(Theme)} - {"name", "dark", "variables", "luminosity_spread", "text_alpha", "ansi"}
 
 
+MAX_THEME_BYTES = 1 << 20  # a user's theme file: refused on size alone beyond this
+
+
 class ThemeError(ValueError):
     pass
 
@@ -52,15 +55,29 @@ def user_themes_dir() -> Path:
 
 
 def load_theme(path: Path | Traversable) -> Theme:
+    """A theme file; a user's is read like every file the user names (a regular file of at most
+    MAX_THEME_BYTES, never a FIFO or a device), and every problem is one line."""
+    from dit_explore.engine.core.text import shown
+    from dit_explore.engine.core.userfiles import UserFileError, read_user_text
+
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ThemeError(f"{path}: cannot read theme: {exc}") from None
+        text = read_user_text(path, limit=MAX_THEME_BYTES, kind="theme files") if isinstance(path, Path) \
+            else path.read_text(encoding="utf-8")
+        data = tomllib.loads(text)
+    except UserFileError as exc:
+        raise ThemeError(str(exc)) from None
+    except RecursionError:
+        raise ThemeError(f"{path}: cannot read theme: arrays or tables nested too deeply") from None
+    except (OSError, ValueError) as exc:  # TOMLDecodeError, or an integer over Python's 4300-digit limit
+        raise ThemeError(f"{path}: cannot read theme: {shown(exc)}") from None
     name = data.get("name")
     if not isinstance(name, str) or not name:
         raise ThemeError(f"{path}: name: a theme needs a name")
     colors = data.get("colors", {})
     variables = data.get("variables", {})
+    for key, table in (("colors", colors), ("variables", variables)):
+        if not isinstance(table, dict):
+            raise ThemeError(f"{path}: {key}: expected a table, got {shown(table)}")
     for key in colors:
         if key not in _COLOR_KEYS:
             raise ThemeError(f"{path}: colors.{key}: unknown color (known: {', '.join(sorted(_COLOR_KEYS))})")

@@ -81,3 +81,27 @@ def test_a_nested_config_stops_the_launch_in_one_line(tmp_path: Path, capsys: py
 def test_a_config_that_is_dev_zero_is_never_read() -> None:
     done = cli("tiny-flux", env={"DIT_EXPLORE_CONFIG": "/dev/zero"})
     assert (done.returncode, done.stderr) == (2, "dit-explore: error: /dev/zero: not a regular file (a character device)\n")
+
+
+@pytest.mark.parametrize(("text", "rest"), [
+    ('name = "t"\ncolors = 5\n', "colors: expected a table, got 5"),
+    ('name = "t"\nvariables = ["x"]\n', "variables: expected a table, got ['x']"),
+    ('name = "t"\nx = ' + "[" * 5000 + "]" * 5000 + "\n", "cannot read theme: arrays or tables nested too deeply"),
+])
+def test_a_bad_user_theme_is_one_line(tmp_path: Path, text: str, rest: str) -> None:
+    from dit_explore.tui.themes import ThemeError, available_themes
+
+    (tmp_path / "mine.toml").write_text(text)
+    with pytest.raises(ThemeError) as info:
+        available_themes(tmp_path)
+    assert str(info.value) == f"{tmp_path / 'mine.toml'}: {rest}"
+
+
+def test_a_user_theme_that_is_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    from dit_explore.tui.themes import ThemeError, available_themes
+
+    fifo = tmp_path / "pipe.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(ThemeError) as info:
+        in_thread(lambda: available_themes(tmp_path), fifo)
+    assert str(info.value) == f"{fifo}: not a regular file (a FIFO)"
