@@ -24,6 +24,7 @@ from dit_explore.engine.core.plan import Plan, dumps, format_order, format_steps
 from dit_explore.engine.core.runs import versions
 from dit_explore.engine.core.sampling import BlockRuns, Settings, Timing, block_runs
 from dit_explore.engine.executor import Check, Wrap, applied
+from dit_explore.engine.headless import UsageError
 from dit_explore.engine.models import Loaded, is_compile_failure
 from dit_explore.engine.timing import Intervals, StepInputs, sync
 
@@ -49,6 +50,25 @@ class Generation:
 
 
 StepCallback = Callable[[int, int, torch.Tensor], None]  # (steps done, total steps, latents)
+HUGE_GUIDANCE = 1000.0  # a NaN/inf run with guidance at least this large names the guidance as the likely cause
+
+
+class NonFiniteError(UsageError):
+    """The latents or the decoded image became NaN or infinite (a guidance far too large, an overflow in
+    float16): one line saying where, which the engine reports as the job's error and `dit-explore run`
+    prints before exiting with code 2 (a UsageError)."""
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    return bool(torch.isfinite(tensor).all())
+
+
+def _likely_cause(settings: Settings, dtype: torch.dtype) -> str:
+    if abs(settings.guidance) >= HUGE_GUIDANCE:
+        return f" (guidance {settings.guidance:g} is too large?)"
+    if dtype == torch.float16:
+        return " (an overflow in float16? try --dtype bfloat16)"
+    return ""
 
 
 def _no_check() -> None:
@@ -261,6 +281,9 @@ class Generator:
                 def on_step_end(_pipe: Any, index: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
                     step[0] = index + 1
                     handle.at_step(index + 1)
+                    if not _all_finite(kwargs["latents"]):  # stop at once: every later step is NaN too
+                        raise NonFiniteError(f"the latents became NaN/inf at step {index + 1} of {settings.steps}"
+                                             f"{_likely_cause(settings, self.loaded.dtype)}")
                     if on_step is not None:
                         on_step(index + 1, settings.steps, kwargs["latents"])
                     return {}
@@ -292,6 +315,8 @@ class Generator:
         with checked([pipe.vae], check):
             image = pipe.vae.decode(latents, return_dict=False)[0]
         check()
+        if not _all_finite(image):
+            raise NonFiniteError(f"the decoded image is NaN/inf (the VAE overflowed in {dtype_name(image.dtype)}?)")
         return pipe.image_processor.postprocess(image, output_type="pil")[0]
 
 

@@ -10,6 +10,7 @@ SIGTERM and SIGHUP all end the process cleanly, so no orphan keeps holding GPU m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import logging
 import os
@@ -18,8 +19,8 @@ import sys
 import threading
 import time
 import traceback
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -29,11 +30,15 @@ from dit_explore.engine.core import protocol
 from dit_explore.engine.core.protocol import EngineState, Role, Status
 from dit_explore.engine.core.resolve import ModelError, ModelSource, resolve
 from dit_explore.engine.core.sampling import BlockRuns, Settings, Timing, check_prompts, resolve_settings
+from dit_explore.engine.core.text import shown
 
 log = logging.getLogger("dit-explore.engine")
 BASELINE_CACHE_SIZE = 16
 SPEED_CALLS = 3  # timed transformer calls of plan and full model each, after a run (engine/timing.py),
 SPEED_SECONDS = 0.5  # and more while they took less than this altogether (cheap calls are noisy)
+EXIT_GRACE_SECONDS = 10.0  # after a fatal failure of the request reader: the longest the process lingers
+MESSAGE_LIMIT = 2000  # characters of an error event's message
+ENDED_JOBS = 1024  # ids of ended jobs remembered (a cancel of one of them is no error: its `done` was sent)
 
 
 class RequestError(ValueError):
@@ -42,6 +47,19 @@ class RequestError(ValueError):
 
 class MemoryRefusal(RequestError):
     """A request that cannot fit in the device's memory (engine/core/memory.py); refused unstarted."""
+
+
+class ResultsError(RuntimeError):
+    """Writing a run's results failed (a full disk, a folder gone): the run's error, one line."""
+
+
+@contextlib.contextmanager
+def writing_results(out: Path | None) -> Iterator[None]:
+    """Within: an OSError (ENOSPC, EACCES, ...) is a ResultsError naming the run directory."""
+    try:
+        yield
+    except OSError as exc:
+        raise ResultsError(f"writing results to {shown(out)} failed: {shown(exc.strerror or exc)}") from exc
 
 
 @dataclass
@@ -71,14 +89,18 @@ class Rendered:
 
 
 def _shown(message: dict[str, Any], limit: int = 2000) -> str:
-    """A request as logged: its JSON, cut at `limit` characters (a request can be megabytes)."""
+    """A request as logged: its JSON, cut at `limit` characters (a request can be megabytes), control
+    characters escaped."""
     import json
 
     try:
         text = json.dumps(message, ensure_ascii=False)
     except (TypeError, ValueError, RecursionError):
-        text = repr(message)
-    return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
+        try:
+            text = repr(message)
+        except (ValueError, RecursionError):  # nested too deep, or an integer over the digit limit
+            text = f"<a {type(message).__name__} that cannot be shown>"
+    return shown(text, limit)
 
 
 def _rss_bytes() -> int | None:
@@ -103,11 +125,24 @@ class Engine:
         self.generator: Any = None  # engine.generate.Generator once loaded
         self._originals: dict[str, Any] = {}
         self._baselines: OrderedDict[tuple[Any, ...], Rendered] = OrderedDict()
+        self._ended: deque[int] = deque(maxlen=ENDED_JOBS)  # ids of jobs whose `done` was sent
+        self.exit_code = 0  # what the process exits with once it stops (non-zero: the reader failed)
+        self._interrupted = False  # the main thread was interrupted (once is enough)
 
     # ------------------------------------------------------------------------------------ output
 
     def send(self, event: protocol.EngineEvent) -> None:
-        frame = protocol.encode(event)
+        """Write one event. Never raises: an event that cannot be framed (too large, a value JSON cannot
+        carry) goes out as a short `error` instead; a client that is gone stops the engine."""
+        try:
+            frame = protocol.encode(event)
+        except Exception as exc:  # noqa: BLE001 - FrameTooLarge, ValueError (digit limit), RecursionError, ...
+            log.error("could not send a %s event: %s: %s", event.TYPE, type(exc).__name__, shown(exc))
+            job = getattr(event, "job", None)
+            error = protocol.Error(job=job if isinstance(job, int) and abs(job) < 1 << 63 else None,
+                                   message=f"the {event.TYPE} event could not be sent: {type(exc).__name__}: "
+                                           f"{shown(exc)}", log=self.args.log)
+            frame = protocol.encode(error)
         with self._write_lock:
             try:
                 self._out.write(frame)
@@ -116,10 +151,12 @@ class Engine:
                 self.stop("client went away")
 
     def send_error(self, message: str, job: int | None = None, fatal: bool = False) -> None:
-        self.send(protocol.Error(job=job, message=message, log=self.args.log, fatal=fatal))
+        self.send(protocol.Error(job=job, message=shown(message, MESSAGE_LIMIT), log=self.args.log, fatal=fatal))
 
     def send_done(self, job: int, status: Status, message: str | None = None, **fields: Any) -> None:
-        self.send(protocol.Done(job=job, status=status, message=message, **fields))
+        self._ended.append(job)
+        self.send(protocol.Done(job=job, status=status,
+                                message=None if message is None else shown(message, MESSAGE_LIMIT), **fields))
 
     # ----------------------------------------------------------------------------------- control
 
@@ -134,10 +171,31 @@ class Engine:
             self._pending = None
             self._jobs.notify_all()
 
+    def fail(self, why: str, code: int = 1) -> None:
+        """The request reader cannot go on: say why (the log and a fatal `error`), stop, and exit with
+        `code` — at once while loading, after the running job's next check otherwise, and within
+        EXIT_GRACE_SECONDS whatever the main thread is doing: never an engine that no longer listens."""
+        log.error("%s; the engine exits with code %d", why, code)
+        self.exit_code = code
+        with contextlib.suppress(Exception):
+            self.send_error(why, fatal=True)
+        self.stop(why)
+
+        def linger_no_longer() -> None:
+            log.error("the engine did not stop within %.0f s; exiting with code %d", EXIT_GRACE_SECONDS, code)
+            logging.shutdown()
+            os._exit(code)
+
+        timer = threading.Timer(EXIT_GRACE_SECONDS, linger_no_longer)
+        timer.daemon = True
+        timer.start()
+        self._interrupt_loading()
+
     def _interrupt_loading(self) -> None:
         """Loading runs in the main thread and checks no flags: interrupt it like a SIGTERM would, so an
         engine whose client is gone never finishes loading 12B parameters onto the GPU for nobody."""
-        if self._state in (EngineState.STARTING, EngineState.LOADING):
+        if self._state in (EngineState.STARTING, EngineState.LOADING) and not self._interrupted:
+            self._interrupted = True
             import _thread
 
             _thread.interrupt_main(signal.SIGTERM)
@@ -154,30 +212,49 @@ class Engine:
     # ------------------------------------------------------------------------------------ reader
 
     def read_requests(self, stream: IO[bytes]) -> None:
-        reader = protocol.FrameReader(stream)
+        """The reader thread. A bad frame or request is an `error` (and the engine reads on); a reader that
+        cannot go on (stdin fails, or a bug here) ends the process with a log line and exit code 1."""
+        try:
+            self._read_requests(stream)
+        except BaseException as exc:  # noqa: BLE001 - anything that ends the reader ends the engine
+            log.error("the request reader failed:\n%s", traceback.format_exc())
+            self.fail(f"reading requests failed: {type(exc).__name__}: {shown(exc)}")
+
+    def _read_requests(self, stream: IO[bytes]) -> None:
+        reader = protocol.FrameReader(stream, max_binary=0)  # no request carries binary
         while not self._stopping.is_set():
             try:
                 frame = reader.read_frame()
             except protocol.ProtocolError as exc:
+                log.warning("bad frame: %s", exc)
                 self.send_error(str(exc))
                 continue
-            except (OSError, ValueError) as exc:
-                self.stop(f"stdin failed: {exc}")
-                return
             if frame is None:
                 self.stop("stdin closed")
-                self._interrupt_loading()
-                return
-            message, binary = frame
-            try:
-                self.handle(protocol.decode_request(message, binary))
-            except (protocol.ProtocolError, RequestError) as exc:
-                job = message.get("job") if type(message.get("job")) is int else None
-                log.warning("refused a %r request (job %s): %s; the request: %s", message.get("type"), job, exc,
-                            _shown(message))
-                self.send_error(str(exc), job=job)
-                if job is not None and message.get("type") in (protocol.Run.TYPE, protocol.Analyze.TYPE):
-                    self.send_done(job, Status.ERROR, str(exc))
+                break
+            self.serve_request(*frame)
+        self._interrupt_loading()  # stopped (end of input, shutdown, a client gone): no load for nobody
+
+    def serve_request(self, message: dict[str, Any], binary: bytes) -> None:
+        """One request read: handled, or refused with an `error` (and `done` for a run or analysis) —
+        whatever goes wrong in it."""
+        kind = message.get("type")
+        job = message.get("job") if type(message.get("job")) is int and kind in (
+            protocol.Run.TYPE, protocol.Analyze.TYPE) else None
+        try:
+            self.handle(protocol.decode_request(message, binary))
+            return
+        except (protocol.ProtocolError, RequestError) as exc:
+            problem = str(exc)
+            log.warning("refused a %s request (job %s): %s; the request: %s", shown(repr(kind), 60), job,
+                        shown(problem), _shown(message))
+        except Exception as exc:  # noqa: BLE001 - a failure in one request must not end the reader
+            problem = f"{shown(kind, 60)}: {type(exc).__name__}: {shown(exc)}"
+            log.error("a %s request (job %s) failed: %s; the request: %s\n%s", shown(repr(kind), 60), job, problem,
+                      _shown(message), traceback.format_exc())
+        self.send_error(problem, job=job)
+        if job is not None:
+            self.send_done(job, Status.ERROR, problem)
 
     def handle(self, request: protocol.Request) -> None:
         match request:
@@ -196,12 +273,20 @@ class Engine:
                 self.submit(self.parse_analyze(request))
 
     def cancel(self, job_id: int | None) -> None:
+        """Cancel the job (or, for None, what runs and waits). A job that has already ended is no error
+        (its `done` was sent); one the engine never had, or nothing to cancel, is a RequestError."""
+        found = False
         with self._jobs:
             if self._pending is not None and job_id in (None, self._pending.id):
                 dropped, self._pending = self._pending, None
                 self.send_done(dropped.id, Status.CANCELLED)
+                found = True
             if self._current is not None and job_id in (None, self._current.id):
                 self._current.cancelled.set()
+                found = True
+        if not found and (job_id is None or job_id not in self._ended):
+            raise RequestError("cancel: no job is running or queued" if job_id is None else
+                               f"cancel: there is no job {shown(job_id, 60)} (none runs or waits with that id)")
 
     def submit(self, job: Job) -> None:
         """Latest wins: a new request supersedes the one in flight and replaces any queued one."""
@@ -300,13 +385,18 @@ class Engine:
                 while self._pending is None and not self._stopping.is_set():
                     self._jobs.wait()
                 if self._stopping.is_set():
-                    return 0
+                    return self.exit_code
                 job = self._pending
                 assert job is not None
                 self._pending, self._current = None, job
             self._state = EngineState.BUSY
             try:
                 self.execute(job)
+            except Exception as exc:  # noqa: BLE001 - execute reports its own failures; this is its last net
+                log.error("job %s: reporting its end failed:\n%s", job.id, traceback.format_exc())
+                self.send_error(f"job {job.id} failed: {type(exc).__name__}: {shown(exc)}", job=job.id)
+                self.send_done(job.id, Status.ERROR, f"{type(exc).__name__}: {shown(exc)}",
+                               blocks_restored=False)
             finally:
                 with self._jobs:
                     self._current = None
@@ -346,11 +436,14 @@ class Engine:
     # ----------------------------------------------------------------------------------- running
 
     def execute(self, job: Job) -> None:
+        """Run one job and send its `done` (after an `error` when it failed). Whatever the job does —
+        out of memory, NaN latents, a full disk under its run directory — is the job's error; the engine
+        serves on."""
         import torch
 
         from dit_explore.engine.core.runs import LiveRun
         from dit_explore.engine.executor import Cancelled
-        from dit_explore.engine.generate import run_record
+        from dit_explore.engine.generate import NonFiniteError, run_record
 
         started = time.perf_counter()
         status, message = Status.OK, None
@@ -367,7 +460,8 @@ class Engine:
                 if job.out_dir is not None:
                     record = run_record(self.generator.loaded, job.plan, job.plan_source, list(job.prompts),
                                         job.settings)
-                    live = LiveRun(job.out_dir, {**record, "timing": {"per_image": []}, "block_runs": None})
+                    with writing_results(job.out_dir):
+                        live = LiveRun(job.out_dir, {**record, "timing": {"per_image": []}, "block_runs": None})
                 for index, prompt in enumerate(job.prompts):
                     self.render(job, index, prompt, live)
                     count += 1
@@ -375,6 +469,9 @@ class Engine:
             status = Status.SUPERSEDED if job.superseded else Status.CANCELLED
         except MemoryRefusal as exc:
             log.warning("refused job %s: %s", job.id, exc)
+            status, message = Status.ERROR, str(exc)
+        except (ResultsError, NonFiniteError) as exc:
+            log.error("job %s failed: %s%s", job.id, exc, f" ({exc.__cause__!r})" if exc.__cause__ else "")
             status, message = Status.ERROR, str(exc)
         except torch.cuda.OutOfMemoryError as exc:
             log.exception("out of memory in job %s (settings %s, plan:\n%s)", job.id, job.settings,
@@ -392,11 +489,19 @@ class Engine:
             transformer = self.generator.loaded.transformer
             restored = all(getattr(transformer, attr) is blocks for attr, blocks in self._originals.items())
             if live is not None:
-                live.update(status=status.value)
+                try:
+                    with writing_results(live.out):
+                        live.update(status=status.value)
+                except ResultsError as exc:  # the folder's run.json keeps its last record ("running")
+                    log.error("job %s: marking run.json %s failed: %s (%r)", job.id, status.value, exc,
+                              exc.__cause__)
+                    if status != Status.ERROR:
+                        status, message = Status.ERROR, str(exc)
         if message is not None:
             self.send_error(message, job=job.id)
+        path = live.out if live is not None else job.out_dir
         self.send_done(job.id, status, message, images=count, seconds=time.perf_counter() - started,
-                       blocks_restored=restored, path=str(job.out_dir) if job.out_dir else None)
+                       blocks_restored=restored, path=str(path) if path else None)
 
     def analyze(self, job: Job) -> None:
         """The similarity analysis: from the on-disk cache when this exact analysis was made before."""
@@ -465,7 +570,8 @@ class Engine:
         event = protocol.Speed(job=job.id, plan=timed.plan, full=timed.identity, calls=timed.calls, steps=steps,
                                active=sum(job.plan.applies_at(s) for s in range(steps)), blocks=timed.blocks)
         if live is not None:
-            live.update(speed=protocol.to_json(event))
+            with writing_results(live.out):
+                live.update(speed=protocol.to_json(event))
         self.send(event)
 
     def _remember(self, key: tuple[Any, ...], rendered: Rendered) -> Rendered:
@@ -478,11 +584,12 @@ class Engine:
                 cached: bool) -> None:
         path = None
         if live is not None:
-            name = live.add_png(rendered.png, index, baseline=role == Role.BASELINE)
-            path = str(live.out / name)
-            if role == Role.PLAN:
-                timings = [*live.record["timing"]["per_image"], protocol.to_json(rendered.timing)]
-                live.update(timing={"per_image": timings}, block_runs=protocol.to_json(rendered.block_runs))
+            with writing_results(live.out):
+                name = live.add_png(rendered.png, index, baseline=role == Role.BASELINE)
+                path = str(live.out / name)
+                if role == Role.PLAN:
+                    timings = [*live.record["timing"]["per_image"], protocol.to_json(rendered.timing)]
+                    live.update(timing={"per_image": timings}, block_runs=protocol.to_json(rendered.block_runs))
         self.send(protocol.Image(job=job.id, index=index, role=role, prompt=prompt, cached=cached, path=path,
                                  settings=job.settings, timing=rendered.timing, block_runs=rendered.block_runs,
                                  png=rendered.png))
@@ -558,8 +665,15 @@ def main(argv: list[str] | None = None) -> int:
         code = exc.code if isinstance(exc.code, int) else 0
     except KeyboardInterrupt:
         code = 130
-    log.info("engine exiting with code %s", code)
-    logging.shutdown()
-    # Exit now: the request reader is a daemon thread blocked in stdin.read(), and a normal interpreter
-    # shutdown would abort on the stdin buffer's lock. Everything worth keeping is already written.
+    except BaseException as exc:  # noqa: BLE001 - whatever escapes, the process must end (and say why)
+        code = 1
+        with contextlib.suppress(BaseException):
+            log.critical("the engine failed: %s: %s\n%s", type(exc).__name__, shown(exc), traceback.format_exc())
+            engine.send_error(f"the engine failed: {type(exc).__name__}: {shown(exc)}", fatal=True)
+    code = code or engine.exit_code  # the reader's failure stops the engine like a shutdown, but is one
+    with contextlib.suppress(BaseException):
+        log.info("engine exiting with code %s", code)
+        logging.shutdown()
+    # Exit now, whatever other threads hold: a normal interpreter shutdown would wait for (or abort on) the
+    # request reader, a daemon thread blocked reading stdin. Everything worth keeping is already written.
     os._exit(code)
