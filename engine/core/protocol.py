@@ -133,7 +133,9 @@ class Analyze:
 
 @dataclass(frozen=True, kw_only=True)
 class Cancel:
-    """Stop a job before its next block execution; `done` `cancelled` follows."""
+    """Stop a job before its next block execution; `done` `cancelled` follows. A job the engine never
+    had (or, for null, nothing running or queued) gets `error`; one that has ended, nothing (its `done` was
+    sent)."""
 
     TYPE: ClassVar[str] = "cancel"
     job: int | None = doc("the job, or null: the current one", None)
