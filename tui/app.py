@@ -615,7 +615,7 @@ class ExplorerApp(App[int]):
             return
         try:
             plans.save(plan, path)
-        except OSError as exc:
+        except (OSError, plans.PlanError) as exc:
             self.notify(f"cannot save: {exc}", severity="error")
             return
         self.query_one(PlanBar).mark_saved(replace(self.plan, name=name), path.name)
@@ -628,6 +628,8 @@ class ExplorerApp(App[int]):
 
     def action_save_as(self) -> None:
         def check(value: str) -> str | None:
+            if len(value) > plans.MAX_NAME:
+                return f"at most {plans.MAX_NAME} characters (this is {len(value)})"
             return None if slug(value) != "plan" or value.strip().lower() == "plan" else "give the plan a name"
 
         self.push_screen(AskDialog("Save plan as (name):", self.plan.name or "", check=check),

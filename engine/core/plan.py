@@ -686,13 +686,17 @@ def _png_plan_text(path: Path) -> str:
 
 
 def save(plan: Plan, path: str | os.PathLike[str], comment: str | None = None) -> Path:
-    """Write atomically: a reader never sees half a plan file."""
+    """Write atomically: a reader never sees half a plan file. A plan that would not load back (its
+    canonical text over MAX_PLAN_BYTES, a name over MAX_NAME, ...) is refused with PlanError before
+    anything is written: what is saved can always be opened."""
     path = Path(path)
+    text = dumps(plan, comment)
+    loads(text, path.name)  # the same checks the file will meet when it is opened
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=PLAN_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(dumps(plan, comment))
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -94,3 +94,17 @@ def test_echoed_values_cannot_steer_the_terminal() -> None:
     assert all(ch.isprintable() for ch in shown(hostile))
     long = shown("z" * 5000)
     assert long.startswith("z" * 200) and long.endswith("… (5000 characters)") and len(long) < 230
+
+
+def test_what_cannot_load_back_is_never_saved(tmp_path: Path) -> None:
+    # 5000 non-adjacent blocks per stack print as "0, 2, 4, ..." (~5 bytes each): three stacks pass 64 KiB
+    spread = tuple(range(0, 10_000, 2))
+    plan = plans.Plan(orders=tuple((name, spread) for name in ("a", "b", "c")))
+    assert len(plans.dumps(plan).encode()) > plans.MAX_PLAN_BYTES
+    with pytest.raises(plans.PlanError, match=r"big\.plan\.toml: .*65536"):
+        plans.save(plan, tmp_path / "big.plan.toml")
+    with pytest.raises(plans.PlanError, match=r"name: .*200"):
+        plans.save(plans.Plan(name="n" * 201), tmp_path / "named.plan.toml")
+    assert list(tmp_path.iterdir()) == []  # nothing written, no temp file
+    small = plans.Plan(orders=(("a", spread[:100]),), name="n" * 200)
+    assert plans.load(plans.save(small, tmp_path / "ok.plan.toml")) == small

@@ -53,3 +53,25 @@ def test_a_request_too_large_to_frame_is_an_engine_error_not_a_crash() -> None:
             await client.send(huge)
 
     asyncio.run(main())
+
+
+def test_save_as_refuses_a_name_that_could_not_be_opened_again(tmp_path: Path) -> None:
+    from textual.widgets import Input, Label
+
+    from dit_explore.tui.screens.dialogs import AskDialog
+
+    app = offline_app(tmp_path)
+
+    async def scenario(pilot: Pilot[Any]) -> None:
+        app.action_save_as()
+        await until(pilot, lambda: isinstance(app.screen, AskDialog) and bool(app.screen.query("#answer")))
+        field = app.screen.query_one("#answer", Input)
+        field.value = "n" * 201
+        field.focus()
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, AskDialog)  # the dialog stays, saying why
+        assert "at most 200 characters (this is 201)" in str(app.screen.query_one(".error", Label).render())
+        assert not (tmp_path / "plans").exists()
+
+    drive(app, scenario, hello=True)
