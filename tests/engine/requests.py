@@ -107,3 +107,32 @@ def drain(client: EngineClient) -> list[protocol.Event]:
     while not client._events.empty():
         out.append(client._events.get_nowait())
     return out
+
+
+_ping_ids = itertools.count(1_000_000)  # above the heartbeat's ids
+_pongs: dict[int, set[int]] = {}  # id(client) -> the ids of the pongs it got
+
+
+def record_pongs(client: EngineClient) -> None:
+    """Keep the id of every pong the client gets (it keeps only the last one), for `answers_ping`."""
+    seen = _pongs.setdefault(id(client), set())
+    original = client._on_pong
+
+    def on_pong(event: protocol.Pong) -> None:
+        seen.add(event.id)
+        original(event)
+
+    client._on_pong = on_pong  # type: ignore[method-assign]
+
+
+async def answers_ping(client: EngineClient, timeout: float = 60) -> bool:
+    """Whether the engine answers a ping (this ping: its own id) within `timeout` seconds (a hang guard),
+    for a client set up with `record_pongs`."""
+    ident = next(_ping_ids)
+    await client.ping(ident)
+    deadline = time.monotonic() + timeout
+    while ident not in _pongs[id(client)]:
+        if not client.alive or time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True

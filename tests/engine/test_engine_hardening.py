@@ -7,11 +7,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import itertools
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,11 +21,13 @@ from dit_explore.engine.core.protocol import EngineState, Event, Status
 from dit_explore.tui.client import EngineClient
 from tests.engine.requests import (
     Runner,
+    answers_ping,
     drain,
     module_loop,
     next_event,
     next_job,
     raw_frame,
+    record_pongs,
     send_raw,
     serving,
     until_done,
@@ -39,32 +39,6 @@ FAULT_ENGINE = "tests.engine.fault_engine"
 READER_FAULT_PING = 404_404  # fault_engine.py's (importing that module would start an engine)
 IDENTITY = "version = 1\n"
 SKIP = 'version = 1\n[order]\nsingle = "0-2, 7"\n'
-_ping_ids = itertools.count(1_000_000)
-_pongs: dict[int, set[int]] = {}  # id(client) -> the ids of the pongs it got
-
-
-def record_pongs(client: EngineClient) -> None:
-    """Keep the id of every pong the client gets (the client keeps only the last one)."""
-    seen = _pongs.setdefault(id(client), set())
-    original = client._on_pong
-
-    def on_pong(event: protocol.Pong) -> None:
-        seen.add(event.id)
-        original(event)
-
-    client._on_pong = on_pong  # type: ignore[method-assign]
-
-
-async def answers_ping(client: EngineClient, timeout: float = 60) -> bool:
-    """Whether the engine answers a ping (with this ping's id) within `timeout` seconds (a hang guard)."""
-    ident = next(_ping_ids)
-    await client.ping(ident)
-    deadline = time.monotonic() + timeout
-    while ident not in _pongs[id(client)]:
-        if not client.alive or time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
 
 
 @pytest.fixture(scope="module")
