@@ -94,7 +94,7 @@ def _load(self: server.Engine) -> bool:
 
 
 generate.Generator.generate = _generate  # type: ignore[method-assign]
-FluxSingleTransformerBlock.forward = _forward  # type: ignore[method-assign]
+FluxSingleTransformerBlock.forward = _forward
 os.write = _write
 server.Engine.execute = _execute  # type: ignore[method-assign]
 protocol.FrameReader.read_frame = _read_frame  # type: ignore[method-assign]
