@@ -24,7 +24,6 @@ from dit_explore.engine.core.plan import Plan, dumps, format_order, format_steps
 from dit_explore.engine.core.runs import versions
 from dit_explore.engine.core.sampling import BlockRuns, Settings, Timing, block_runs
 from dit_explore.engine.executor import Check, Wrap, applied
-from dit_explore.engine.headless import UsageError
 from dit_explore.engine.models import Loaded, is_compile_failure
 from dit_explore.engine.timing import Intervals, StepInputs, sync
 
@@ -53,14 +52,24 @@ StepCallback = Callable[[int, int, torch.Tensor], None]  # (steps done, total st
 HUGE_GUIDANCE = 1000.0  # a NaN/inf run with guidance at least this large names the guidance as the likely cause
 
 
-class NonFiniteError(UsageError):
+class NonFiniteError(ValueError):
     """The latents or the decoded image became NaN or infinite (a guidance far too large, an overflow in
     float16): one line saying where, which the engine reports as the job's error and `dit-explore run`
-    prints before exiting with code 2 (a UsageError)."""
+    prints before exiting with code 2."""
 
 
 def _all_finite(tensor: torch.Tensor) -> bool:
     return bool(torch.isfinite(tensor).all())
+
+
+def _first_non_finite(flags: list[torch.Tensor]) -> int | None:
+    """The 0-based index of the first False among per-step `isfinite(...).all()` flags, read with one
+    device sync after the loop (a check inside the loop would stall the GPU once per step)."""
+    if not flags:
+        return None
+    finite = torch.stack(flags).cpu()
+    bad = (~finite).nonzero()
+    return int(bad[0, 0]) if len(bad) else None
 
 
 def _likely_cause(settings: Settings, dtype: torch.dtype) -> str:
@@ -264,6 +273,7 @@ class Generator:
         transformer = self.loaded.transformer
         intervals = Intervals(self.loaded.device)
         step = [0]
+        finite: list[torch.Tensor] = []
 
         last: list[StepInputs] = []
 
@@ -281,9 +291,7 @@ class Generator:
                 def on_step_end(_pipe: Any, index: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
                     step[0] = index + 1
                     handle.at_step(index + 1)
-                    if not _all_finite(kwargs["latents"]):  # stop at once: every later step is NaN too
-                        raise NonFiniteError(f"the latents became NaN/inf at step {index + 1} of {settings.steps}"
-                                             f"{_likely_cause(settings, self.loaded.dtype)}")
+                    finite.append(torch.isfinite(kwargs["latents"]).all())  # no sync: read after the loop
                     if on_step is not None:
                         on_step(index + 1, settings.steps, kwargs["latents"])
                     return {}
@@ -301,6 +309,10 @@ class Generator:
         finally:
             for hook in hooks:
                 hook.remove()
+        bad = _first_non_finite(finite)
+        if bad is not None:
+            raise NonFiniteError(f"the latents became NaN/inf at step {bad + 1} of {settings.steps}"
+                                 f"{_likely_cause(settings, self.loaded.dtype)}")
         return latents, intervals.seconds_by_key(), (last[0] if last else None)
 
     @torch.inference_mode()

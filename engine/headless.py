@@ -166,7 +166,7 @@ def _generate_all(req: RunRequest, source: ModelSource, plan: plans.Plan, prompt
     from dit_explore.engine.core.protocol import Status, to_json
     from dit_explore.engine.core.runs import OutputError, image_plan
     from dit_explore.engine.core.text import shown
-    from dit_explore.engine.generate import Generator, dtype_name, run_record
+    from dit_explore.engine.generate import Generator, NonFiniteError, dtype_name, run_record
 
     loaded = _load(source, req.options)
     _say(f"{source.name} ready in {loaded.load_seconds:.1f} s ({loaded.device}, {dtype_name(loaded.dtype)}); "
@@ -189,7 +189,10 @@ def _generate_all(req: RunRequest, source: ModelSource, plan: plans.Plan, prompt
         return out
 
     for i, prompt in enumerate(prompts):
-        result = generator.generate(prompt, settings, plan)
+        try:
+            result = generator.generate(prompt, settings, plan)
+        except NonFiniteError as exc:  # a guidance far too large, a float16 overflow: one line
+            raise UsageError(str(exc)) from None
         assert result.image is not None  # decoded: generate's default
         name = f"{len(writer.images):03d}.png"
         try:
