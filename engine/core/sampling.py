@@ -12,9 +12,9 @@ from typing import Any
 from dit_explore.engine.core.families import Defaults
 from dit_explore.engine.core.layout import Layout
 from dit_explore.engine.core.plan import MAX_PROMPT, Plan, PlanError, Sampling, check_sampling, executions
+from dit_explore.engine.core.resolve import ModelSource
 
 MAX_PROMPTS = 1000  # prompts in one request or prompts file
-from dit_explore.engine.core.resolve import ModelSource
 
 
 @dataclass(frozen=True, kw_only=True)
