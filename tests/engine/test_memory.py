@@ -229,11 +229,11 @@ def test_the_engine_refuses_what_cannot_fit_and_serves_on(tmp_path: Path) -> Non
         try:
             # Sent while the model loads: checked when the job starts.
             early = await until_done(client, await submit_run(client, "version = 1\n", ["huge"],
-                                                              {"width": 100000, "height": 100000}, baseline=False))
+                                                              {"width": 16384, "height": 16384}, baseline=False))
             await wait_ready(client)
             # Sent to a ready, idle engine: refused as the request is read.
             ready = await until_done(client, await submit_run(client, "version = 1\n", ["huge"],
-                                                              {"width": 100000, "height": 100000}, baseline=False))
+                                                              {"width": 16384, "height": 16384}, baseline=False))
             after = await until_done(client, await submit_run(client, "version = 1\n", ["fits"], baseline=False))
         finally:
             await client.shutdown()
@@ -244,7 +244,7 @@ def test_the_engine_refuses_what_cannot_fit_and_serves_on(tmp_path: Path) -> Non
         errors = [e for e in events if e.TYPE == "error"]
         done = next(e for e in events if e.TYPE == "done")
         assert len(errors) == 1 and "\n" not in errors[0].message
-        assert errors[0].message.startswith("run: 100000x100000 needs about ")
+        assert errors[0].message.startswith("run: 16384x16384 needs about ")
         assert "(VAE decode " in errors[0].message and "at most about " in errors[0].message
         assert done.status == "error" and [e for e in events if e.TYPE in ("progress", "image")] == []
     assert next(e for e in after if e.TYPE == "done").status == "ok"
@@ -254,12 +254,12 @@ def test_headless_run_refuses_before_loading_anything(tmp_path: Path) -> None:
     cache, out = tmp_path / "cache", tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DIT_EXPLORE_CACHE": str(cache)}
     proc = subprocess.run([sys.executable, "-c", "from dit_explore.tui.cli import entry; entry()", "run", "tiny-flux",
-                           "--width", "100000", "--height", "100000", "--out", str(out)],
+                           "--width", "16384", "--height", "16384", "--out", str(out)],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr
-    assert lines[0].startswith("dit-explore run: error: 100000x100000 needs about ")
+    assert lines[0].startswith("dit-explore run: error: 16384x16384 needs about ")
     assert "this machine has" in lines[0] and "at most about " in lines[0]
     assert not out.exists() and not cache.exists()  # no model was built or loaded, nothing written
 

@@ -74,8 +74,10 @@ def test_values_are_checked_as_typed_and_never_run_or_saved_invalid(tmp_path: Pa
     async def scenario(pilot: Pilot[Any]) -> None:
         problems = app.query_one("#problems", Static)
         for key, value, reason in (("width", "65", "width 65 is not a multiple of 8"),
-                                   ("height", "100000", "height 100000 is larger than tiny-sd3 supports (256)"),
+                                   ("height", "4096", "height 4096 is larger than tiny-sd3 supports (256)"),
+                                   ("height", "100000", "must be at most 16384"),
                                    ("steps", "0", "must be at least 1"),
+                                   ("steps", "1001", "must be at most 1000"),
                                    ("guidance", "-1", "must be a finite number >= 0")):
             field = app.query_one(f"#{key}", Input)
             before = field.value
