@@ -35,8 +35,16 @@ pixels and tolerates blurry or noisy model output:
 5. Position: the blob's centroid → the 3×3 cell (thirds of the width and height).
 6. Size: the bounding box's larger side over the image's side: `small` under SIZE_SPLIT (0.22, between
    0.15 and 0.30), else `large`.
-7. Shape: the blob's fill ratio (its area over its bounding box's area): `square` from SQUARE_FILL (0.89),
-   `circle` from CIRCLE_FILL (0.64), `triangle` from TRIANGLE_FILL (0.30), else None.
+7. Shape: None unless the blob is solid and squat — its fill ratio (area over its bounding box's area;
+   circle ≈ π/4, square 1, triangle 1/2) at least MIN_FILL (0.35) and its box's long side at most
+   MAX_ASPECT (1.6) times its short side. Then, from the cumulants of the soft mass near the blob
+   (contrast over peak, clipped to [0, 1], on the blob grown by SOFT_MARGIN (2) pixels, values under
+   WEIGHT_FLOOR (0.1) dropped), which a blur changes far less than a fill ratio: `triangle` if the
+   skewness of y is at most −TRIANGLE_SKEW (−0.2; an upward triangle's is −0.57, a circle's and a
+   square's 0), None if at least +0.2 (pointing down, lopsided); else `square` if the fourth cumulant
+   along the diagonals is under SQUARE_CORNERS (0.75) of that along the axes (a square's is 1/2, a
+   circle's 1), else `circle`. (A plain fill-ratio rule reads crisp renders perfectly but misreads
+   small triangles under a blur of radius 1, whose cut-off apex raises their fill towards a circle's.)
 
 Torch-free (numpy and Pillow only): the trainer, the eval command and the explorer's prompt warning share
 it.
@@ -91,9 +99,12 @@ MIN_AREA = 0.002  # of the image's pixels (8 px at 64×64)
 MAX_EXTENT = 0.5
 MIN_SATURATION = 0.35
 SIZE_SPLIT = 0.22
-SQUARE_FILL = 0.89
-CIRCLE_FILL = 0.64
-TRIANGLE_FILL = 0.30
+MIN_FILL = 0.35
+MAX_ASPECT = 1.6
+SOFT_MARGIN = 2
+WEIGHT_FLOOR = 0.1
+TRIANGLE_SKEW = 0.2
+SQUARE_CORNERS = 0.75
 
 CHANCE: dict[str, float] = {"size": 1 / 2, "color": 1 / 6, "shape": 1 / 3, "position": 1 / 9, "all": 1 / 324}
 
@@ -248,6 +259,48 @@ def _largest_blob(mask: np.ndarray) -> np.ndarray:
     return label == best if best else np.zeros_like(mask)
 
 
+def _dilate(mask: np.ndarray, steps: int) -> np.ndarray:
+    """`mask` grown by `steps` pixels (4-neighbourhood per step)."""
+    for _ in range(steps):
+        grown = mask.copy()
+        grown[1:] |= mask[:-1]
+        grown[:-1] |= mask[1:]
+        grown[:, 1:] |= mask[:, :-1]
+        grown[:, :-1] |= mask[:, 1:]
+        mask = grown
+    return mask
+
+
+def _shape(level: np.ndarray, blob: np.ndarray) -> str | None:
+    """The shape of the object whose half-maximum blob is `blob`, from the cumulants of its soft mass
+    (`level`: contrast over peak, clipped to [0, 1], near the blob). A Gaussian blur adds nothing to the
+    third and fourth cumulants, so these hold for soft output: an upward triangle's mass is skewed
+    towards its base (skewness of y ≈ −0.57; circle and square 0); a square's fourth cumulant along the
+    diagonals is half that along the axes, a circle's the same in every direction."""
+    weight = np.where(_dilate(blob, SOFT_MARGIN), np.clip(level, 0.0, 1.0), 0.0)
+    weight[weight < WEIGHT_FLOOR] = 0.0
+    mass = weight.sum()
+    yy, xx = np.indices(weight.shape, dtype=np.float64)
+    y = yy - (weight * yy).sum() / mass
+    x = xx - (weight * xx).sum() / mass
+
+    def cumulants(v: np.ndarray) -> tuple[float, float, float]:
+        k2 = float((weight * v**2).sum() / mass)
+        return k2, float((weight * v**3).sum() / mass), float((weight * v**4).sum() / mass) - 3 * k2 * k2
+
+    k2y, k3y, k4y = cumulants(y)
+    skew = k3y / k2y**1.5 if k2y > 0 else 0.0
+    if skew <= -TRIANGLE_SKEW:
+        return "triangle"
+    if skew >= TRIANGLE_SKEW:
+        return None  # pointing down, or lopsided: none of the grammar's shapes
+    axes = k4y + cumulants(x)[2]
+    diagonals = cumulants((x + y) / np.sqrt(2))[2] + cumulants((x - y) / np.sqrt(2))[2]
+    if axes >= 0:
+        return None  # not flat-topped like a solid disc or square (a fourth cumulant of a solid shape is < 0)
+    return "square" if diagonals / axes < SQUARE_CORNERS else "circle"
+
+
 def read_back(image: np.ndarray) -> Reading:
     """Read one image [H, W, 3] uint8 back into the grammar's attributes (method and thresholds: the
     module docstring)."""
@@ -278,15 +331,8 @@ def read_back(image: np.ndarray) -> Reading:
     column = min(2, int(3 * (xs.mean() + 0.5) / w))
     row = min(2, int(3 * (ys.mean() + 0.5) / h))
 
-    fill = area / (box_h * box_w)
-    if fill >= SQUARE_FILL:
-        shape: str | None = "square"
-    elif fill >= CIRCLE_FILL:
-        shape = "circle"
-    elif fill >= TRIANGLE_FILL:
-        shape = "triangle"
-    else:
-        shape = None
+    solid = area / (box_h * box_w) >= MIN_FILL and max(box_h, box_w) / min(box_h, box_w) <= MAX_ASPECT
+    shape = _shape(contrast / peak, blob) if solid else None
     return Reading(size="small" if extent < SIZE_SPLIT else "large", color=color, shape=shape,
                    position=POSITIONS[3 * row + column])
 
