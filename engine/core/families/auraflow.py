@@ -16,11 +16,13 @@ from dit_explore.engine.core.families.base import (
     Defaults,
     EmbeddingShape,
     Family,
+    SPACE_TO_DEPTH_PREVIEW,
     MemorySpec,
     StackSpec,
     TextEncoderShape,
     TextEncoderSpec,
     TinySpec,
+    ToySpec,
 )
 
 _REGISTER_TOKENS = 8  # AuraFlowTransformer2DModel prepends 8 learned register tokens to the text
@@ -48,7 +50,7 @@ class AuraFlow(Family):
     preview_factors = {4: (
         [[0.3651, 0.4232, 0.4341], [-0.2533, -0.0042, 0.1068], [0.1076, 0.1111, -0.0362], [-0.3165, -0.2492, -0.2188]],
         [0.1084, -0.0175, -0.0011],
-    )}
+    ), 12: SPACE_TO_DEPTH_PREVIEW}
     # caption_projection_dim equals the width (2 heads x 16): projected captions enter the joint blocks.
     tiny = TinySpec(
         transformer={"sample_size": 16, "patch_size": 2, "in_channels": 4, "out_channels": 4, "num_mmdit_layers": 2,
@@ -61,6 +63,22 @@ class AuraFlow(Family):
         structure=(4.0, 48.0),
         defaults=Defaults(steps=2, guidance=3.5, width=64, height=64, max_sequence_length=32),
     )
+
+    # toy-auraflow: 2 joint + 12 single blocks of 2 heads x 64 (5.90M parameters) on 12 space-to-depth channels;
+    # learned positions for exactly the 16x16 patches of 64x64 (pos_embed_max_size 256: nothing larger was
+    # ever trained). One UMT5, 64 wide, 16 tokens.
+    toy = ToySpec(
+        transformer={"sample_size": 32, "patch_size": 2, "in_channels": 12, "out_channels": 12, "num_mmdit_layers": 2,
+                     "num_single_dit_layers": 12, "attention_head_dim": 64, "num_attention_heads": 2,
+                     "joint_attention_dim": 64, "caption_projection_dim": 128, "pos_embed_max_size": 256},
+        text_encoders=(TextEncoderSpec("text_encoder", "tokenizer", "UMT5EncoderModel", "t5", 64),),
+        scheduler_shift=1.0,
+        target=0.80,
+    )
+
+    def transformer_kwargs(self, pipe: Any, latents: Any, sigma: Any, embeds: Mapping[str, Any]) -> dict[str, Any]:
+        # AuraFlow's pipeline passes t / 1000 = sigma, and the embeddings already multiplied by their mask.
+        return {"hidden_states": latents, "encoder_hidden_states": embeds["prompt_embeds"], "timestep": sigma}
 
     def max_side(self, transformer: Mapping[str, Any], vae: Mapping[str, Any]) -> int | None:
         positions = transformer.get("pos_embed_max_size")

@@ -135,6 +135,25 @@ class TinySpec:
 
 
 @dataclass(frozen=True)
+class ToySpec:
+    """The trained toy pipeline of a family: the family's real transformer and pipeline classes, trained on
+    the captioned shapes of engine/core/shapes.py by engine/toy.py, shipped in engine/toys/<alias>/.
+
+    Deep enough for first, middle and last blocks to mean something, narrow enough that the three toys
+    together stay within 40 MB in bf16 (tests/engine/test_toy.py counts them). Around the transformer:
+    frozen random tiny text encoders (as the tiny models', with whole-word vocabularies:
+    engine/core/toy_vocab.py) and the exact space-to-depth autoencoder (engine/toy_autoencoder.py), whose
+    latents are 2x2 pixels x RGB = 12 channels (48 where the pipeline packs 2x2 latents into a token)."""
+
+    transformer: Mapping[str, Any]  # constructor arguments of the family's transformer class
+    text_encoders: tuple[TextEncoderSpec, ...]
+    scheduler_shift: float = 1.0  # static shift of the flow-matching sampler (no dynamic shifting)
+    target: float = 0.80  # all-correct accuracy over the 324 captions at 20 steps the trained model must reach
+    # 20 steps, no classifier-free guidance (trained with 10% empty captions, so guidance > 1 works too).
+    defaults: Defaults = Defaults(steps=20, guidance=0.0, width=64, height=64, max_sequence_length=16)
+
+
+@dataclass(frozen=True)
 class EmbeddingShape:
     """One pipeline keyword argument of pseudo-embeddings (--random-weights): its shape, and whether it
     is an attention mask of ones rather than random values."""
@@ -181,6 +200,12 @@ class MemorySpec:
 # (latent channels x RGB) factors and an RGB bias, for previews from latents without the VAE.
 PreviewFactors = tuple[Sequence[Sequence[float]], Sequence[float]]
 
+# The toy models' space-to-depth latents (engine/toy_autoencoder.py): channel c*4 + k is colour c of the k-th
+# pixel of a 2x2 block, scaled as the pixels ([-1, 1]), so the average of each colour's four is the exact
+# downscaled image.
+SPACE_TO_DEPTH_PREVIEW: PreviewFactors = ([[0.25 if row // 4 == c else 0.0 for c in range(3)] for row in range(12)],
+                                          [0.0, 0.0, 0.0])
+
 
 class Family:
     """Base class of the model families. A subclass sets the class attributes and overrides the methods
@@ -194,6 +219,7 @@ class Family:
     defaults: ClassVar[Defaults]
     preview_factors: ClassVar[Mapping[int, PreviewFactors]] = {}  # by latent channel count
     tiny: ClassVar[TinySpec]
+    toy: ClassVar[ToySpec | None] = None  # the trained toy model of this family, if it has one
     # Diffusers' default patch size of the transformer config, and whether the pipeline packs 2x2 latent
     # patches into tokens itself (Flux) instead of the transformer patchifying them.
     default_patch_size: ClassVar[int] = 2
@@ -247,6 +273,14 @@ class Family:
 
     def pseudo_embeddings(self, config: Mapping[str, Any], sequence: int, cfg: bool) -> dict[str, EmbeddingShape]:
         """Shapes of stand-ins for encode_prompt's outputs (--random-weights: no text encoder loaded)."""
+        raise NotImplementedError
+
+    def transformer_kwargs(self, pipe: Any, latents: Any, sigma: Any, embeds: Mapping[str, Any]) -> dict[str, Any]:
+        """The keyword arguments the pipeline's loop passes its transformer at noise level `sigma` (batch,
+        in [0, 1]) for spatial `latents` (batch, channels, h, w) and `embeds` (encode_prompt's, as returned
+        above): training (engine/toy.py) calls the transformer exactly as sampling will. Its output, in
+        the pipeline's latent layout, is the velocity noise - latents (family.spatial_latents makes it
+        spatial)."""
         raise NotImplementedError
 
     # ---------------------------------------------------------------------------------- latents

@@ -16,11 +16,13 @@ from dit_explore.engine.core.families.base import (
     Defaults,
     EmbeddingShape,
     Family,
+    SPACE_TO_DEPTH_PREVIEW,
     MemorySpec,
     StackSpec,
     TextEncoderShape,
     TextEncoderSpec,
     TinySpec,
+    ToySpec,
 )
 
 
@@ -56,7 +58,7 @@ class Flux(Family):
             [-0.1262, -0.0982, -0.0778],
         ],
         [-0.0329, -0.0718, -0.0851],
-    )}
+    ), 12: SPACE_TO_DEPTH_PREVIEW}
     # CLIP pooled vector + T5 sequence; in_channels is 4x the tiny VAE's 4 latent channels, and the RoPE
     # axes sum to the head dimension.
     tiny = TinySpec(
@@ -72,6 +74,20 @@ class Flux(Family):
         scheduler_shift=1.0,
         structure=(2.0, 24.0),
         defaults=Defaults(steps=2, guidance=0.0, width=64, height=64, max_sequence_length=32),
+    )
+
+    # toy-flux: 6 double + 12 single blocks of 2 heads x 64 (6.66M parameters); 48 = 4 x 12 space-to-depth
+    # channels, packed 2x2 by the pipeline into 256 tokens at 64x64. CLIP's pooled vector + T5's sequence.
+    toy = ToySpec(
+        transformer={"patch_size": 1, "in_channels": 48, "num_layers": 6, "num_single_layers": 12,
+                     "attention_head_dim": 64, "num_attention_heads": 2, "joint_attention_dim": 64,
+                     "pooled_projection_dim": 64, "guidance_embeds": False, "axes_dims_rope": (16, 24, 24)},
+        text_encoders=(
+            TextEncoderSpec("text_encoder", "tokenizer", "CLIPTextModel", "clip", 64),
+            TextEncoderSpec("text_encoder_2", "tokenizer_2", "T5EncoderModel", "t5", 64),
+        ),
+        scheduler_shift=1.0,
+        target=0.85,
     )
 
     def uses_cfg(self, guidance: float) -> bool:
@@ -109,6 +125,15 @@ class Flux(Family):
     def pseudo_embeddings(self, config: Mapping[str, Any], sequence: int, cfg: bool) -> dict[str, EmbeddingShape]:
         return {"prompt_embeds": EmbeddingShape((1, sequence, int(config["joint_attention_dim"]))),
                 "pooled_prompt_embeds": EmbeddingShape((1, int(config["pooled_projection_dim"])))}
+
+    def transformer_kwargs(self, pipe: Any, latents: Any, sigma: Any, embeds: Mapping[str, Any]) -> dict[str, Any]:
+        # The pipeline packs the latents, gives text positions all zero, and passes sigma (its t / 1000).
+        b, c, h, w = latents.shape
+        text = embeds["prompt_embeds"]
+        return {"hidden_states": pipe._pack_latents(latents, b, c, h, w), "timestep": sigma, "guidance": None,
+                "pooled_projections": embeds["pooled_prompt_embeds"], "encoder_hidden_states": text,
+                "txt_ids": text.new_zeros((text.shape[1], 3)),
+                "img_ids": pipe._prepare_latent_image_ids(b, h // 2, w // 2, latents.device, text.dtype)}
 
     def spatial_latents(self, pipe: Any, latents: Any, width: int, height: int) -> Any:
         return pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)

@@ -14,11 +14,13 @@ from dit_explore.engine.core.families.base import (
     Defaults,
     EmbeddingShape,
     Family,
+    SPACE_TO_DEPTH_PREVIEW,
     MemorySpec,
     StackSpec,
     TextEncoderShape,
     TextEncoderSpec,
     TinySpec,
+    ToySpec,
 )
 
 _CLIP_TOKENS = 77
@@ -51,7 +53,7 @@ class SD3(Family):
             [-0.1448, -0.1463, -0.1189],
         ],
         [0.2394, 0.2135, 0.1925],
-    )}
+    ), 12: SPACE_TO_DEPTH_PREVIEW}
     # The two CLIP hidden states (32 + 32) are concatenated and zero-padded to the T5 width, so
     # joint_attention_dim (64) is at least their sum; the pooled vector is both projections (32 + 32).
     tiny = TinySpec(
@@ -70,9 +72,30 @@ class SD3(Family):
         defaults=Defaults(steps=2, guidance=7.0, width=64, height=64, max_sequence_length=32),
     )
 
+    # toy-sd3: 12 joint blocks of 2 heads x 56 (5.40M parameters) on 12 space-to-depth channels (256 tokens at
+    # 64x64; sin-cos positions up to 128x128). The two CLIPs (16 tokens each, 32 + 32 wide) zero-padded to
+    # T5's 64, then T5's 16 tokens; the pooled vector is both CLIP projections.
+    toy = ToySpec(
+        transformer={"sample_size": 32, "patch_size": 2, "in_channels": 12, "out_channels": 12, "num_layers": 12,
+                     "attention_head_dim": 56, "num_attention_heads": 2, "joint_attention_dim": 64,
+                     "caption_projection_dim": 112, "pooled_projection_dim": 64, "pos_embed_max_size": 32},
+        text_encoders=(
+            TextEncoderSpec("text_encoder", "tokenizer", "CLIPTextModelWithProjection", "clip", 32, projection=32),
+            TextEncoderSpec("text_encoder_2", "tokenizer_2", "CLIPTextModelWithProjection", "clip", 32, projection=32),
+            TextEncoderSpec("text_encoder_3", "tokenizer_3", "T5EncoderModel", "t5", 64),
+        ),
+        scheduler_shift=1.0,
+        target=0.80,
+    )
+
     def max_side(self, transformer: Mapping[str, Any], vae: Mapping[str, Any]) -> int | None:
         positions = transformer.get("pos_embed_max_size")
         return None if positions is None else int(positions) * self.size_multiple(transformer, vae)
+
+    def transformer_kwargs(self, pipe: Any, latents: Any, sigma: Any, embeds: Mapping[str, Any]) -> dict[str, Any]:
+        # SD3's pipeline passes the scheduler's timestep itself: sigma x 1000.
+        return {"hidden_states": latents, "timestep": sigma * 1000, "encoder_hidden_states": embeds["prompt_embeds"],
+                "pooled_projections": embeds["pooled_prompt_embeds"]}
 
     # Memory (engine/core/memory.py). Measured peak of one block, fp32 on CPU, in (tokens x width) units:
     # 12.0 x image + 1.9 x text tokens; two CLIPs (L and bigG, projected) and T5-XXL.
