@@ -27,6 +27,8 @@ from dit_explore.engine.core.families import Family
 from dit_explore.engine.core.layout import Layout
 from dit_explore.engine.core.resolve import ModelError, ModelSource, cache_dir
 
+# Built-in models (random tiny ones, trained toys): --random-weights has nothing to build for them.
+BUILT_IN = ("tiny", "toy")
 TINY_BUILD_VERSION = 3  # bump when engine/tiny.py changes how it builds (a family's TinySpec is hashed in)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -270,7 +272,7 @@ def load(
 
     quiet_libraries()
     start = time.perf_counter()
-    if random_weights and source.kind != "tiny":
+    if random_weights and source.kind not in BUILT_IN:
         on_status(f"building random {source.name} weights on {device}", None)
         pipe = build_random(source, device, dtype)
     else:
@@ -278,6 +280,8 @@ def load(
             on_status(f"building {source.name} (first use only)" if not tiny_built(source) else
                       f"loading {source.name}", None)
             location = str(tiny_path(source))
+        elif source.kind == "toy":
+            location = toy_path(source)
         else:
             location = source.location
         with _component_progress(on_status):
@@ -288,7 +292,7 @@ def load(
     if compile:
         on_status("compiling blocks (the first generation pays it)", 1.0)
         compile_blocks(pipe.transformer, source.layout)  # type: ignore[attr-defined]
-    random = random_weights and source.kind != "tiny"
+    random = random_weights and source.kind not in BUILT_IN
     return Loaded(source, pipe, device, dtype, random, time.perf_counter() - start, revision(source, pipe, random),
                   compiled=compile)
 
@@ -311,10 +315,87 @@ def revision(source: ModelSource, pipe: object, random_weights: bool) -> str:
     return "unknown"
 
 
+def toy_path(source: ModelSource) -> str:
+    """The shipped folder of a trained toy model; ModelError (one line) while it has not been trained."""
+    folder = Path(source.location)
+    if not (folder / "model_index.json").is_file():
+        raise ModelError(f"{source.name} has not been trained/shipped yet (no {folder}); train it with "
+                         f"`python -m dit_explore.engine.toy train {source.name} --out DIR`")
+    return str(folder)
+
+
+# The one component class from outside diffusers and transformers a model_index.json may name: the toy
+# models' autoencoder. diffusers resolves such a class only from modules already imported, so it is
+# imported here, and nothing else is.
+OWN_COMPONENTS = frozenset({("dit_explore.engine.toy_autoencoder", "SpaceToDepthAutoencoder")})
+
+
+def _index_file(location: str) -> Path | None:
+    """The model_index.json of a local folder, or of a hub repo already in the local cache; None if neither."""
+    folder = Path(location)
+    if folder.is_dir():
+        return folder / "model_index.json"
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(location, "model_index.json")
+    except Exception:  # noqa: BLE001 - not a valid repo id, unreadable cache: diffusers reports what it finds
+        return None
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def _diffusers_pipeline_module(library: str) -> bool:
+    """Whether `library` names one of diffusers' own pipeline packages (a component class of theirs)."""
+    import importlib.util
+
+    if not library.isidentifier():
+        return False
+    try:
+        return importlib.util.find_spec(f"diffusers.pipelines.{library}") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def check_components(name: str, location: str) -> None:
+    """Refuse, with one line, a pipeline whose model_index.json names a component class from anywhere but
+    diffusers or transformers (dit-explore never runs code a checkpoint brings), except exactly
+    OWN_COMPONENTS, whose module it imports; also refuse component code shipped in the folder itself."""
+    import importlib
+    import json
+
+    path = _index_file(location)
+    if path is None or not path.is_file():
+        return  # diffusers reports the missing index
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # diffusers reports the unreadable index
+    if not isinstance(index, dict):
+        return
+    for component, entry in index.items():
+        if component.startswith("_") or not isinstance(entry, list) or len(entry) != 2 or entry == [None, None]:
+            continue
+        library, cls = entry
+        if not isinstance(library, str) or not isinstance(cls, str):
+            raise ModelError(f"{name}: model_index.json: component {component!r} is {entry!r}, not [library, class]")
+        if (library, cls) in OWN_COMPONENTS:
+            importlib.import_module(library)
+            continue
+        if library in ("diffusers", "transformers") or _diffusers_pipeline_module(library):
+            if (path.parent / component / f"{library}.py").exists():
+                raise ModelError(f"{name}: {component}/{library}.py: the checkpoint brings its own code for "
+                                 f"{component}; dit-explore never runs it")
+            continue
+        raise ModelError(f"{name}: model_index.json names {library}.{cls} for its {component}: dit-explore loads "
+                         f"only diffusers and transformers classes (and its own SpaceToDepthAutoencoder), never "
+                         f"other code")
+
+
 def _from_pretrained(source: ModelSource, location: str, dtype: torch.dtype) -> object:
     import diffusers
 
     cls = getattr(diffusers, source.family_info.pipeline_class)
+    check_components(source.name, location)
     try:
         return cls.from_pretrained(location, dtype=dtype, use_safetensors=True)
     except (OSError, ValueError) as exc:  # hub errors (offline, missing files) are OSError/ValueError kin

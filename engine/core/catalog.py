@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from dit_explore.engine.core.families import Defaults, Family, family
@@ -28,6 +29,7 @@ class ModelSpec:
     scheduler: Mapping[str, Any] = field(default_factory=dict)
     defaults: Defaults = Defaults(steps=28, guidance=3.5)
     description: str = ""
+    toy: bool = False  # a trained toy model shipped in the package (engine/toys/<alias>/; repo is None)
 
     @property
     def layout(self) -> Layout:
@@ -103,6 +105,27 @@ def tiny_model(alias: str, of: Family, description: str) -> ModelSpec:
     """The catalog entry of a family's built-in tiny pipeline (its TinySpec; engine/tiny.py builds it)."""
     return ModelSpec(alias, of.name, None, dict(of.tiny.transformer), {"block_out_channels": TINY_VAE_BLOCKS},
                      {**_FLOW, "shift": of.tiny.scheduler_shift}, of.tiny.defaults, description)
+
+# The trained toy models ship as diffusers folders inside the package (engine/toy.py trains them).
+TOYS_DIR = Path(__file__).resolve().parents[1] / "toys"
+# Their autoencoder: the exact space-to-depth one (engine/toy_autoencoder.py), as its config.json says.
+TOY_VAE = {"_class_name": "SpaceToDepthAutoencoder", "in_channels": 3, "block_out_channels": [3, 12],
+           "latent_channels": 12, "scaling_factor": 1.0, "shift_factor": 0.0, "force_upcast": False, "sample_size": 64}
+
+
+def toy_folder(alias: str) -> Path:
+    """Where a toy model's trained pipeline folder ships (it may not exist yet: not trained)."""
+    return TOYS_DIR / alias
+
+
+def toy_model(alias: str, of: Family, description: str) -> ModelSpec:
+    """The catalog entry of a family's trained toy model (its ToySpec; engine/toy.py trains it)."""
+    if of.toy is None:
+        raise ValueError(f"the {of.name} family declares no toy model")
+    return ModelSpec(alias, of.name, None, dict(of.toy.transformer), dict(TOY_VAE),
+                     {**_FLOW, "shift": of.toy.scheduler_shift, "use_dynamic_shifting": False}, of.toy.defaults,
+                     description, toy=True)
+
 
 MODELS: dict[str, ModelSpec] = {
     spec.alias: spec
@@ -185,6 +208,10 @@ MODELS: dict[str, ModelSpec] = {
         tiny_model("tiny-flux", family("flux"), "built-in tiny Flux (random weights, CPU-fast)"),
         tiny_model("tiny-sd3", family("sd3"), "built-in tiny SD3 (random weights, CPU-fast)"),
         tiny_model("tiny-auraflow", family("auraflow"), "built-in tiny AuraFlow (random weights, CPU-fast)"),
+        # Trained toy models: the real classes, trained on captioned shapes (engine/core/shapes.py).
+        toy_model("toy-flux", family("flux"), "toy Flux trained on captioned shapes (64x64, 6+12 blocks)"),
+        toy_model("toy-sd3", family("sd3"), "toy SD3 trained on captioned shapes (64x64, 12 blocks)"),
+        toy_model("toy-auraflow", family("auraflow"), "toy AuraFlow trained on captioned shapes (64x64, 2+12 blocks)"),
     )
 }
 

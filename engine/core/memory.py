@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +165,9 @@ def _conv(inputs: int, outputs: int, kernel: int) -> int:
 
 def vae_parameters(config: Mapping[str, Any]) -> int:
     """AutoencoderKL's parameter count (encoder and decoder) from its config.json, diffusers' defaults
-    where absent."""
+    where absent; none for the toy models' parameter-free space-to-depth autoencoder."""
+    if config.get("_class_name") == "SpaceToDepthAutoencoder":
+        return 0
     blocks = [int(c) for c in config.get("block_out_channels", (64,))]
     layers = int(config.get("layers_per_block", 1))
     latent = int(config.get("latent_channels", 4))
@@ -215,10 +217,20 @@ def tiny_text_encoder(spec: TextEncoderSpec) -> TextEncoderShape:
                             head_dim=_TINY_HEAD_DIM, gated=spec.model_class.startswith("UMT5"))
 
 
+def toy_text_encoder(spec: TextEncoderSpec) -> TextEncoderShape:
+    """The shape of a toy pipeline's text encoder: the tiny one's, with the whole-word vocabulary
+    (engine/core/toy_vocab.py; imported here only, it reads the shapes grammar)."""
+    from dit_explore.engine.core.toy_vocab import vocab_size
+
+    return replace(tiny_text_encoder(spec), vocab=vocab_size(spec.tokenizer))
+
+
 def text_encoders(source: ModelSource) -> tuple[TextEncoderShape, ...]:
     family = source.family_info
     if source.kind == "tiny":
         return tuple(tiny_text_encoder(spec) for spec in family.tiny.text_encoders)
+    if source.kind == "toy" and family.toy is not None:
+        return tuple(toy_text_encoder(spec) for spec in family.toy.text_encoders)
     return family.memory.text_encoders if family.memory is not None else ()
 
 
@@ -380,7 +392,7 @@ def estimate(
 
     # Weights.
     upcast = family.upcasts_vae and dtype == "float16" and bool(vae.get("force_upcast", True))
-    encoders = () if random_weights and source.kind != "tiny" else text_encoders(source)
+    encoders = () if random_weights and source.kind not in ("tiny", "toy") else text_encoders(source)
     parts["transformer weights"] = (family.transformer_parameters(transformer) or 0) * size
     parts["VAE weights"] = vae_parameters(vae) * (4 if upcast else size)
     parts["text encoder weights"] = sum(text_encoder_parameters(e) for e in encoders) * size

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dit_explore.engine.core.catalog import MODELS, ModelSpec, spec_for_repo
+from dit_explore.engine.core.catalog import MODELS, ModelSpec, spec_for_repo, toy_folder
 from dit_explore.engine.core.families import Defaults, Family, FamilyError, all_families, family, family_for_pipeline
 from dit_explore.engine.core.layout import Layout
 
@@ -31,7 +31,7 @@ class ModelError(ValueError):
 @dataclass(frozen=True)
 class ModelSource:
     name: str  # what the user typed, for display and run.json
-    kind: str  # "tiny" | "alias" | "repo" | "local"
+    kind: str  # "tiny" | "toy" (a trained folder shipped in the package) | "alias" | "repo" | "local"
     family: str
     location: str  # tiny name, repo id or folder path
     layout: Layout
@@ -98,9 +98,9 @@ def _from_spec(name: str, spec: ModelSpec) -> ModelSource:
         raise ModelError(f"{name}: {exc}") from None
     return ModelSource(
         name=name,
-        kind="tiny" if spec.tiny else "alias",
+        kind="toy" if spec.toy else "tiny" if spec.tiny else "alias",
         family=spec.family,
-        location=spec.alias if spec.tiny else str(spec.repo),
+        location=str(toy_folder(spec.alias)) if spec.toy else spec.alias if spec.tiny else str(spec.repo),
         layout=layout,
         defaults=spec.defaults,
         transformer_config=spec.transformer,
