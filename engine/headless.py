@@ -404,3 +404,20 @@ def bench_command(req: BenchRequest) -> int:
         req.json_path.write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
         _say(f"wrote {req.json_path}")
     return 0
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    model: str
+    plan: str | None = None
+    sampling: plans.Sampling = plans.Sampling()
+    options: ModelOptions = ModelOptions()
+    json_path: Path | None = None
+    limit: int | None = None
+
+
+def eval_command(req: EvalRequest) -> int:
+    """`dit-explore eval`: the captioned-shapes captions rendered and read back (engine/eval.py)."""
+    from dit_explore.engine.eval import evaluate
+
+    return evaluate(req)

@@ -117,10 +117,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling(bench)
     _add_device(bench)
     bench.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
+
+    evaluate = sub.add_parser("eval", prog="dit-explore eval",
+                              help="score a model (or a plan) on the captioned-shapes grammar",
+                              description="Generate every caption of the toy models' shapes grammar (324; caption "
+                              "i with seed S+i), read each image back with a weight-free scorer, and print the "
+                              "accuracy per attribute and all-correct against chance, the seconds per image and "
+                              "the plan's block executions against the full model's.")
+    evaluate.add_argument("model", metavar="MODEL", help="alias (toy-flux, ...), Hugging Face repo id or local folder")
+    evaluate.add_argument("--plan", metavar="FILE", help="a .plan.toml file, or a PNG written by dit-explore")
+    evaluate.add_argument("--seed", type=int, help="base seed S: caption i runs with seed S+i (default 0)")
+    evaluate.add_argument("--steps", type=int, help="denoising steps (default: the model's usual)")
+    evaluate.add_argument("--guidance", type=float, help="guidance scale (default: the model's usual)")
+    _add_device(evaluate)
+    evaluate.add_argument("--limit", type=int, metavar="N", help="only the first N captions of a fixed shuffle "
+                          "(quick checks on CPU)")
+    evaluate.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
     return parser
 
 
-SUBCOMMANDS = ("run", "models", "analyze", "plans", "bench")
+SUBCOMMANDS = ("run", "models", "analyze", "plans", "bench", "eval")
 
 
 def _command_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -259,8 +275,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return headless.models_command()
     if args.command == "plans":
         return headless.plans_command(args.model, args.from_groups, args.out, args.overwrite)
-    sampling = Sampling(seed=args.seed, steps=args.steps, width=args.width, height=args.height, guidance=args.guidance)
     options = headless.ModelOptions(args.device, args.dtype, args.random_weights, args.compile)
+    if args.command == "eval":
+        return headless.eval_command(headless.EvalRequest(
+            model=args.model, plan=args.plan, sampling=Sampling(seed=args.seed, steps=args.steps, guidance=args.guidance),
+            options=options, json_path=args.json, limit=args.limit))
+    sampling = Sampling(seed=args.seed, steps=args.steps, width=args.width, height=args.height, guidance=args.guidance)
     if args.command == "run":
         return headless.run_command(headless.RunRequest(
             model=args.model, out=args.out, plan=args.plan, prompts=tuple(args.prompt or ()),

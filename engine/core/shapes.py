@@ -363,11 +363,17 @@ def score(images: Sequence[np.ndarray] | np.ndarray, captions: Sequence[str]) ->
     grammar or the counts differ)."""
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
-    wanted = [parse_caption(c) for c in captions]
+    return tally([read_back(np.asarray(image)) for image in images], captions)
+
+
+def tally(readings: Sequence[Reading], captions: Sequence[str]) -> Scores:
+    """Scores of readings already taken (the eval command keeps each image's reading for its report)."""
+    if len(readings) != len(captions):
+        raise ValueError(f"{len(readings)} readings but {len(captions)} captions")
     correct = dict.fromkeys((*ATTRIBUTE_NAMES, "all"), 0)
-    for image, attrs in zip(images, wanted):
-        hits = read_back(np.asarray(image)).matches(attrs)
+    for reading, caption in zip(readings, captions):
+        hits = reading.matches(parse_caption(caption))
         for name, hit in hits.items():
             correct[name] += hit
         correct["all"] += all(hits.values())
-    return Scores(n=len(wanted), correct=correct)
+    return Scores(n=len(readings), correct=correct)
