@@ -287,3 +287,11 @@ def test_whatever_comes_before_it_a_frame_is_read(junk: bytes, ident: int) -> No
     engine's reader has reported what came before it), and nothing is read after it."""
     got = over_bytes(junk + ping_frame(ident), max_binary=0, limit=200)
     assert got and got[-1] == pinged(ident)
+
+
+def test_an_integer_beyond_any_float_is_a_protocol_error() -> None:
+    from dit_explore.engine.core.protocol import ProtocolError, decode_request
+
+    with pytest.raises(ProtocolError, match=r"run\.sampling\.guidance: a number beyond the range of a float"):
+        decode_request({"type": "run", "job": 1, "plan": "version = 1\n", "prompts": ["p"],
+                        "sampling": {"guidance": 10 ** 400}})

@@ -420,7 +420,10 @@ def from_json(annotation: Any, data: Any, where: str) -> Any:
     if annotation is float:
         if not isinstance(data, (int, float)) or isinstance(data, bool):
             raise ProtocolError(f"{where}: expected a number, got {_kind(data)}")
-        return float(data)
+        try:
+            return float(data)
+        except OverflowError:
+            raise ProtocolError(f"{where}: a number beyond the range of a float") from None
     if annotation is str:
         if not isinstance(data, str):
             raise ProtocolError(f"{where}: expected a string, got {_kind(data)}")

@@ -108,3 +108,9 @@ def test_what_cannot_load_back_is_never_saved(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []  # nothing written, no temp file
     small = plans.Plan(orders=(("a", spread[:100]),), name="n" * 200)
     assert plans.load(plans.save(small, tmp_path / "ok.plan.toml")) == small
+
+
+def test_a_guidance_integer_beyond_any_float_is_one_line() -> None:
+    with pytest.raises(plans.PlanError) as caught:
+        plans.loads("version = 1\n[sampling]\nguidance = " + "9" * 400 + "\n", "g.plan.toml")
+    assert caught.value.problems == ["g.plan.toml: sampling.guidance: must be a finite number >= 0 at 'inf'"]

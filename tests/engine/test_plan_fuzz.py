@@ -234,6 +234,7 @@ ESC_RAW = "version = 1\nname = 5 # \x1b]0;pwned\x07\n"  # raw control characters
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example,
                                  HealthCheck.filter_too_much])
 @given(plan_texts())
+@example('version = 1\n[sampling]\nguidance = ' + '9' * 400 + '\n')  # an integer beyond any float (found by this fuzzer)
 @example('version = 1\n[order]\nsingle = "0-99999999"\n')  # 63 s and several GB before
 @example('version = 1\n[order]\nsingle = "[0-30000]"\n')  # 8.5 s: a quadratic duplicate check
 @example('version = 1\n[order]\nsingle = "' + "0," * 5_000_000 + '0"\n')  # 10 MB of "0,0,0,…": 61 s
