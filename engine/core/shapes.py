@@ -46,8 +46,7 @@ pixels and tolerates blurry or noisy model output:
    circle's 1), else `circle`. (A plain fill-ratio rule reads crisp renders perfectly but misreads
    small triangles under a blur of radius 1, whose cut-off apex raises their fill towards a circle's.)
 
-Torch-free (numpy and Pillow only): the trainer, the eval command and the explorer's prompt warning share
-it.
+Torch-free (numpy only): the trainer, the eval command and the explorer's prompt warning share it.
 """
 
 from __future__ import annotations
@@ -60,6 +59,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from dit_explore.engine.core.text import shown
 
 SIZES: tuple[str, ...] = ("small", "large")
 COLORS: tuple[str, ...] = ("red", "green", "blue", "yellow", "cyan", "magenta")
@@ -135,8 +136,8 @@ def parse_caption(text: str) -> Attributes:
     normal = " ".join(text.lower().split())
     found = _BY_CAPTION.get(normal)
     if found is None:
-        shown = repr(text if len(text) <= 120 else text[:120] + "…")
-        raise ValueError(f"not a shapes caption: {shown} (expected 'a {{size}} {{color}} {{shape}} at the {{position}}')")
+        raise ValueError(f"not a shapes caption: '{shown(text)}' (expected 'a {{size}} {{color}} {{shape}} at the "
+                         "{position}')")
     return found
 
 
