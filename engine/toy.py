@@ -49,13 +49,15 @@ import numpy as np
 import torch
 import transformers
 from PIL import Image
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import CLIPTokenizer, T5TokenizerFast
 
 from dit_explore.engine.core import shapes
 from dit_explore.engine.core.catalog import MODELS
 from dit_explore.engine.core.families import Family, ToySpec, family
+from dit_explore.engine.core.resolve import resolve
 from dit_explore.engine.core.toy_vocab import T5_SPECIALS, clip_vocabulary, t5_pieces
+from dit_explore.engine.models import load, pick_device, quiet_libraries
 from dit_explore.engine.tiny import _scheduler, _text_encoder, _without_transformers_progress_bars
 from dit_explore.engine.toy_autoencoder import SpaceToDepthAutoencoder
 
@@ -74,11 +76,15 @@ def clip_tokenizer() -> CLIPTokenizer:
 
 def t5_tokenizer() -> T5TokenizerFast:
     """A T5-shaped Unigram tokenizer: every grammar word one piece, characters for everything else; ids
-    0/1/2 are pad/eos/unk and `</s>` ends every sequence, as in real T5."""
+    0/1/2 are pad/eos/unk and `</s>` ends every sequence, as in real T5.
+
+    The pre-tokenizer (split on whitespace, then Metaspace) and the absent normalizer are what
+    T5TokenizerFast.from_pretrained rebuilds from the saved folder (transformers 5), so the tokenizer
+    training uses is the one that ships, for any spacing of any prompt."""
     pad, eos, unk = T5_SPECIALS
     backend = Tokenizer(models.Unigram(t5_pieces(), unk_id=2, byte_fallback=False))
-    backend.normalizer = normalizers.NFKC()
-    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")])
     backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     backend.post_processor = processors.TemplateProcessing(
         single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, 1)])
@@ -250,19 +256,46 @@ class Ema:
             s.copy_(live)
 
 
-def train(pipe: Any, of: Family, bank: Bank, config: TrainConfig, device: torch.device,
+# One training batch: clean latents x0, noise, noise levels sigma (batch,) and the embeddings (by key).
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
+
+
+def bank_batches(pipe: Any, bank: Bank, config: TrainConfig, device: torch.device) -> Callable[[], Batch]:
+    """Random batches from the bank: images uniformly (caption and jitter), `config.dropout` of their
+    captions replaced by the empty one, Gaussian noise, sigma logit-normal; seeded by `config.seed`."""
+    generator = torch.Generator(device).manual_seed(config.seed)
+    n_images = bank.images.shape[0]
+
+    def draw() -> Batch:
+        index = torch.randint(n_images, (config.batch,), device=device, generator=generator)
+        caption = index // bank.jitters
+        drop = torch.rand(config.batch, device=device, generator=generator) < config.dropout
+        embeds = {}
+        for key, table in bank.embeds.items():
+            rows = table[caption]
+            dropped = drop.view(-1, *([1] * (rows.dim() - 1)))
+            embeds[key] = torch.where(dropped, bank.empty[key].expand_as(rows), rows)
+        with torch.no_grad():
+            x0 = to_latents(pipe, bank.images[index])
+        noise = torch.randn(x0.shape, device=device, generator=generator)
+        sigma = torch.sigmoid(torch.randn(config.batch, device=device, generator=generator))
+        return x0, noise, sigma, embeds
+
+    return draw
+
+
+def train(pipe: Any, of: Family, draw: Callable[[], Batch], config: TrainConfig, device: torch.device,
           log: Callable[[str], None] = print,
           check: Callable[[int], dict[str, Any]] | None = None) -> tuple[TrainResult, Ema]:
-    """Train the pipeline's transformer on the bank until `config.seconds` or `config.max_steps`; returns
-    the record and the EMA (call `ema.swap()` to put the averaged weights in the transformer). `check`
-    (steps done) measures the EMA's accuracy every `config.eval_every` seconds, inside the time budget."""
+    """Train the pipeline's transformer on batches from `draw` (bank_batches) until `config.seconds` or
+    `config.max_steps`; returns the record and the EMA (`ema.swap()` puts the averaged weights in the
+    transformer). `check` (steps done) measures the EMA's accuracy every `config.eval_every` seconds,
+    inside the time budget. The loss of each step is taken before its update."""
     transformer = pipe.transformer.train()
     params = [p for p in transformer.parameters() if p.requires_grad]
     cuda = device.type == "cuda"
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0, fused=cuda)
     ema = Ema(transformer, config.ema)
-    generator = torch.Generator(device).manual_seed(config.seed)
-    n_images = bank.images.shape[0]
     result = TrainResult(steps=0, seconds=0.0)
     running = torch.zeros((), device=device)
     counted = 0
@@ -279,18 +312,7 @@ def train(pipe: Any, of: Family, bank: Bank, config: TrainConfig, device: torch.
         lr = learning_rate(config, step, progress)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        index = torch.randint(n_images, (config.batch,), device=device, generator=generator)
-        caption = index // bank.jitters
-        drop = torch.rand(config.batch, device=device, generator=generator) < config.dropout
-        embeds = {}
-        for key, table in bank.embeds.items():
-            rows = table[caption]
-            keep = drop.view(-1, *([1] * (rows.dim() - 1)))
-            embeds[key] = torch.where(keep, bank.empty[key].expand_as(rows), rows)
-        with torch.no_grad():
-            x0 = to_latents(pipe, bank.images[index])
-        noise = torch.randn(x0.shape, device=device, generator=generator)
-        sigma = torch.sigmoid(torch.randn(config.batch, device=device, generator=generator))
+        x0, noise, sigma, embeds = draw()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
             loss = velocity_loss(pipe, of, x0, noise, sigma, embeds)
         optimizer.zero_grad(set_to_none=True)
@@ -383,9 +405,6 @@ def run(model: str, out_dir: Path, config: TrainConfig, device: torch.device, *,
     dit-explore's loader, score it at 20 and 4 steps, and write training.json (returned), DIR-samples.png
     and (with `archive`) DIR.tar.gz. `captions` (all 324 by default) are what it trains and scores on;
     `spec` replaces the family's ToySpec (the tests train a narrower one)."""
-    from dit_explore.engine.models import load, quiet_libraries
-    from dit_explore.engine.core.resolve import resolve
-
     of = toy_family(model)
     spec = spec or spec_of(of)
     if out_dir.exists():
@@ -410,18 +429,16 @@ def run(model: str, out_dir: Path, config: TrainConfig, device: torch.device, *,
             + "  ".join(f"{k} {v:.0%}" for k, v in scores["accuracy"].items() if k != "all"))
         return {"accuracy_4_steps": scores["accuracy"]}
 
-    result, ema = train(pipe, of, bank, config, device, log=log, check=check if config.eval_every > 0 else None)
+    result, ema = train(pipe, of, bank_batches(pipe, bank, config, device), config, device, log=log,
+                        check=check if config.eval_every > 0 else None)
     ema.swap()  # ship the average
     log(f"trained {result.steps} steps in {result.seconds:.1f} s")
-    save_pipeline(pipe, out_dir)
-    del pipe, bank, ema
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    save_pipeline(pipe, out_dir)  # (moves it to the CPU)
 
     # Score what ships: the saved folder, loaded the way the explorer loads a folder.
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     loaded = load(resolve(str(out_dir)), device, dtype)
-    reloaded = loaded.pipe
+    reloaded: Any = loaded.pipe
     with torch.no_grad():
         embeds = encode_captions(reloaded, of, captions, sequence, device)
     accuracy: dict[str, Any] = {}
@@ -436,7 +453,7 @@ def run(model: str, out_dir: Path, config: TrainConfig, device: torch.device, *,
     assert samples is not None
     grid(samples).save(out_dir.parent / f"{out_dir.name}-samples.png")
 
-    record = {
+    record: dict[str, Any] = {
         "model": model,
         "family": of.name,
         "command": list(command),
@@ -456,13 +473,12 @@ def run(model: str, out_dir: Path, config: TrainConfig, device: torch.device, *,
         "device": {"type": device.type, "name": _device_name(device)},
         "dtype_saved": "bfloat16",
         "versions": _versions(),
-        "wall_seconds": None,
-        "folder_bytes": None,
     }
     record["wall_seconds"] = round(time.perf_counter() - wall, 2)
-    (out_dir / TRAINING_RECORD).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    record["folder_bytes"] = folder_bytes(out_dir)
-    (out_dir / TRAINING_RECORD).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    record["folder_bytes"] = folder_bytes(out_dir)  # the pipeline's files, this record aside
+    text = json.dumps(record, indent=1) + "\n"
+    (out_dir / TRAINING_RECORD).write_text(text, encoding="utf-8")
+    record = json.loads(text)
     if archive:
         with tarfile.open(out_dir.parent / f"{out_dir.name}.tar.gz", "w:gz") as tar:
             tar.add(out_dir, arcname=out_dir.name)
@@ -489,10 +505,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--log-every", type=int, default=TrainConfig.log_every)
     p.add_argument("--no-archive", action="store_true", help="do not write DIR.tar.gz")
     args = parser.parse_args(argv)
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
     config = TrainConfig(seconds=args.seconds, max_steps=args.max_steps, batch=args.batch, lr=args.lr,
                          jitters=args.jitters, seed=args.seed, log_every=args.log_every, eval_every=args.eval_every)
 
@@ -500,6 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{args.model}] {line}", flush=True)
 
     try:
+        device = pick_device(args.device)
         run(args.model, args.out, config, device, archive=not args.no_archive, log=log,
             command=["python", "-m", "dit_explore.engine.toy", *(sys.argv[1:] if argv is None else argv)])
     except (ValueError, FileExistsError) as exc:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import string
 from collections import Counter
 from collections.abc import Iterable
+from itertools import pairwise
 
 from dit_explore.engine.core.shapes import WORDS
 
@@ -51,7 +52,7 @@ def bpe_merges(words: Iterable[str]) -> list[tuple[str, str]]:
     pieces = {w: [*w[:-1], w[-1] + END_OF_WORD] for w in dict.fromkeys(words) if w}
     merges: list[tuple[str, str]] = []
     while True:
-        counts = Counter(pair for seq in pieces.values() for pair in zip(seq, seq[1:]))
+        counts = Counter(pair for seq in pieces.values() for pair in pairwise(seq))
         if not counts:
             return merges
         best = min(counts, key=lambda pair: (-counts[pair], pair))

@@ -28,7 +28,8 @@ from dit_explore.engine.core.families.base import (
 )
 
 __all__ = ["BlockIO", "BlockLayoutError", "Defaults", "EmbeddingShape", "Family", "FamilyError", "MemorySpec", "StackSpec",
-           "TextEncoderShape", "TextEncoderSpec", "TinySpec", "ToySpec", "all_families", "family", "family_for_pipeline", "register"]
+           "TextEncoderShape", "TextEncoderSpec", "TinySpec", "ToySpec", "all_families", "family", "family_for_pipeline",
+           "register"]
 
 _REGISTRY: dict[str, Family] = {}
 _DISCOVERED = False

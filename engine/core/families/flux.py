@@ -12,11 +12,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from dit_explore.engine.core.families.base import (
+    SPACE_TO_DEPTH_PREVIEW,
     BlockIO,
     Defaults,
     EmbeddingShape,
     Family,
-    SPACE_TO_DEPTH_PREVIEW,
     MemorySpec,
     StackSpec,
     TextEncoderShape,
