@@ -118,6 +118,9 @@ def test_the_wheel_installs_and_runs_headless(installed: Installed) -> None:
     expected = {f"dit_explore/saved_plans/{p.relative_to(ROOT / 'saved_plans').as_posix()}"
                 for p in (ROOT / "saved_plans").glob("*/*.plan.toml")}
     assert expected <= plans, f"saved plans missing from the wheel: {sorted(expected - plans)}"
+    toys = {f"dit_explore/engine/{p.relative_to(ROOT / 'engine').as_posix()}"
+            for p in (ROOT / "engine" / "toys").rglob("*") if p.is_file()}
+    assert toys <= names, f"trained toy model files missing from the wheel: {sorted(toys - names)}"
     for folder, package in PACKAGE_DIRS.items():
         sources = {f"{package}/{p.relative_to(ROOT / folder).as_posix()}" for p in (ROOT / folder).rglob("*.py")
                    if "__pycache__" not in p.parts}
@@ -153,6 +156,12 @@ def test_the_wheel_installs_and_runs_headless(installed: Installed) -> None:
     assert record["status"] == "ok", record
     models = _run([str(installed.script), "models"], cwd=installed.outside, env=installed.env).stdout
     assert "flux-schnell" in models
+    # A shipped toy model loads from the installed package (its own autoencoder class included).
+    if (ROOT / "engine" / "toys" / "toy-flux" / "model_index.json").is_file():
+        toy_out = installed.outside / "toy"
+        _run([str(installed.script), "run", "toy-flux", "--prompt", "a large red circle at the center", "--out",
+              str(toy_out)], cwd=installed.outside, env=installed.env)
+        assert json.loads((toy_out / "run.json").read_text())["status"] == "ok"
 
 
 def _both_images(screen: str) -> bool:
