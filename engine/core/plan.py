@@ -318,7 +318,7 @@ def parse_order(text: str, where: str = "order") -> Order:
     """Parse one order string; raises PlanError naming `where` and the offending token. At most
     MAX_EXECUTIONS block executions, refused as soon as the running count passes it."""
     parser = _Parser(text, where, index="block index", max_index=MAX_BLOCK_INDEX, budget=MAX_EXECUTIONS,
-                     over_budget=f"more than the {MAX_EXECUTIONS} block executions per step a stack may run")
+                     over_budget=f"too many block executions per step (at most {MAX_EXECUTIONS})")
     return _normalize(parser.order())
 
 
@@ -326,7 +326,7 @@ def parse_steps(text: str, where: str = "active_steps") -> tuple[int, ...]:
     """Step indices in span syntax ("0-1", "0,2,4-6"), as a sorted set. An index is at most
     MAX_STEPS - 1 (no run has more steps), and at most MAX_STEPS indices may be listed."""
     parser = _Parser(text, where, index="step index", max_index=MAX_STEPS - 1, budget=MAX_STEPS,
-                     over_budget=f"more than the {MAX_STEPS} step indices a plan may name")
+                     over_budget=f"too many step indices (at most {MAX_STEPS})")
     if parser.peek() is None:
         raise parser.error("syntax error: expected a step index")
     return tuple(sorted(set(parser.comma_list(parser.span))))

@@ -64,8 +64,6 @@ def test_side_by_side_times_both_on_the_same_inputs(tiny_generator: Callable[[st
     assert timed.calls == 5 and 0 < timed.plan < timed.identity
     assert [len(timed.blocks[s.name]) for s in loaded.layout.stacks] == [4, 8]
     assert all(t > 0 for times in timed.blocks.values() for t in times)
-    # Each block's clock sits inside the full model's call: together they are less than a call.
-    assert sum(map(sum, timed.blocks.values())) < timed.identity * 1.5
     assert type(loaded.transformer.single_transformer_blocks).__name__ == "ModuleList"  # restored
 
 
