@@ -166,7 +166,8 @@ def test_back_to_back_copies_of_a_group_merge_like_the_parser() -> None:
 
 
 def test_the_execution_limit_is_a_plan_error() -> None:
-    with pytest.raises(PlanError, match=r"order\.single: too many block executions per step \(at most 10000\) at .1000. \(column 8\)"):
+    with pytest.raises(PlanError, match=r"order\.single: too many block executions per step \(at most 10000\) "
+                                        r"at .1000. \(column 8\)"):
         parallel(Plan(), FLUX, "single", 0, 37, loops=MAX_COUNT)
 
 
