@@ -157,6 +157,35 @@ def test_training_calls_the_transformer_as_the_pipeline_does(name: str) -> None:
     assert torch.allclose(got, expected, atol=1e-5), name
 
 
+# The timestep each pipeline passes its transformer, in units of sigma (read off the pipelines' loops).
+TIMESTEP_PER_SIGMA = {"flux": 1.0, "sd3": 1000.0, "auraflow": 1.0}
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_the_pipeline_turns_the_trained_target_into_the_image(name: str) -> None:
+    """A transformer that predicts the training target exactly for one image (the velocity noise - x0 of
+    x_t = (1 - sigma) x0 + sigma noise) makes the pipeline's own sampler return that image: the objective
+    and the sampler agree on direction, scale and noise level."""
+    of = family(name)
+    pipe = toy.build_pipeline(of, tiny_spec(of))
+    caption = shapes.CAPTIONS[100]
+    image = torch.from_numpy(shapes.render_batch([shapes.parse_caption(caption)], np.random.default_rng(0)))
+    x0 = toy.to_latents(pipe, image)
+
+    def oracle(*args: Any, **kwargs: Any) -> tuple[torch.Tensor]:
+        xt = of.spatial_latents(pipe, args[0] if args else kwargs["hidden_states"], 64, 64)
+        sigma = kwargs["timestep"].float().view(-1, 1, 1, 1) / TIMESTEP_PER_SIGMA[name]
+        velocity = (xt - (1 - sigma) * x0) / sigma - x0
+        if name == "flux":  # the pipeline's packed layout
+            velocity = pipe._pack_latents(velocity, *velocity.shape)
+        return (velocity,)
+
+    pipe.transformer.forward = oracle
+    embeds = toy.encode_captions(pipe, of, [caption], 16, CPU)
+    out = pipe(**embeds, num_inference_steps=4, guidance_scale=0.0, width=64, height=64, output_type="np").images
+    assert np.array_equal((out[0] * 255).round().astype(np.uint8), image[0].numpy())
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 def test_thirty_steps_on_a_fixed_batch_halve_the_loss(name: str) -> None:
     of = family(name)
