@@ -400,11 +400,12 @@ def parameter_count(module: torch.nn.Module) -> int:
 
 def run(model: str, out_dir: Path, config: TrainConfig, device: torch.device, *, archive: bool = True,
         captions: Sequence[str] = shapes.CAPTIONS, eval_batch: int = 324, log: Callable[[str], None] = print,
-        command: Sequence[str] = (), spec: ToySpec | None = None) -> dict[str, Any]:
+        command: Sequence[str] = (), spec: ToySpec | None = None, init: Path | None = None) -> dict[str, Any]:
     """Train MODEL's toy, save its EMA weights as a bf16 pipeline folder at `out_dir`, load it back through
     dit-explore's loader, score it at 20 and 4 steps, and write training.json (returned), DIR-samples.png
     and (with `archive`) DIR.tar.gz. `captions` (all 324 by default) are what it trains and scores on;
-    `spec` replaces the family's ToySpec (the tests train a narrower one)."""
+    `spec` replaces the family's ToySpec (the tests train a narrower one); `init`, a folder this wrote
+    before, starts from its weights (a second stage: training.json then counts both)."""
     of = toy_family(model)
     spec = spec or spec_of(of)
     if out_dir.exists():
@@ -416,6 +417,17 @@ def run(model: str, out_dir: Path, config: TrainConfig, device: torch.device, *,
         torch.backends.cuda.enable_cudnn_sdp(False)  # cuDNN attention failed in the backward pass (torch 2.11, CUDA 13)
         torch.backends.cuda.matmul.allow_tf32 = True
     pipe = build_pipeline(of, spec, seed=config.seed)
+    resumed: dict[str, Any] | None = None
+    if init is not None:  # go on from a trained folder's (EMA) weights: a second stage of training
+        trained = type(pipe.transformer).from_pretrained(init / "transformer", torch_dtype=torch.float32)
+        pipe.transformer.load_state_dict(trained.state_dict())
+        record_file = init / TRAINING_RECORD
+        earlier = json.loads(record_file.read_text(encoding="utf-8")) if record_file.is_file() else {}
+        resumed = {"folder": str(init), "command": earlier.get("command"), "accuracy": earlier.get("accuracy"),
+                   "steps": earlier.get("total_steps", earlier.get("steps", 0)),  # every stage before this one
+                   "train_seconds": earlier.get("total_train_seconds", earlier.get("train_seconds", 0.0))}
+        log(f"{model}: starting from the weights of {init} ({resumed['steps']} steps, "
+            f"{resumed['train_seconds']} s of training)")
     pipe.to(device)
     sequence = spec.defaults.max_sequence_length
     bank = make_bank(pipe, of, captions, config.jitters, np.random.default_rng(config.seed), device, sequence,
@@ -465,6 +477,9 @@ def run(model: str, out_dir: Path, config: TrainConfig, device: torch.device, *,
         "captions": len(captions),
         "steps": result.steps,
         "train_seconds": round(result.seconds, 2),
+        "resumed": resumed,  # the stages this one went on from (their steps and seconds together), or null
+        "total_steps": result.steps + (resumed["steps"] if resumed else 0),
+        "total_train_seconds": round(result.seconds + (resumed["train_seconds"] if resumed else 0.0), 2),
         "steps_per_second": round(result.steps / max(result.seconds, 1e-9), 3),
         "loss_curve": result.curve,
         "checks": result.checks,
@@ -504,6 +519,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="seconds between 4-step accuracy checks of the EMA (0: none)")
     p.add_argument("--log-every", type=int, default=TrainConfig.log_every)
     p.add_argument("--no-archive", action="store_true", help="do not write DIR.tar.gz")
+    p.add_argument("--init", type=Path, default=None,
+                   help="a folder this command wrote before: go on training from its weights (a second stage)")
     args = parser.parse_args(argv)
     config = TrainConfig(seconds=args.seconds, max_steps=args.max_steps, batch=args.batch, lr=args.lr,
                          jitters=args.jitters, seed=args.seed, log_every=args.log_every, eval_every=args.eval_every)
@@ -513,7 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         device = pick_device(args.device)
-        run(args.model, args.out, config, device, archive=not args.no_archive, log=log,
+        run(args.model, args.out, config, device, archive=not args.no_archive, log=log, init=args.init,
             command=["python", "-m", "dit_explore.engine.toy", *(sys.argv[1:] if argv is None else argv)])
     except (ValueError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
