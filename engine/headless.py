@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dit_explore.engine.core import plan as plans
-from dit_explore.engine.core.catalog import DEFAULT_PROMPT, MODELS
+from dit_explore.engine.core.catalog import MODELS, analysis_prompts, default_prompt
 from dit_explore.engine.core.families import all_families
 from dit_explore.engine.core.resolve import ModelError, ModelSource, resolve
 from dit_explore.engine.core.sampling import Settings, check_prompts, resolve_settings
@@ -29,7 +29,8 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def read_prompts(prompts: list[str] | None, prompts_file: str | None, fallback: str | None) -> list[str]:
+def read_prompts(prompts: list[str] | None, prompts_file: str | None, fallback: str | None,
+                 model: str = "") -> list[str]:
     out = [p for p in prompts or []]
     if prompts_file is not None:
         from dit_explore.engine.core.userfiles import UserFileError, read_user_text
@@ -45,7 +46,7 @@ def read_prompts(prompts: list[str] | None, prompts_file: str | None, fallback: 
             raise UsageError(f"--prompts {path}: no prompts in it (one prompt per line)")
         out += from_file
     if not out:
-        return [fallback or DEFAULT_PROMPT]
+        return [fallback or default_prompt(model)]
     try:
         return list(check_prompts(out, "--prompt"))
     except plans.PlanError as exc:
@@ -134,7 +135,7 @@ def run_command(req: RunRequest) -> int:
         raise UsageError(str(exc)) from None
     except ModelError as exc:
         raise UsageError(str(exc)) from None
-    prompts = read_prompts(list(req.prompts), req.prompts_file, plan.sampling.prompt)
+    prompts = read_prompts(list(req.prompts), req.prompts_file, plan.sampling.prompt, source.name)
     try:
         check_destination(req.out, req.overwrite, RUN_JSON, "run")
     except ValueError as exc:
@@ -267,7 +268,7 @@ def analyze_command(req: AnalyzeRequest) -> int:
         raise UsageError(f"--groups {req.groups}: must be at least 1")
     check_memory(source, settings, req.options, analysis=True)
     prompts = read_prompts(list(req.prompts), req.prompts_file, None) if (req.prompts or req.prompts_file) \
-        else list(DEFAULT_PROMPTS)
+        else list(analysis_prompts(source.name, DEFAULT_PROMPTS))
 
     # The destination is claimed before the model loads (as for run): its problems cost no load.
     try:

@@ -338,12 +338,15 @@ class Engine:
                              analysis=analysis)
 
     def parse_analyze(self, request: protocol.Analyze) -> Job:
+        from dit_explore.engine.core.catalog import analysis_prompts
         from dit_explore.engine.core.similarity import DEFAULT_PROMPTS
 
         if request.groups is not None and request.groups < 1:
             raise RequestError("analyze.groups: must be a positive integer or null")
         plan = plans.Plan()
-        prompts = _prompts("analyze", request.prompts if request.prompts is not None else DEFAULT_PROMPTS)
+        assert self.source is not None
+        prompts = _prompts("analyze", request.prompts if request.prompts is not None
+                           else analysis_prompts(self.source.name, DEFAULT_PROMPTS))
         return Job(request.job, plan, prompts, self._settings("analyze", request.sampling, plan, "analyze"),
                    previews=False, analysis=True, groups=request.groups, use_cache=request.use_cache)
 

@@ -28,7 +28,7 @@ from textual.widgets._toast import ToastHolder, ToastRack
 from textual.worker import Worker, WorkerState
 
 from dit_explore.engine.core import plan as plans
-from dit_explore.engine.core.catalog import DEFAULT_PROMPT
+from dit_explore.engine.core.catalog import default_prompt
 from dit_explore.engine.core.layout import Layout
 from dit_explore.engine.core.protocol import Status
 from dit_explore.engine.core.resolve import ModelSource
@@ -136,8 +136,8 @@ class ExplorerApp(App[int]):
                 with VerticalScroll(id="grid-scroll", can_focus=False):  # the grid scrolls its cursor into view
                     yield LayerGrid(self.layout_info, self.plan, id="grid")
                 yield PlanBar(id="plan-bar")
-                yield SamplingForm(self.plan.sampling.prompt or DEFAULT_PROMPT, settings, self._sampling_problems,
-                                   id="form")
+                yield SamplingForm(self.plan.sampling.prompt or default_prompt(self.source.name), settings,
+                                   self._sampling_problems, id="form")
             with Vertical(id="right"):  # the images view
                 yield ImagePane(self.graphics, id="images")
                 yield StatusPanel(id="status")

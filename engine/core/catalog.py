@@ -15,8 +15,9 @@ from typing import Any
 from dit_explore.engine.core.families import Defaults, Family, family
 from dit_explore.engine.core.layout import Layout
 
-DEFAULT_MODEL = "tiny-flux"
+DEFAULT_MODEL = "toy-flux"  # trained, shipped, CPU-fast: a fresh machine shows real images (docs/toy-models.md)
 DEFAULT_PROMPT = "a lighthouse on a rocky coast at dusk, waves breaking, warm light in the window"
+TOY_PROMPT = "a large red circle at the top left"  # a caption of the toy models' grammar (engine/core/shapes.py)
 
 
 @dataclass(frozen=True)
@@ -229,3 +230,28 @@ def spec_for_repo(repo: str) -> ModelSpec | None:
         if spec.repo == repo:
             return spec
     return None
+
+
+def default_prompt(model: str) -> str:
+    """The prompt a run of `model` gets when none is given: a caption of the shapes grammar for the toy
+    models (the only words they know), a scene for every other model."""
+    spec = MODELS.get(model)
+    return TOY_PROMPT if spec is not None and spec.toy else DEFAULT_PROMPT
+
+
+# Five captions for the toy models' default similarity analysis: every size, colour, shape and a spread
+# of positions, so the average is not the fingerprint of one drawing.
+TOY_ANALYSIS_PROMPTS = (
+    "a large red circle at the top left",
+    "a small green square at the center",
+    "a large blue triangle at the bottom right",
+    "a small yellow circle at the right",
+    "a large magenta square at the top",
+)
+
+
+def analysis_prompts(model: str, general: tuple[str, ...]) -> tuple[str, ...]:
+    """The prompts a default similarity analysis of `model` averages over: captions for the toy models,
+    `general` (engine/core/similarity.py's DEFAULT_PROMPTS) for every other model."""
+    spec = MODELS.get(model)
+    return TOY_ANALYSIS_PROMPTS if spec is not None and spec.toy else general
