@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dit_explore.engine.core import plan as plans
-from dit_explore.engine.core.catalog import MODELS, analysis_prompts, default_prompt
+from dit_explore.engine.core.catalog import MODELS, analysis_prompts, default_prompt, unseen_words
 from dit_explore.engine.core.families import all_families
 from dit_explore.engine.core.resolve import ModelError, ModelSource, resolve
 from dit_explore.engine.core.sampling import Settings, check_prompts, resolve_settings
@@ -136,6 +136,10 @@ def run_command(req: RunRequest) -> int:
     except ModelError as exc:
         raise UsageError(str(exc)) from None
     prompts = read_prompts(list(req.prompts), req.prompts_file, plan.sampling.prompt, source.name)
+    for prompt in prompts[:3]:
+        unseen = unseen_words(source.name, prompt)
+        if unseen is not None:
+            _say(f"warning: {unseen}")
     try:
         check_destination(req.out, req.overwrite, RUN_JSON, "run")
     except ValueError as exc:

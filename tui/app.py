@@ -28,7 +28,7 @@ from textual.widgets._toast import ToastHolder, ToastRack
 from textual.worker import Worker, WorkerState
 
 from dit_explore.engine.core import plan as plans
-from dit_explore.engine.core.catalog import default_prompt
+from dit_explore.engine.core.catalog import default_prompt, unseen_words
 from dit_explore.engine.core.layout import Layout
 from dit_explore.engine.core.protocol import Status
 from dit_explore.engine.core.resolve import ModelSource
@@ -444,6 +444,9 @@ class ExplorerApp(App[int]):
             return
         values = self._form_values()
         if values is not None:
+            unseen = unseen_words(self.source.name, values[0])
+            if unseen is not None:  # it runs anyway: what a toy makes of a strange word is worth seeing too
+                self.notify(unseen, title="prompt", severity="warning", timeout=10)
             label = self.plan.name or self._describe(self.plan)
             await self.session.run(RunWish(self.plan, values[0], values[1], label))
 

@@ -255,3 +255,19 @@ def analysis_prompts(model: str, general: tuple[str, ...]) -> tuple[str, ...]:
     `general` (engine/core/similarity.py's DEFAULT_PROMPTS) for every other model."""
     spec = MODELS.get(model)
     return TOY_ANALYSIS_PROMPTS if spec is not None and spec.toy else general
+
+
+def unseen_words(model: str, prompt: str) -> str | None:
+    """For a toy model, one line naming the words of `prompt` it never saw in training, and the grammar it
+    knows; None when it saw them all, or for any other model (their vocabularies are open)."""
+    spec = MODELS.get(model)
+    if spec is None or not spec.toy:
+        return None
+    from dit_explore.engine.core.shapes import COLORS, POSITIONS, SHAPES, SIZES, unknown_words
+
+    unknown = unknown_words(prompt)
+    if not unknown:
+        return None
+    return (f"{model} never saw {', '.join(repr(w) for w in unknown[:8])}{' …' if len(unknown) > 8 else ''}: it "
+            f"draws 'a {{size}} {{color}} {{shape}} at the {{position}}' with size {'/'.join(SIZES)}, color "
+            f"{'/'.join(COLORS)}, shape {'/'.join(SHAPES)}, position {'/'.join(POSITIONS)}")
