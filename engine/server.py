@@ -419,6 +419,8 @@ class Engine:
         try:
             device = pick_device(self.args.device)
             dtype = pick_dtype(self.args.dtype, device)
+            if device.type == "cpu":
+                _leave_a_core_to_the_client()
             loaded = load(self.source, device, dtype, random_weights=self.args.random_weights,
                           compile=self.args.compile, on_status=progress)
         except ModelError as exc:
@@ -616,6 +618,17 @@ class Engine:
                                         elapsed=time.perf_counter() - started, preview=binary))
 
         return step
+
+
+def _leave_a_core_to_the_client() -> None:
+    """On the CPU, compute on all cores but one: the explorer runs beside the engine, and torch's threads
+    spin while they wait, so an engine on every core makes both crawl (on the 2-core dev box, toy-flux's
+    enter-to-image median was 2.3 s on 2 threads and 1.0 s on 1: BENCHMARKS.md). OMP_NUM_THREADS, when
+    set, wins."""
+    import torch
+
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
 
 
 def _prompts(kind: str, prompts: Sequence[str]) -> tuple[str, ...]:
