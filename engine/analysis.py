@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,11 +35,14 @@ from dit_explore.engine.core.similarity import (
     cache_key,
     group_blocks,
     load_cached,
+    load_result_for,
     store_cached,
 )
 from dit_explore.engine.executor import Check, StandIn
 from dit_explore.engine.generate import Generator, dtype_name
 from dit_explore.engine.models import Loaded
+
+SHIPPED_ANALYSIS = "similarity.json"  # in a toy's folder: its default analysis, as `dit-explore analyze` wrote it
 
 CHUNK_BYTES = 256 << 20  # float32 working set of one Gram chunk
 
@@ -184,7 +188,11 @@ def cached_analysis(generator: Generator, prompts: Sequence[str], settings: Sett
     """The analysis from the on-disk cache when this exact one was made before (regrouped as asked), else
     measured and stored; and whether it came from the cache. The one cache flow of the CLI and engine."""
     root = cache_dir()
-    result = load_cached(root, analysis_key(generator.loaded, prompts, settings)) if use_cache else None
+    key = analysis_key(generator.loaded, prompts, settings)
+    result = load_cached(root, key) if use_cache else None
+    if result is None and use_cache and generator.loaded.source.kind == "toy":
+        # A toy ships its default analysis (measured on the CPU in float32): the first screen is colored at once.
+        result = load_result_for(Path(generator.loaded.source.location) / SHIPPED_ANALYSIS, key)
     if result is not None:
         return result.regroup(groups), True
     result = analyze(generator, prompts, settings, groups=groups, check=check, on_progress=on_progress)

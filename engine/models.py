@@ -303,6 +303,9 @@ def revision(source: ModelSource, pipe: object, random_weights: bool) -> str:
         return "random-weights-seed0"
     if source.kind == "tiny":
         return f"tiny-build-{tiny_build_id(source)}"
+    if source.kind == "toy":  # its trained weights' contents: the same wherever the package is installed
+        weights = Path(source.location) / "transformer" / "diffusion_pytorch_model.safetensors"
+        return "toy-" + hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
     where = str(pipe.config.get("_name_or_path") or "")  # type: ignore[attr-defined]
     parts = Path(where).parts
     if "snapshots" in parts and parts.index("snapshots") + 1 < len(parts):  # a hub cache snapshot folder

@@ -230,7 +230,12 @@ def cache_path(cache_root: Path, key: Mapping[str, Any]) -> Path:
 def load_cached(cache_root: Path, key: Mapping[str, Any]) -> SimilarityResult | None:
     """The cached result for `key`, or None: a missing, unreadable, corrupt or foreign cache file is a
     miss (measured again and overwritten), never an error."""
-    path = cache_path(cache_root, key)
+    return load_result_for(cache_path(cache_root, key), key)
+
+
+def load_result_for(path: Path, key: Mapping[str, Any]) -> SimilarityResult | None:
+    """The result in the file at `path` when it is the analysis `key` names (same model revision, prompts,
+    settings, dtype), else None — a missing, unreadable or corrupt file included."""
     try:
         data = _parse(read_user_text(path, limit=MAX_RESULT_BYTES, kind="similarity results"))
     except ValueError:  # UserFileError, ResultError

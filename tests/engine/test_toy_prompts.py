@@ -36,3 +36,35 @@ def test_run_warns_and_still_draws(tmp_path: Path, capsys: pytest.CaptureFixture
     err = capsys.readouterr().err
     assert "warning: toy-flux never saw 'purple', 'hexagon': it draws" in err
     assert (out / "000.png").is_file()
+
+
+@pytest.mark.parametrize("model", ["toy-flux", "toy-sd3", "toy-auraflow"])
+def test_a_toy_ships_its_default_analysis_and_it_is_what_a_measurement_gives(
+        model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    import numpy as np
+    import torch
+
+    from dit_explore.engine.analysis import SHIPPED_ANALYSIS, cached_analysis
+    from dit_explore.engine.core.resolve import resolve
+    from dit_explore.engine.core.sampling import resolve_settings
+    from dit_explore.engine.core.similarity import DEFAULT_PROMPTS
+    from dit_explore.engine.generate import Generator
+    from dit_explore.engine.models import load
+
+    monkeypatch.setenv("DIT_EXPLORE_CACHE", str(tmp_path / "empty-cache"))
+    source = resolve(model)
+    generator = Generator(load(source, torch.device("cpu"), torch.float32))
+    prompts = analysis_prompts(model, DEFAULT_PROMPTS)
+    settings = resolve_settings(source.defaults)
+    shipped, cached = cached_analysis(generator, prompts, settings)
+    assert cached  # from the package: nothing was measured, and the empty cache stays empty
+    assert not (tmp_path / "empty-cache").exists()
+    with open(Path(source.location) / SHIPPED_ANALYSIS, encoding="utf-8") as f:
+        assert shipped.to_json() == json.load(f)
+    measured, cached = cached_analysis(generator, prompts, settings, use_cache=False)
+    assert not cached
+    for name, stack in measured.stacks.items():
+        np.testing.assert_allclose(np.array(stack.matrix), np.array(shipped.stacks[name].matrix), atol=1e-3)
+        assert stack.groups == shipped.stacks[name].groups
