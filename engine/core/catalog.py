@@ -232,11 +232,16 @@ def spec_for_repo(repo: str) -> ModelSpec | None:
     return None
 
 
+def is_toy(model: str) -> bool:
+    """Whether `model` names one of the trained toy models (they know only the shapes grammar)."""
+    spec = MODELS.get(model)
+    return spec is not None and spec.toy
+
+
 def default_prompt(model: str) -> str:
     """The prompt a run of `model` gets when none is given: a caption of the shapes grammar for the toy
     models (the only words they know), a scene for every other model."""
-    spec = MODELS.get(model)
-    return TOY_PROMPT if spec is not None and spec.toy else DEFAULT_PROMPT
+    return TOY_PROMPT if is_toy(model) else DEFAULT_PROMPT
 
 
 # Five captions for the toy models' default similarity analysis: every size, colour, shape and a spread
@@ -253,15 +258,13 @@ TOY_ANALYSIS_PROMPTS = (
 def analysis_prompts(model: str, general: tuple[str, ...]) -> tuple[str, ...]:
     """The prompts a default similarity analysis of `model` averages over: captions for the toy models,
     `general` (engine/core/similarity.py's DEFAULT_PROMPTS) for every other model."""
-    spec = MODELS.get(model)
-    return TOY_ANALYSIS_PROMPTS if spec is not None and spec.toy else general
+    return TOY_ANALYSIS_PROMPTS if is_toy(model) else general
 
 
 def unseen_words(model: str, prompt: str) -> str | None:
     """For a toy model, one line naming the words of `prompt` it never saw in training, and the grammar it
     knows; None when it saw them all, or for any other model (their vocabularies are open)."""
-    spec = MODELS.get(model)
-    if spec is None or not spec.toy:
+    if not is_toy(model):
         return None
     from dit_explore.engine.core.shapes import COLORS, POSITIONS, SHAPES, SIZES, unknown_words
 
