@@ -19,7 +19,8 @@ def test_each_model_has_the_six_strategies() -> None:
     for f in FILES:
         by_model.setdefault(f.parent.name, []).append(f.name.split("-", 1)[1].removesuffix(".plan.toml"))
     expected = ["skip-first-block", "skip-middle", "middle-repeat", "reverse", "parallel", "looped-parallel"]
-    assert by_model == {"auraflow": expected, "flux-schnell": expected, "sd3-medium": expected}
+    assert by_model == {model: expected for model in ("auraflow", "flux-schnell", "sd3-medium",
+                                                       "toy-flux", "toy-sd3", "toy-auraflow")}
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -46,3 +47,23 @@ def test_flux_strategies_expand_to_the_study_orders() -> None:
     for stem, units in expected.items():
         plan = plans.load(ROOT / "flux-schnell" / f"{stem}.plan.toml")
         assert plan.orders == (("single", tuple(units)),), stem
+
+
+@pytest.mark.parametrize(("model", "stack", "n"), [("toy-flux", "single", 12), ("toy-sd3", "double", 12),
+                                                   ("toy-auraflow", "single", 12)])
+def test_toy_strategies_cover_the_same_middle_half_in_each_family(model: str, stack: str, n: int) -> None:
+    """Hand-written expansions over blocks 3-8 of each toy's 12-block stack (three kept at either end; in
+    toy-sd3 the context-pre-only block 11 stays last), the other stacks untouched."""
+    head, middle, tail = [0, 1, 2], list(range(3, 9)), list(range(9, n))
+    expected = {
+        "1-skip-first-block": list(range(1, n)),
+        "2-skip-middle": head + tail,
+        "3-middle-repeat": head + [5] * 6 + tail,
+        "4-reverse": head + middle[::-1] + tail,
+        "5-parallel": head + [Group(tuple(middle), 1)] + tail,
+        "6-looped-parallel": head + [Group(tuple(middle), 3)] + tail,
+    }
+    for stem, units in expected.items():
+        plan = plans.load(ROOT / model / f"{stem}.plan.toml")
+        assert plan.orders == ((stack, tuple(units)),), stem
+        assert plan.model == model
