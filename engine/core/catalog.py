@@ -206,9 +206,9 @@ MODELS: dict[str, ModelSpec] = {
             "AuraFlow v0.2, 6.8B",
         ),
         # Built-in tiny models: random weights of the real classes, built locally (engine/tiny.py).
-        tiny_model("tiny-flux", family("flux"), "built-in tiny Flux (random weights, CPU-fast)"),
-        tiny_model("tiny-sd3", family("sd3"), "built-in tiny SD3 (random weights, CPU-fast)"),
-        tiny_model("tiny-auraflow", family("auraflow"), "built-in tiny AuraFlow (random weights, CPU-fast)"),
+        tiny_model("tiny-flux", family("flux"), "random tiny Flux for fast tests (planted structure, noise images)"),
+        tiny_model("tiny-sd3", family("sd3"), "random tiny SD3 for fast tests (planted structure, noise images)"),
+        tiny_model("tiny-auraflow", family("auraflow"), "random tiny AuraFlow for fast tests (planted structure, noise images)"),
         # Trained toy models: the real classes, trained on captioned shapes (engine/core/shapes.py).
         toy_model("toy-flux", family("flux"), "toy Flux trained on captioned shapes (64x64, 6+12 blocks)"),
         toy_model("toy-sd3", family("sd3"), "toy SD3 trained on captioned shapes (64x64, 12 blocks)"),
