@@ -65,7 +65,7 @@ def test_the_open_dialog_lists_this_models_plans_first_and_dims_the_others(tmp_p
         assert others[:2] == ["a-wide-one  [tiny-flux]  ✗ does not fit", "for-flux  [flux-schnell]"]
         shipped = [p.relative_to(shipped_plans_dir()).as_posix().removesuffix(".plan.toml")
                    for p in shipped_plans_dir().rglob("*.plan.toml")]
-        assert len(shipped) == 18
+        assert len(shipped) == 36  # the six strategies of three real models and three toys
         assert sorted(t.split()[0] for t in others[2:]) == sorted(shipped)  # relative names, not paths
         skip_middle = next(i for i, t in enumerate(texts) if t.startswith("flux-schnell/2-skip-middle"))
         assert texts[skip_middle].startswith("flux-schnell/2-skip-middle  [flux-schnell]  ✗ does not fit")
