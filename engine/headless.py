@@ -421,6 +421,26 @@ class EvalRequest:
     limit: int | None = None
 
 
+@dataclass(frozen=True)
+class StudyRequest:
+    model: str
+    out: Path
+    prompts: tuple[str, ...] = ()
+    prompts_file: str | None = None
+    seeds: tuple[int, ...] = ()
+    plan_files: tuple[str, ...] = ()  # none: the study's saved strategies for the model
+    sampling: plans.Sampling = plans.Sampling()
+    options: ModelOptions = ModelOptions()
+    overwrite: bool = False
+
+
+def study_command(req: StudyRequest) -> int:
+    """`dit-explore study`: plans x prompts x seeds, measured against the full model (engine/study.py)."""
+    from dit_explore.engine.study import study
+
+    return study(req)
+
+
 def eval_command(req: EvalRequest) -> int:
     """`dit-explore eval`: the captioned-shapes captions rendered and read back (engine/eval.py)."""
     from dit_explore.engine.eval import evaluate

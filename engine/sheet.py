@@ -75,8 +75,7 @@ def contact_sheet(cells: Sequence[Sequence[Image.Image]], rows: Sequence[str], c
     left = int(left) + PAD
     column_lines = [_lines(c, font, w) for c in columns]
     header = max((len(x) for x in column_lines), default=0) * line + PAD
-    group_row = (int(bold.getbbox("Ag")[3]) + 2 * PAD) if groups else 0
-    foot = (line + PAD) if footer else 0
+    group_row = (int(bold.getbbox("Ag")[3]) + 2 * PAD) if groups else PAD
     # Column positions: an extra gap between groups.
     xs, x, starts = [], left, {sum(n for _, n in groups[:k]) for k in range(1, len(groups))}
     for c in range(len(columns)):
@@ -84,6 +83,8 @@ def contact_sheet(cells: Sequence[Sequence[Image.Image]], rows: Sequence[str], c
         xs.append(x)
         x += w + GAP
     width, top = x + PAD, group_row + header
+    footer_lines = _lines(footer, font, width - 2 * PAD) if footer else []
+    foot = len(footer_lines) * line + PAD if footer else 0
     height = top + len(rows) * (h + GAP) + PAD + foot
     sheet = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
@@ -108,8 +109,8 @@ def contact_sheet(cells: Sequence[Sequence[Image.Image]], rows: Sequence[str], c
             if mark is not None:
                 size = max(6, w // 16)
                 draw.rectangle([xs[c] + w - size, y, xs[c] + w - 1, y + size - 1], fill=RIGHT if mark else WRONG)
-    if footer:
-        draw.text((PAD, height - foot), footer, fill=MUTED, font=font)
+    for k, piece in enumerate(footer_lines):
+        draw.text((PAD, height - foot + k * line), piece, fill=MUTED, font=font)
     return sheet
 
 

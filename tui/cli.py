@@ -133,10 +133,28 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, metavar="N", help="only the first N captions of a fixed shuffle "
                           "(quick checks on CPU)")
     evaluate.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
+
+    study = sub.add_parser("study", prog="dit-explore study",
+                           help="the Painters study: saved strategies x prompts, metrics and a contact sheet",
+                           description="Run the full model and each plan (default: the study's six saved "
+                           "strategies for MODEL) on every prompt and seed; measure each image against the full "
+                           "model's (PSNR, MAD, SSIM, MS-SSIM; the shapes scorer for toy captions). Writes "
+                           "contact_sheet.png, results.csv, results.json, summary.md and images/ to --out.")
+    study.add_argument("model", metavar="MODEL", nargs="?", default=DEFAULT_MODEL)
+    study.add_argument("--plans", nargs="+", metavar="FILE", help="plan files to study instead of the saved six")
+    study.add_argument("--prompt", action="append", metavar="TEXT", help="a prompt (repeatable; default: the "
+                       "model's five analysis prompts)")
+    study.add_argument("--prompts", metavar="FILE", help="a file with one prompt per line")
+    study.add_argument("--seeds", nargs="+", type=int, metavar="S", help="seeds, each prompt runs with each "
+                       "(default: --seed, else 0)")
+    _add_sampling(study)
+    _add_device(study)
+    study.add_argument("--out", metavar="DIR", required=True, type=Path, help="output directory (created atomically)")
+    study.add_argument("--overwrite", action="store_true", help="replace --out if it holds an earlier study")
     return parser
 
 
-SUBCOMMANDS = ("run", "models", "analyze", "plans", "bench", "eval")
+SUBCOMMANDS = ("run", "models", "analyze", "plans", "bench", "eval", "study")
 
 
 def _command_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -289,6 +307,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return headless.analyze_command(headless.AnalyzeRequest(
             model=args.model, out=args.out, prompts=tuple(args.prompt or ()), prompts_file=args.prompts,
             sampling=sampling, options=options, groups=args.groups, use_cache=not args.no_cache,
+            overwrite=args.overwrite))
+    if args.command == "study":
+        return headless.study_command(headless.StudyRequest(
+            model=args.model, out=args.out, prompts=tuple(args.prompt or ()), prompts_file=args.prompts,
+            seeds=tuple(args.seeds or ()), plan_files=tuple(args.plans or ()), sampling=sampling, options=options,
             overwrite=args.overwrite))
     if args.command == "bench":
         return headless.bench_command(headless.BenchRequest(
