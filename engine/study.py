@@ -136,10 +136,7 @@ def study(req: headless.StudyRequest) -> int:
 def _run(req: headless.StudyRequest, source: ModelSource, studied: list[StudyPlan], prompts: list[str], seeds: list[int],
          settings: Settings, staged: Any) -> int:
     from dit_explore.engine.core.runs import OutputError
-    from dit_explore.engine.core.shapes import read_back
-    from dit_explore.engine.eval import for_scoring
-    from dit_explore.engine.generate import Generator, NonFiniteError, dtype_name, run_record
-    from dit_explore.engine.metrics import compare
+    from dit_explore.engine.generate import Generator, dtype_name, run_record
 
     loaded = headless._load(source, req.options)
     headless._say(f"{source.name} ready in {loaded.load_seconds:.1f} s ({loaded.device}, {dtype_name(loaded.dtype)}); "
@@ -155,39 +152,16 @@ def _run(req: headless.StudyRequest, source: ModelSource, studied: list[StudyPla
     started = time.perf_counter()
     for c, (p, seed) in enumerate(columns):
         prompt = prompts[p]
-        here = replace(settings, seed=seed)
-        full_step: float | None = None
-        full_image: Image.Image | None = None
+        full: tuple[Image.Image, float] | None = None
         for r, item in enumerate(every):
-            row: dict[str, Any] = {"plan": item.label, "plan_file": item.file, "prompt": prompt, "seed": seed,
-                                   "error": None}
-            try:
-                result = generator.generate(prompt, here, item.plan)
-            except NonFiniteError as exc:  # recorded; the study goes on
-                row["error"] = str(exc)
-                rows.append(row)
-                cells[r, c], marks[r, c] = None, None
-                headless._say(f"[{c + 1}/{len(columns)}] {item.label}: {exc}")
-                continue
-            assert result.image is not None
-            image = result.image
-            name = f"images/p{p:03d}-s{seed}-{r:02d}.png"
-            image.save(staged.staging / name)
-            step = result.timing.warm_step or (result.timing.transformer_total / max(len(result.timing.transformer_steps), 1))
-            if r == 0:
-                full_step, full_image = step, image
-            row.update({"ms_per_step": step * 1000, "block_executions": result.block_runs.total,
-                        "predicted_speedup": result.block_runs.predicted_speedup,
-                        "measured_speedup": (full_step / step) if full_step and step else None, "image": name})
-            if full_image is not None:
-                row.update(compare(image, full_image).to_json())
-            mark = None
-            if toy and prompt in CAPTIONS:
-                hits = read_back(for_scoring(image)).matches(ATTRIBUTES[CAPTIONS.index(prompt)])
-                row.update({**hits, "all_correct": all(hits.values())})
-                mark = all(hits.values())
+            row, image = measure_item(generator, item, prompt, seed, settings, full, staged.staging,
+                                      f"images/p{p:03d}-s{seed}-{r:02d}.png", toy, is_full=r == 0)
+            if r == 0 and image is not None:
+                full = image, row["ms_per_step"]
+            if row["error"] is not None:
+                headless._say(f"[{c + 1}/{len(columns)}] {item.label}: {row['error']}")
             rows.append(row)
-            cells[r, c], marks[r, c] = image, mark
+            cells[r, c], marks[r, c] = image, row.get("all_correct")
         headless._say(f"[{c + 1}/{len(columns)}] {len(every)} plans  {prompt!r} seed {seed}  "
                       f"({time.perf_counter() - started:.1f} s)")
     record = run_record(loaded, plans.Plan(), None, prompts, settings)
@@ -211,6 +185,44 @@ def _run(req: headless.StudyRequest, source: ModelSource, studied: list[StudyPla
                   f"{RESULTS_JSON}, {SUMMARY_MD}, {len([r for r in rows if r.get('image')])} images) in "
                   f"{time.perf_counter() - started:.1f} s")
     return 0
+
+
+def measure_item(generator: Any, item: StudyPlan, prompt: str, seed: int, settings: Settings,
+                 full: tuple[Image.Image, float] | None, folder: Path, name: str,
+                 toy: bool, is_full: bool = False) -> tuple[dict[str, Any], Image.Image | None]:
+    """One plan on one prompt and seed: its image saved as `folder/name`, and its row: timing, block
+    executions, metrics against `full` (the full model's image and ms per step; the full model itself,
+    `is_full`, is compared with itself; a plan whose full model failed gets no metrics), the toy scorer's
+    reading of grammar captions. A non-finite result is the row's error (no image)."""
+    from dit_explore.engine.core.runs import write_atomic
+    from dit_explore.engine.core.shapes import read_back
+    from dit_explore.engine.eval import for_scoring
+    from dit_explore.engine.generate import NonFiniteError
+    from dit_explore.engine.metrics import compare
+
+    row: dict[str, Any] = {"plan": item.label, "plan_file": item.file, "prompt": prompt, "seed": seed, "error": None}
+    try:
+        result = generator.generate(prompt, replace(settings, seed=seed), item.plan)
+    except NonFiniteError as exc:
+        row["error"] = str(exc)
+        return row, None
+    assert result.image is not None
+    image: Image.Image = result.image
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    write_atomic(folder / name, buffer.getvalue())
+    timing = result.timing
+    step = timing.warm_step or timing.transformer_total / max(len(timing.transformer_steps), 1)
+    ms = step * 1000
+    row.update({"ms_per_step": ms, "block_executions": result.block_runs.total,
+                "predicted_speedup": result.block_runs.predicted_speedup, "image": name})
+    reference = (image, ms) if is_full else full
+    if reference is not None:
+        row.update({"measured_speedup": reference[1] / ms if ms else None, **compare(image, reference[0]).to_json()})
+    if toy and prompt in CAPTIONS:
+        hits = read_back(for_scoring(image)).matches(ATTRIBUTES[CAPTIONS.index(prompt)])
+        row.update({**hits, "all_correct": all(hits.values())})
+    return row, image
 
 
 def _mean(values: list[Any]) -> float | None:
