@@ -441,6 +441,29 @@ def study_command(req: StudyRequest) -> int:
     return study(req)
 
 
+@dataclass(frozen=True)
+class SweepRequest:
+    model: str
+    kind: str
+    out: Path
+    prompts: tuple[str, ...] = ()
+    prompts_file: str | None = None
+    seeds: tuple[int, ...] = ()
+    plan_file: str | None = None  # step-window's plan
+    window: int | None = None
+    sampling: plans.Sampling = plans.Sampling()
+    options: ModelOptions = ModelOptions()
+    resume: bool = False
+    overwrite: bool = False
+
+
+def sweep_command(req: SweepRequest) -> int:
+    """`dit-explore sweep`: a kind of plans against the full model, table and plot (engine/sweep.py)."""
+    from dit_explore.engine.sweep import sweep
+
+    return sweep(req)
+
+
 def eval_command(req: EvalRequest) -> int:
     """`dit-explore eval`: the captioned-shapes captions rendered and read back (engine/eval.py)."""
     from dit_explore.engine.eval import evaluate

@@ -84,7 +84,7 @@ def _plans(source: ModelSource, files: tuple[str, ...]) -> list[StudyPlan]:
     return out
 
 
-def _seeds(seeds: tuple[int, ...], default: int | None) -> list[int]:
+def check_seeds(seeds: tuple[int, ...], default: int | None) -> list[int]:
     chosen = list(seeds) or [default or 0]
     if len(chosen) > MAX_SEEDS:
         raise headless.UsageError(f"--seeds: {len(chosen)} seeds, at most {MAX_SEEDS}")
@@ -109,7 +109,7 @@ def study(req: headless.StudyRequest) -> int:
     studied = _plans(source, req.plan_files)
     prompts = (headless.read_prompts(list(req.prompts), req.prompts_file, None) if req.prompts or req.prompts_file
                else list(analysis_prompts(source.name, DEFAULT_PROMPTS)))
-    seeds = _seeds(req.seeds, req.sampling.seed)
+    seeds = check_seeds(req.seeds, req.sampling.seed)
     images = (len(studied) + 1) * len(prompts) * len(seeds)
     if images > MAX_IMAGES:
         raise headless.UsageError(f"{len(studied) + 1} plans x {len(prompts)} prompts x {len(seeds)} seeds = "

@@ -151,10 +151,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(study)
     study.add_argument("--out", metavar="DIR", required=True, type=Path, help="output directory (created atomically)")
     study.add_argument("--overwrite", action="store_true", help="replace --out if it holds an earlier study")
+
+    sweep = sub.add_parser("sweep", prog="dit-explore sweep", help="a family of plans against the full model: "
+                           "table, plot, contact sheet",
+                           description="Run a family of plans (skip-each, skip-middle-n, repeat-middle-n, "
+                           "parallel-width, step-window) on every prompt and seed, each measured against the full "
+                           "model; writes results.csv, results.json, plot.png and contact_sheet.png to --out. "
+                           "Finished items are kept as they finish; --resume continues an interrupted sweep.")
+    sweep.add_argument("model", metavar="MODEL")
+    sweep.add_argument("kind", metavar="KIND", choices=("skip-each", "skip-middle-n", "repeat-middle-n",
+                                                        "parallel-width", "step-window"),
+                       help="skip-each, skip-middle-n, repeat-middle-n, parallel-width or step-window")
+    sweep.add_argument("--prompt", action="append", metavar="TEXT", help="a prompt (repeatable; default: the "
+                       "model's default prompt)")
+    sweep.add_argument("--prompts", metavar="FILE", help="a file with one prompt per line")
+    sweep.add_argument("--seeds", nargs="+", type=int, metavar="S", help="seeds (default: --seed, else 0)")
+    sweep.add_argument("--plan", metavar="FILE", help="step-window: the plan to window (default: skip the "
+                       "middle group)")
+    sweep.add_argument("--window", type=int, metavar="N", help="step-window: steps per window (default a quarter)")
+    _add_sampling(sweep)
+    _add_device(sweep)
+    sweep.add_argument("--out", metavar="DIR", required=True, type=Path, help="output directory")
+    sweep.add_argument("--resume", action="store_true", help="continue the sweep in --out where it stopped")
+    sweep.add_argument("--overwrite", action="store_true", help="start afresh in --out if it holds a sweep")
     return parser
 
 
-SUBCOMMANDS = ("run", "models", "analyze", "plans", "bench", "eval", "study")
+SUBCOMMANDS = ("run", "models", "analyze", "plans", "bench", "eval", "study", "sweep")
 
 
 def _command_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -313,6 +336,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             model=args.model, out=args.out, prompts=tuple(args.prompt or ()), prompts_file=args.prompts,
             seeds=tuple(args.seeds or ()), plan_files=tuple(args.plans or ()), sampling=sampling, options=options,
             overwrite=args.overwrite))
+    if args.command == "sweep":
+        return headless.sweep_command(headless.SweepRequest(
+            model=args.model, kind=args.kind, out=args.out, prompts=tuple(args.prompt or ()), prompts_file=args.prompts,
+            seeds=tuple(args.seeds or ()), plan_file=args.plan, window=args.window, sampling=sampling,
+            options=options, resume=args.resume, overwrite=args.overwrite))
     if args.command == "bench":
         return headless.bench_command(headless.BenchRequest(
             model=args.model, sampling=sampling, options=options, json_path=args.json))

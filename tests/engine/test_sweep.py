@@ -1,0 +1,141 @@
+"""`dit-explore sweep`: the plans of each kind (by hand), a sweep end to end, resumed after an interruption,
+a refused plan recorded while the sweep goes on, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from dit_explore.engine.core.catalog import MODELS
+from dit_explore.engine.core.plan import Group
+from dit_explore.engine.sweep import ITEMS, largest_middle, sweep_items
+from dit_explore.tui.cli import main
+
+LAYOUT = MODELS["toy-flux"].layout  # double 6 + single 12
+
+
+def sweep_cli(*args: str) -> int:
+    try:
+        return main(["sweep", *args])
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
+def single(item_plan: object) -> tuple[object, ...]:
+    orders = dict(item_plan.orders)  # type: ignore[attr-defined]
+    return tuple(orders["single"])
+
+
+def test_largest_middle_group_and_its_fallback() -> None:
+    groups = {"double": [(0, 0), (1, 4), (5, 5)], "single": [(0, 3), (4, 9), (10, 11)]}
+    assert largest_middle(LAYOUT, groups) == ("single", 4, 9)
+    assert largest_middle(LAYOUT, {"double": [(0, 0), (1, 4), (5, 5)], "single": [(0, 5), (6, 11)]}) == ("double", 1, 4)
+    assert largest_middle(LAYOUT, None) == ("single", 3, 8)  # the middle half of the largest stack
+
+
+def test_the_plans_of_each_kind_by_hand() -> None:
+    middle = ("single", 4, 9)
+    skip_each = sweep_items("skip-each", LAYOUT, middle, 20, 5, None)
+    assert len(skip_each) == 18 and skip_each[6 + 3].label == "single: skip 3"
+    assert single(skip_each[6 + 3].plan) == (0, 1, 2, *range(4, 12))
+    assert dict(skip_each[2].plan.orders)["double"] == (0, 1, 3, 4, 5)
+
+    skip_n = sweep_items("skip-middle-n", LAYOUT, middle, 20, 5, None)
+    assert [i.x for i in skip_n] == list(range(7)) and skip_n[0].plan.orders == ()  # n = 0: the full model
+    assert single(skip_n[2].plan) == (*range(6), *range(8, 12))  # 6-7: centred in 4-9
+    assert single(skip_n[6].plan) == (0, 1, 2, 3, 10, 11)
+
+    repeat = sweep_items("repeat-middle-n", LAYOUT, middle, 20, 5, None)
+    assert single(repeat[2].plan) == (0, 1, 2, 3, 4, 6, 6, 6, 8, 9, 10, 11)  # centre block 6 in place of 5-7
+
+    parallel = sweep_items("parallel-width", LAYOUT, middle, 20, 5, None)
+    assert len(parallel) == 10 and {i.series for i in parallel} == {"looped x1", "looped x3"}
+    assert single(parallel[-1].plan) == (0, 1, 2, 3, Group(tuple(range(4, 10)), 3), 10, 11)
+
+    windows = sweep_items("step-window", LAYOUT, middle, 20, 5, None)
+    assert windows[0].x is None and windows[0].plan.active_steps is None
+    assert [i.plan.active_steps for i in windows[1:]] == [tuple(range(s, s + 5)) for s in (0, 5, 10, 15)]
+    assert all(single(i.plan) == (0, 1, 2, 3, 10, 11) for i in windows)
+
+
+def test_a_sweep_end_to_end_then_resumed_after_an_interruption(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "sweep"
+    args = ["toy-flux", "skip-middle-n", "--steps", "4", "--device", "cpu", "--out", str(out)]
+    assert sweep_cli(*args) == 0
+    assert {"sweep.json", ITEMS, "images", "results.json", "results.csv", "plot.png", "contact_sheet.png"} <= \
+        {p.name for p in out.iterdir()}
+    first = json.loads((out / "results.json").read_text())
+    rows = first["rows"]
+    assert first["middle_group"] == ["single", 4, 9]  # toy-flux's shipped analysis
+    assert [r["x"] for r in rows[1:]] == list(range(7))
+    assert [r["block_executions"] for r in rows[1:]] == [(18 - n) * 4 for n in range(7)]
+    assert rows[1]["identical"] and rows[1]["ssim"] == pytest.approx(1.0)  # n = 0 is the full model
+    assert Image.open(out / "plot.png").size[0] > 500
+    # Interrupted: three items finished, a fourth cut short mid-line.
+    lines = (out / ITEMS).read_text().splitlines()
+    (out / ITEMS).write_text("\n".join(lines[:3]) + "\n" + lines[3][:40])
+    (out / "results.json").unlink()
+    capsys.readouterr()
+    assert sweep_cli(*args, "--resume") == 0
+    said = capsys.readouterr().err
+    assert "5 run now, 3 from before, 0 failed" in said, said
+    again = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["key"] for r in again] == [r["key"] for r in rows]
+    for before, after in zip(rows, again):
+        assert after["mad"] == pytest.approx(before["mad"]) and after["ssim"] == pytest.approx(before["ssim"])
+    # Without --resume an existing sweep is refused; resuming with other settings too.
+    assert sweep_cli(*args) == 2
+    assert sweep_cli("toy-flux", "skip-middle-n", "--steps", "5", "--device", "cpu", "--out", str(out), "--resume") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--resume continues it" in err[0] and "settings" in err[1]
+
+
+def test_a_failed_plan_is_recorded_and_the_sweep_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One plan's latents go non-finite (as a float16 overflow would): its row keeps the error, every other
+    plan runs, and a resume does not run the failed one again."""
+    from dit_explore.engine import generate
+
+    real = generate.Generator.generate
+
+    def failing(self: generate.Generator, prompt: str, settings: object, plan: object, **kwargs: object) -> object:
+        if getattr(plan, "name", None) == "double: skip 1":
+            raise generate.NonFiniteError("the latents became non-finite at step 1")
+        return real(self, prompt, settings, plan, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(generate.Generator, "generate", failing)
+    out = tmp_path / "sweep"
+    args = ["tiny-flux", "skip-each", "--steps", "2", "--prompt", "p", "--device", "cpu", "--out", str(out)]
+    assert sweep_cli(*args) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert len(rows) == 1 + 4 + 8  # the full model, then every block of tiny-flux's two stacks
+    assert [(r["plan"], r["error"]) for r in rows if r.get("error")] == [
+        ("double: skip 1", "the latents became non-finite at step 1")]
+    assert all(r.get("image") and (out / r["image"]).is_file() for r in rows if not r.get("error"))
+    summary = {s["plan"]: s for s in json.loads((out / "results.json").read_text())["summary"]}
+    assert summary["double: skip 1"]["errors"] == 1 and summary["double: skip 1"]["images"] == 0
+    calls: list[object] = []
+    monkeypatch.setattr(generate.Generator, "generate", lambda *a, **k: calls.append(a))
+    assert sweep_cli(*args, "--resume") == 0
+    assert calls == []  # everything, the failure included, was finished before
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["toy-flux", "skip-all"], "invalid choice"),
+    (["toy-flux", "skip-each", "--plan", "x.plan.toml"], "step-window"),
+    (["toy-flux", "step-window", "--window", "0"], "--window 0"),
+    (["toy-flux", "skip-each", "--seeds", "2", "2"], "named twice"),
+])
+def test_bad_input_is_one_line(args: list[str], says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "sweep"
+    assert sweep_cli(*args, "--device", "cpu", "--out", str(out)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0], err
+    assert not out.exists()
+    taken = tmp_path / "file"
+    taken.write_text("mine")
+    assert sweep_cli("toy-flux", "skip-each", "--out", str(taken)) == 2
+    assert taken.read_text() == "mine"
