@@ -25,7 +25,7 @@ from PIL import Image
 
 from dit_explore.engine import headless
 from dit_explore.engine.core import plan as plans
-from dit_explore.engine.core.resolve import ModelError, ModelSource, resolve
+from dit_explore.engine.core.resolve import ModelError, ModelSource
 from dit_explore.engine.core.sampling import Settings, resolve_settings
 from dit_explore.engine.core.shapes import ATTRIBUTE_NAMES, ATTRIBUTES, CAPTIONS, CHANCE, Reading, read_back, tally
 from dit_explore.engine.core.text import shown
@@ -62,11 +62,7 @@ def _reading_json(reading: Reading) -> dict[str, str | None]:
 
 def evaluate(req: headless.EvalRequest) -> int:
     """`dit-explore eval`: check, load, generate, score, report."""
-    try:
-        source = resolve(req.model)
-        cli = plans.check_sampling(req.sampling, "--")
-    except (plans.PlanError, ModelError) as exc:
-        raise headless.UsageError(str(exc)) from None
+    source, cli = headless.model_and_sampling(req.model, req.sampling)
     plan = headless.load_plan_for(source, req.plan)
     if req.limit is not None and not 1 <= req.limit <= len(CAPTIONS):
         raise headless.UsageError(f"--limit {req.limit}: must be between 1 and {len(CAPTIONS)}")

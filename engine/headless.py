@@ -53,6 +53,14 @@ def read_prompts(prompts: list[str] | None, prompts_file: str | None, fallback: 
         raise UsageError(str(exc)) from None
 
 
+def model_and_sampling(model: str, sampling: plans.Sampling) -> tuple[ModelSource, plans.Sampling]:
+    """The model a command names and its checked sampling flags, or one line of what is wrong."""
+    try:
+        return resolve(model), plans.check_sampling(sampling, "--")
+    except (plans.PlanError, ModelError) as exc:
+        raise UsageError(str(exc)) from None
+
+
 def load_plan_for(source: ModelSource, plan_path: str | None) -> plans.Plan:
     """The plan to run (identity without --plan), validated against the model's layout."""
     if plan_path is None:

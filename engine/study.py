@@ -36,7 +36,7 @@ from PIL import Image
 from dit_explore.engine import headless
 from dit_explore.engine.core import plan as plans
 from dit_explore.engine.core.catalog import analysis_prompts, is_toy
-from dit_explore.engine.core.resolve import ModelError, ModelSource, resolve
+from dit_explore.engine.core.resolve import ModelError, ModelSource
 from dit_explore.engine.core.sampling import Settings, resolve_settings
 from dit_explore.engine.core.shapes import ATTRIBUTES, CAPTIONS
 from dit_explore.engine.core.text import shown
@@ -101,11 +101,7 @@ def study(req: headless.StudyRequest) -> int:
     from dit_explore.engine.core.runs import OutputError, StagedDirectory, check_destination
     from dit_explore.engine.core.similarity import DEFAULT_PROMPTS
 
-    try:
-        source = resolve(req.model)
-        cli = plans.check_sampling(req.sampling, "--")
-    except (plans.PlanError, ModelError) as exc:
-        raise headless.UsageError(str(exc)) from None
+    source, cli = headless.model_and_sampling(req.model, req.sampling)
     studied = _plans(source, req.plan_files)
     prompts = (headless.read_prompts(list(req.prompts), req.prompts_file, None) if req.prompts or req.prompts_file
                else list(analysis_prompts(source.name, DEFAULT_PROMPTS)))

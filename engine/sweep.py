@@ -42,7 +42,7 @@ from dit_explore.engine import headless
 from dit_explore.engine.core import plan as plans
 from dit_explore.engine.core.catalog import analysis_prompts, default_prompt, is_toy
 from dit_explore.engine.core.layout import Layout
-from dit_explore.engine.core.resolve import ModelError, ModelSource, resolve
+from dit_explore.engine.core.resolve import ModelError, ModelSource
 from dit_explore.engine.core.sampling import Settings, resolve_settings
 from dit_explore.engine.core.text import shown
 from dit_explore.engine.study import (
@@ -221,11 +221,7 @@ def sweep(req: headless.SweepRequest) -> int:
 
     if req.kind not in KINDS:
         raise headless.UsageError(f"unknown sweep kind {req.kind!r}: one of {', '.join(KINDS)}")
-    try:
-        source = resolve(req.model)
-        cli = plans.check_sampling(req.sampling, "--")
-    except (plans.PlanError, ModelError) as exc:
-        raise headless.UsageError(str(exc)) from None
+    source, cli = headless.model_and_sampling(req.model, req.sampling)
     if req.plan_file is not None and req.kind != "step-window":
         raise headless.UsageError(f"--plan is for step-window sweeps, not {req.kind}")
     base = headless.load_plan_for(source, req.plan_file) if req.plan_file else None
