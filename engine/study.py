@@ -142,8 +142,6 @@ def _run(req: headless.StudyRequest, source: ModelSource, studied: list[StudyPla
     every = [StudyPlan(FULL, None, plans.Plan()), *studied]
     toy = is_toy(source.name)
     rows: list[dict[str, Any]] = []
-    cells: dict[tuple[int, int], Image.Image | None] = {}
-    marks: dict[tuple[int, int], bool | None] = {}
     columns = [(p, s) for p in range(len(prompts)) for s in seeds]
     started = time.perf_counter()
     for c, (p, seed) in enumerate(columns):
@@ -157,7 +155,6 @@ def _run(req: headless.StudyRequest, source: ModelSource, studied: list[StudyPla
             if row["error"] is not None:
                 headless._say(f"[{c + 1}/{len(columns)}] {item.label}: {row['error']}")
             rows.append(row)
-            cells[r, c], marks[r, c] = image, row.get("all_correct")
         headless._say(f"[{c + 1}/{len(columns)}] {len(every)} plans  {prompt!r} seed {seed}  "
                       f"({time.perf_counter() - started:.1f} s)")
     record = run_record(loaded, plans.Plan(), None, prompts, settings)
@@ -170,7 +167,8 @@ def _run(req: headless.StudyRequest, source: ModelSource, studied: list[StudyPla
         (staged.staging / RESULTS_JSON).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         (staged.staging / RESULTS_CSV).write_text(to_csv(rows), encoding="utf-8")
         (staged.staging / SUMMARY_MD).write_text(summary_markdown(record), encoding="utf-8")
-        _sheet(every, prompts, seeds, columns, cells, marks, settings).save(staged.staging / CONTACT_SHEET)
+        results_sheet(staged.staging, [i.label for i in every], rows, prompts, seeds, settings).save(
+            staged.staging / CONTACT_SHEET)
         out = staged.commit()
     except OutputError as exc:
         raise headless.UsageError(str(exc)) from None
@@ -284,20 +282,31 @@ def summary_markdown(record: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _sheet(every: list[StudyPlan], prompts: list[str], seeds: list[int], columns: list[tuple[int, int]],
-           cells: dict[tuple[int, int], Image.Image | None], marks: dict[tuple[int, int], bool | None],
-           settings: Settings) -> Image.Image:
+def results_sheet(folder: Path, labels: list[str], rows: list[dict[str, Any]], prompts: list[str], seeds: list[int],
+                  settings: Settings, cell: int = 128) -> Image.Image:
+    """The contact sheet of a study or sweep: `rows` (for each prompt and seed in turn, one per plan, in
+    `labels` order) as a grid, plans down and prompts (x seeds) across, each image read from `folder`
+    (grey where a plan failed), drawn about `cell` pixels wide, at most 256; the toy scorer's reading as
+    the corner marks when there is one."""
     from dit_explore.engine.sheet import contact_sheet
 
     blank = Image.new("RGB", (settings.width, settings.height), (60, 60, 60))
-    grid = [[cells[r, c] or blank for c in range(len(columns))] for r in range(len(every))]
-    labels = [prompts[p] if len(seeds) == 1 else f"{prompts[p]} · seed {s}" for p, s in columns]
-    scale = max(1, 128 // max(settings.width, settings.height))
-    limit = 256 / max(settings.width, settings.height)  # large images are drawn smaller
-    grid = [[image if limit >= 1 else image.resize((max(1, int(image.width * limit)), max(1, int(image.height * limit))))
-             for image in row] for row in grid]
-    have_marks = any(m is not None for m in marks.values())
-    return contact_sheet(grid, [i.label for i in every], labels, scale=scale,
-                         marks=[[marks[r, c] for c in range(len(columns))] for r in range(len(every))] if have_marks else (),
+    columns = [(p, s) for p in range(len(prompts)) for s in seeds]
+    side = max(settings.width, settings.height)
+
+    def image_of(row: dict[str, Any]) -> Image.Image:
+        if not row.get("image") or not (folder / row["image"]).is_file():
+            return blank
+        with Image.open(folder / row["image"]) as found:
+            image = found.convert("RGB")
+        return image if side <= 256 else image.resize((max(1, image.width * 256 // side),
+                                                       max(1, image.height * 256 // side)))
+
+    per = len(labels)
+    grid = [[image_of(rows[c * per + r]) for c in range(len(columns))] for r in range(per)]
+    marks = [[rows[c * per + r].get("all_correct") for c in range(len(columns))] for r in range(per)]
+    has_marks = any(m is not None for line in marks for m in line)
+    return contact_sheet(grid, labels, [prompts[p] if len(seeds) == 1 else f"{prompts[p]} · seed {s}" for p, s in columns],
+                         scale=max(1, cell // min(side, 256)), marks=marks if has_marks else (),
                          footer="corner: green = the scorer reads every attribute of the caption back, red = not"
-                         if have_marks else "")
+                         if has_marks else "")

@@ -52,6 +52,7 @@ from dit_explore.engine.study import (
     StudyPlan,
     check_seeds,
     measure_item,
+    results_sheet,
     summarize,
     to_csv,
 )
@@ -347,7 +348,8 @@ def _finish(out: Path, meta: dict[str, Any], every: list[SweepItem], rows: list[
         write_atomic(out / RESULTS_CSV, to_csv(rows).encode())
         write_atomic(out / PLOT, plot(meta["kind"], every, record["summary"], toy))
         if len(every) <= SHEET_MAX_PLANS:
-            write_atomic(out / CONTACT_SHEET, _png(_sheet(out, every, rows, prompts, seeds, settings)))
+            sheet = results_sheet(out, [i.label for i in every], rows, prompts, seeds, settings, cell=96)
+            write_atomic(out / CONTACT_SHEET, _png(sheet))
     except OSError as exc:
         raise headless.UsageError(f"--out {shown(out)}: cannot write the results: {exc.strerror or exc}; every item "
                                   f"is kept in {ITEMS}, --resume writes them") from None
@@ -400,32 +402,3 @@ def plot(kind: str, every: list[SweepItem], summary: list[dict[str, Any]], toy: 
     figure.savefig(buffer, format="png", dpi=110)
     pyplot.close(figure)
     return buffer.getvalue()
-
-
-def _sheet(out: Path, every: list[SweepItem], rows: list[dict[str, Any]], prompts: list[str], seeds: list[int],
-           settings: Settings) -> Image.Image:
-    from dit_explore.engine.sheet import contact_sheet
-
-    blank = Image.new("RGB", (settings.width, settings.height), (60, 60, 60))
-    columns = [(p, s) for p in range(len(prompts)) for s in seeds]
-    per = len(every)
-    grid, marks = [], []
-    for r in range(per):
-        line, line_marks = [], []
-        for c in range(len(columns)):
-            row = rows[c * per + r]
-            image = blank
-            if row.get("image") and (out / row["image"]).is_file():
-                with Image.open(out / row["image"]) as found:
-                    image = found.convert("RGB")
-            line.append(image)
-            line_marks.append(row.get("all_correct"))
-        grid.append(line)
-        marks.append(line_marks)
-    side = max(settings.width, settings.height)
-    if side > 256:
-        grid = [[i.resize((i.width * 256 // side, i.height * 256 // side)) for i in line] for line in grid]
-    labels = [prompts[p] if len(seeds) == 1 else f"{prompts[p]} · seed {s}" for p, s in columns]
-    has_marks = any(m is not None for line in marks for m in line)
-    return contact_sheet(grid, [i.label for i in every], labels, scale=max(1, 96 // min(side, 256)),
-                         marks=marks if has_marks else ())
