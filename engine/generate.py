@@ -13,8 +13,8 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -46,6 +46,19 @@ class Generation:
     # The arguments of the last transformer call (references, not copies): what the side-by-side timing
     # of plan and full model reuses (engine/timing.py), so it needs no generation of its own.
     last_inputs: StepInputs | None = None
+
+
+@dataclass
+class BatchGeneration:
+    """Images denoised as one batch (Generator.generate_batch) and what the batch cost: the timing is the
+    whole batch's (its transformer steps ran all images at once)."""
+
+    prompts: list[str]
+    seeds: list[int]
+    settings: Settings
+    images: list[Image.Image]
+    timing: Timing
+    block_runs: BlockRuns  # per image
 
 
 StepCallback = Callable[[int, int, torch.Tensor], None]  # (steps done, total steps, latents)
@@ -244,16 +257,7 @@ class Generator:
                   wrap: Wrap | None, decode: bool, start: float) -> Generation:
         device = self.loaded.device
         embeds, encode_seconds, cached = self.embeddings(prompt, settings, check)
-        try:
-            with checked(self._transformer_parts(), check):
-                latents, per_step, last_inputs = self._denoise(embeds, settings, plan, check, on_step, wrap)
-        except Exception as exc:
-            if not (self.loaded.compiled and is_compile_failure(exc)):
-                raise
-            reason = self.loaded.fall_back_to_eager(exc)
-            self.on_warning(f"compiling the blocks failed ({reason}); running them without compilation")
-            with checked(self._transformer_parts(), check):
-                latents, per_step, last_inputs = self._denoise(embeds, settings, plan, check, on_step, wrap)
+        latents, per_step, last_inputs = self._denoise_or_fall_back(embeds, settings, plan, check, on_step, wrap)
         check()
         decode_start = time.perf_counter()
         image = self.decode(latents, settings, check) if decode else None
@@ -265,11 +269,58 @@ class Generator:
         return Generation(prompt=prompt, settings=settings, image=image, latents=latents, timing=timing,
                           block_runs=block_runs(plan, self.loaded.layout, settings.steps), last_inputs=last_inputs)
 
+    def _denoise_or_fall_back(self, embeds: dict[str, torch.Tensor], settings: Settings, plan: Plan, check: Check,
+                              on_step: StepCallback | None, wrap: Wrap | None, seeds: Sequence[int] | None = None,
+                              ) -> tuple[torch.Tensor, dict[Any, float], StepInputs | None]:
+        """`_denoise`; when compiled blocks fail to compile, once more without compilation (and a warning)."""
+        try:
+            with checked(self._transformer_parts(), check):
+                return self._denoise(embeds, settings, plan, check, on_step, wrap, seeds)
+        except Exception as exc:
+            if not (self.loaded.compiled and is_compile_failure(exc)):
+                raise
+            reason = self.loaded.fall_back_to_eager(exc)
+            self.on_warning(f"compiling the blocks failed ({reason}); running them without compilation")
+            with checked(self._transformer_parts(), check):
+                return self._denoise(embeds, settings, plan, check, on_step, wrap, seeds)
+
+    def generate_batch(self, prompts: Sequence[str], seeds: Sequence[int], settings: Settings, plan: Plan, *,
+                       check: Check = _no_check) -> BatchGeneration:
+        """The images of `prompts[i]` with `seeds[i]` under `plan`, denoised as one batch: one pipeline
+        call whose initial noise is drawn image by image from each seed's own generator (so each image starts
+        from the noise its single generation draws), decoded one by one. The arithmetic of a batch may differ
+        from batch 1 in the last bits, so a batch's images are the same whenever the same batch is formed
+        (engine/sweep.py forms them from the job list alone). The embeddings of prompts with differing shapes
+        cannot share a batch: a ValueError."""
+        if not prompts or len(prompts) != len(seeds):
+            raise ValueError("generate_batch: as many seeds as prompts, at least one")
+        start = time.perf_counter()
+        check()
+        encoded = [self.embeddings(prompt, settings, check) for prompt in prompts]
+        parts = [e for e, _, _ in encoded]
+        shapes = {tuple((k, tuple(v.shape)) for k, v in sorted(p.items())) for p in parts}
+        if len(shapes) > 1:
+            raise ValueError("generate_batch: the prompts' embeddings differ in shape; they cannot share a batch")
+        embeds = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        latents, per_step, _ = self._denoise_or_fall_back(embeds, settings, plan, check, None, None, list(seeds))
+        check()
+        decode_start = time.perf_counter()
+        images = [self.decode(latents[i:i + 1], replace(settings, seed=seed), check) for i, seed in enumerate(seeds)]
+        sync(self.loaded.device)
+        end = time.perf_counter()
+        timing = Timing(total=end - start, text_encode=sum(s for _, s, _ in encoded),
+                        text_encode_cached=all(c for _, _, c in encoded),
+                        transformer_steps=tuple(per_step.get(i, 0.0) for i in range(settings.steps)),
+                        decode=end - decode_start)
+        return BatchGeneration(prompts=list(prompts), seeds=list(seeds), settings=settings, images=images,
+                               timing=timing, block_runs=block_runs(plan, self.loaded.layout, settings.steps))
+
     def _denoise(self, embeds: dict[str, torch.Tensor], settings: Settings, plan: Plan, check: Check,
-                 on_step: StepCallback | None,
-                 wrap: Wrap | None) -> tuple[torch.Tensor, dict[Any, float], StepInputs | None]:
+                 on_step: StepCallback | None, wrap: Wrap | None,
+                 seeds: Sequence[int] | None = None) -> tuple[torch.Tensor, dict[Any, float], StepInputs | None]:
         """The pipeline's denoising loop under `plan`: final latents, transformer seconds per step, and the
-        arguments of the last transformer call."""
+        arguments of the last transformer call. With `seeds`, the embeddings are a batch and image i's
+        noise comes from a generator seeded with seeds[i]; else one image, seeded with the settings' seed."""
         transformer = self.loaded.transformer
         intervals = Intervals(self.loaded.device)
         step = [0]
@@ -302,7 +353,8 @@ class Generator:
                     width=settings.width,
                     height=settings.height,
                     guidance_scale=settings.guidance,
-                    generator=torch.Generator("cpu").manual_seed(settings.seed),
+                    generator=(torch.Generator("cpu").manual_seed(settings.seed) if seeds is None
+                               else [torch.Generator("cpu").manual_seed(seed) for seed in seeds]),
                     output_type="latent",
                     callback_on_step_end=on_step_end,
                 ).images

@@ -463,6 +463,8 @@ class SweepRequest:
     options: ModelOptions = ModelOptions()
     resume: bool = False
     overwrite: bool = False
+    batch: int | None = None  # images per batch; None: as many as fit (at most 16)
+    gpus: int | None = None  # processes, one per GPU (torch.distributed); None or 1: this process
 
 
 def sweep_command(req: SweepRequest) -> int:

@@ -184,15 +184,9 @@ def _run(req: headless.StudyRequest, source: ModelSource, studied: list[StudyPla
 def measure_item(generator: Any, item: StudyPlan, prompt: str, seed: int, settings: Settings,
                  full: tuple[Image.Image, float] | None, folder: Path, name: str,
                  toy: bool, is_full: bool = False) -> tuple[dict[str, Any], Image.Image | None]:
-    """One plan on one prompt and seed: its image saved as `folder/name`, and its row: timing, block
-    executions, metrics against `full` (the full model's image and ms per step; the full model itself,
-    `is_full`, is compared with itself; a plan whose full model failed gets no metrics), the toy scorer's
-    reading of grammar captions. A non-finite result is the row's error (no image)."""
-    from dit_explore.engine.core.runs import write_atomic
-    from dit_explore.engine.core.shapes import read_back
-    from dit_explore.engine.eval import for_scoring
+    """One plan on one prompt and seed: its image saved as `folder/name`, and its row (`image_row`). A
+    non-finite result is the row's error (no image)."""
     from dit_explore.engine.generate import NonFiniteError
-    from dit_explore.engine.metrics import compare
 
     row: dict[str, Any] = {"plan": item.label, "plan_file": item.file, "prompt": prompt, "seed": seed, "error": None}
     try:
@@ -201,22 +195,36 @@ def measure_item(generator: Any, item: StudyPlan, prompt: str, seed: int, settin
         row["error"] = str(exc)
         return row, None
     assert result.image is not None
-    image: Image.Image = result.image
+    timing = result.timing
+    step = timing.warm_step or timing.transformer_total / max(len(timing.transformer_steps), 1)
+    image_row(row, result.image, folder, name, step * 1000, result.block_runs, full, toy, is_full)
+    return row, result.image
+
+
+def image_row(row: dict[str, Any], image: Image.Image, folder: Path, name: str, ms: float, runs: Any,
+              full: tuple[Image.Image, float] | None, toy: bool, is_full: bool = False) -> None:
+    """Complete `row` (its plan, prompt and seed) with one generated image: the image saved atomically as
+    `folder/name`; the transformer's `ms` per step for this image and the block executions (`runs`); the
+    metrics against `full` (the full model's image and ms per step; the full model itself, `is_full`, is
+    compared with itself; a plan whose full model failed gets no metrics); the toy scorer's reading of a
+    grammar caption."""
+    from dit_explore.engine.core.runs import write_atomic
+    from dit_explore.engine.core.shapes import read_back
+    from dit_explore.engine.eval import for_scoring
+    from dit_explore.engine.metrics import compare
+
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     write_atomic(folder / name, buffer.getvalue())
-    timing = result.timing
-    step = timing.warm_step or timing.transformer_total / max(len(timing.transformer_steps), 1)
-    ms = step * 1000
-    row.update({"ms_per_step": ms, "block_executions": result.block_runs.total,
-                "predicted_speedup": result.block_runs.predicted_speedup, "image": name})
+    row.update({"ms_per_step": ms, "block_executions": runs.total, "predicted_speedup": runs.predicted_speedup,
+                "image": name})
     reference = (image, ms) if is_full else full
     if reference is not None:
         row.update({"measured_speedup": reference[1] / ms if ms else None, **compare(image, reference[0]).to_json()})
+    prompt = row["prompt"]
     if toy and prompt in CAPTIONS:
         hits = read_back(for_scoring(image)).matches(ATTRIBUTES[CAPTIONS.index(prompt)])
         row.update({**hits, "all_correct": all(hits.values())})
-    return row, image
 
 
 def _mean(values: list[Any]) -> float | None:

@@ -49,9 +49,8 @@ from dit_explore.engine.study import (
     FULL,
     RESULTS_CSV,
     RESULTS_JSON,
-    StudyPlan,
     check_seeds,
-    measure_item,
+    image_row,
     results_sheet,
     summarize,
     to_csv,
@@ -63,6 +62,7 @@ ITEMS = "items.jsonl"
 PLOT = "plot.png"
 CONTACT_SHEET = "contact_sheet.png"
 SHEET_MAX_PLANS = 60
+MAX_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,15 @@ def item_key(model: str, revision: str, dtype: str, plan: plans.Plan, prompt: st
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+def read_items_in(out: Path) -> dict[str, dict[str, Any]]:
+    """The finished items in a sweep folder: items.jsonl and, of a multi-GPU sweep, each process's
+    items.rank<N>.jsonl."""
+    done: dict[str, dict[str, Any]] = {}
+    for path in sorted(out.glob("items*.jsonl")):
+        done.update(read_items(path))
+    return done
+
+
 def read_items(path: Path) -> dict[str, dict[str, Any]]:
     """The finished items of an earlier run, by key; a line cut short by an interruption is ignored."""
     done: dict[str, dict[str, Any]] = {}
@@ -166,9 +175,9 @@ def read_items(path: Path) -> dict[str, dict[str, Any]]:
     return done
 
 
-def _append(path: Path, row: dict[str, Any]) -> None:
+def _append(path: Path, rows: list[dict[str, Any]]) -> None:
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
+        f.write("".join(json.dumps(row) + "\n" for row in rows))
         f.flush()
         os.fsync(f.fileno())
 
@@ -216,10 +225,213 @@ def _claim(req: headless.SweepRequest, meta: dict[str, Any]) -> None:
     write_atomic(earlier, (json.dumps(meta, indent=1) + "\n").encode())
 
 
-def sweep(req: headless.SweepRequest) -> int:
-    """Check, load, make the plans, run what is not done yet, write the results (see the module)."""
-    from dit_explore.engine.core.similarity import DEFAULT_PROMPTS
+@dataclass(frozen=True)
+class Batch:
+    """One job of a sweep: a plan (its index in the sweep's plans, 0 = the full model) on some of the
+    sweep's columns (prompt x seed), generated as one batch."""
 
+    plan: int
+    columns: tuple[int, ...]
+    cost: int  # predicted: block executions of one image (its steps included) x images
+
+
+def form_batches(todo: dict[int, list[int]], size: int, executions: list[int]) -> list[Batch]:
+    """The jobs of the columns still to do (`todo`: plan -> columns), `size` columns at most, in plan then
+    column order: a function of the job list alone (never of the number of processes)."""
+    return [Batch(plan, tuple(columns[i:i + size]), executions[plan] * len(columns[i:i + size]))
+            for plan, columns in sorted(todo.items()) for i in range(0, len(columns), size)]
+
+
+def split_by_cost(batches: list[Batch], ranks: int) -> list[list[Batch]]:
+    """Whole batches to `ranks` processes by predicted cost (longest first, each to the least loaded; ties
+    to the lower rank), so that mixed plans finish together; each rank's share back in job order."""
+    loads = [0] * ranks
+    shares: list[list[int]] = [[] for _ in range(ranks)]
+    for index in sorted(range(len(batches)), key=lambda i: (-batches[i].cost, i)):
+        rank = min(range(ranks), key=lambda r: (loads[r], r))
+        loads[rank] += batches[index].cost
+        shares[rank].append(index)
+    return [[batches[i] for i in sorted(share)] for share in shares]
+
+
+def choose_batch(source: ModelSource, settings: Settings, loaded: Any, columns: int, requested: int | None) -> int:
+    """Images per batch: `requested` (`--batch`), else as many columns as fit, at most MAX_BATCH: the
+    denoising memory of one image (engine/core/memory.py's estimate) into what the device has beside the
+    loaded model (a CUDA device's total memory less what the process holds, so that every GPU of a kind
+    decides alike; the CPU's available memory), with a fifth kept spare."""
+    if requested is not None:
+        return max(1, min(requested, columns))
+    from dit_explore.engine.core.memory import available_memory, estimate
+    from dit_explore.engine.generate import dtype_name
+
+    device = loaded.device
+    kind = "cuda" if device.type == "cuda" else "cpu"
+    one = estimate(source, settings.width, settings.height, guidance=settings.guidance, dtype=dtype_name(loaded.dtype),
+                   device_kind=kind, max_sequence_length=settings.max_sequence_length,
+                   random_weights=loaded.random_weights)
+    per_image = max(1, one.phases.get("denoising", one.working))
+    if kind == "cuda":
+        import torch
+
+        room = torch.cuda.get_device_properties(device).total_memory - torch.cuda.memory_allocated(device)
+    else:
+        room = available_memory() or 0
+    fits = int((room * 0.8 - (one.working - per_image)) // per_image)
+    return max(1, min(MAX_BATCH, columns, fits))
+
+
+@dataclass
+class Sweep:
+    """A sweep being run: what it is and where it goes (see the module)."""
+
+    out: Path
+    source: ModelSource
+    generator: Any
+    every: list[SweepItem]  # the full model first
+    columns: list[tuple[str, int]]  # (prompt, seed)
+    settings: Settings
+    meta: dict[str, Any]
+    batch: int
+    check: Any = None  # raises to cancel (between block executions)
+    on_progress: Any = None  # (items done, items in all, what was last done)
+    items_file: str = ITEMS
+
+    def __post_init__(self) -> None:
+        from dit_explore.engine.core.sampling import block_runs
+
+        self.toy = is_toy(self.source.name)
+        revision, dtype, source = self.meta["revision"], self.meta["dtype"], self.source
+        self.keys = [[item_key(source.name, revision, dtype, item.plan, prompt, seed, self.settings)
+                      for prompt, seed in self.columns] for item in self.every]
+        self.executions = [block_runs(item.plan, source.layout, self.settings.steps).total for item in self.every]
+        self.done = read_items_in(self.out)
+        self.ran = 0
+        self._valid: dict[int, str | None] = {}
+        self._fulls: dict[int, tuple[Image.Image, float] | None] = {}
+
+    @property
+    def total(self) -> int:
+        return len(self.every) * len(self.columns)
+
+    def todo(self, plans_: range | list[int]) -> dict[int, list[int]]:
+        """Plan -> the columns whose item has not run (an item with the key of another is run once: a plan
+        that is the full model in disguise takes the full model's image)."""
+        out: dict[int, list[int]] = {}
+        claimed = set(self.done)
+        for r in plans_:
+            columns = [c for c in range(len(self.columns)) if self.keys[r][c] not in claimed]
+            claimed.update(self.keys[r][c] for c in columns)
+            if columns:
+                out[r] = columns
+        return out
+
+    def baselines(self) -> list[Batch]:
+        return form_batches(self.todo([0]), self.batch, self.executions)
+
+    def plans(self) -> list[Batch]:
+        return form_batches(self.todo(range(1, len(self.every))), self.batch, self.executions)
+
+    def refresh(self) -> None:
+        """Read back every process's finished items (after the baselines of a multi-GPU sweep)."""
+        self.done = read_items_in(self.out)
+
+    def run(self, batches: list[Batch]) -> None:
+        for batch in batches:
+            self._run(batch)
+
+    def _problem(self, r: int) -> str | None:
+        if r not in self._valid:
+            item = self.every[r]
+            try:
+                plans.validate(item.plan, self.source.layout, source=item.label)
+                plans.validate_steps(item.plan, self.settings.steps, source=item.label)
+                self._valid[r] = None
+            except plans.PlanError as exc:  # e.g. SD3's context-pre-only last block cannot be left out
+                self._valid[r] = str(exc).splitlines()[0]
+        return self._valid[r]
+
+    def _full(self, c: int) -> tuple[Image.Image, float] | None:
+        if c not in self._fulls:
+            row = self.done.get(self.keys[0][c])
+            self._fulls[c] = _full_of(self.out, row) if row else None
+        return self._fulls[c]
+
+    def _run(self, batch: Batch) -> None:
+        import torch
+
+        from dit_explore.engine.generate import NonFiniteError
+
+        item = self.every[batch.plan]
+        base = [{"plan": item.label, "plan_file": None, "prompt": self.columns[c][0], "seed": self.columns[c][1],
+                 "error": None, "batch": len(batch.columns)} for c in batch.columns]
+        error = self._problem(batch.plan)
+        result = None
+        if error is None:
+            try:
+                result = self.generator.generate_batch([self.columns[c][0] for c in batch.columns],
+                                                       [self.columns[c][1] for c in batch.columns], self.settings,
+                                                       item.plan, check=self.check or (lambda: None))
+            except NonFiniteError as exc:
+                error = str(exc)
+            except torch.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                error = f"out of memory (a batch of {len(batch.columns)})"
+        rows = []
+        for i, (c, row) in enumerate(zip(batch.columns, base)):
+            key = self.keys[batch.plan][c]
+            if error is not None:
+                row["error"] = error
+            else:
+                assert result is not None
+                timing = result.timing
+                step = timing.warm_step or timing.transformer_total / max(len(timing.transformer_steps), 1)
+                try:
+                    image_row(row, result.images[i], self.out, f"images/{key}.png", step * 1000 / len(batch.columns),
+                              result.block_runs, None if batch.plan == 0 else self._full(c), self.toy,
+                              is_full=batch.plan == 0)
+                except OSError as exc:
+                    raise headless.UsageError(
+                        f"--out {shown(self.out)}: cannot write: {exc.strerror or exc}; the {len(self.done)} items "
+                        "finished are kept, --resume continues") from None
+                if batch.plan == 0:
+                    self._fulls[c] = (result.images[i], row["ms_per_step"])
+            row.update({"key": key, "series": item.series, "x": item.x})
+            rows.append(row)
+        try:
+            _append(self.out / self.items_file, rows)
+        except OSError as exc:
+            raise headless.UsageError(
+                f"--out {shown(self.out)}: cannot write {self.items_file}: {exc.strerror or exc}; the items "
+                "finished before are kept, --resume continues") from None
+        for row in rows:
+            self.done[row["key"]] = row
+        self.ran += len(rows)
+        if error is not None:
+            headless._say(f"{item.label}: {error}")
+        if self.on_progress is not None:
+            self.on_progress(len(self.done), self.total, item.label)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every item's row, for each column in turn the plans in order (what the results and the sheet
+        read); None where an item has not run."""
+        out = []
+        for c in range(len(self.columns)):
+            for r, item in enumerate(self.every):
+                row = self.done[self.keys[r][c]]
+                if row.get("plan") != item.label:  # another plan's item with the same key (the same blocks)
+                    row = {**row, "plan": item.label, "series": item.series, "x": item.x}
+                out.append(row)
+        return out
+
+    def finish(self) -> None:
+        prompts = list(dict.fromkeys(p for p, _ in self.columns))
+        seeds = list(dict.fromkeys(s for _, s in self.columns))
+        _finish(self.out, self.meta, self.every, self.rows(), prompts, seeds, self.settings, self.toy)
+
+
+def _prepare(req: headless.SweepRequest) -> tuple[ModelSource, Settings, list[str], list[int], int, Any, str]:
+    """Everything checked before the model loads: the source, settings, prompts, seeds, window, the
+    step-window's plan and the dtype's name."""
     if req.kind not in KINDS:
         raise headless.UsageError(f"unknown sweep kind {req.kind!r}: one of {', '.join(KINDS)}")
     source, cli = headless.model_and_sampling(req.model, req.sampling)
@@ -233,26 +445,32 @@ def sweep(req: headless.SweepRequest) -> int:
     window = req.window if req.window is not None else max(1, settings.steps // 4)
     if not 1 <= window <= settings.steps:
         raise headless.UsageError(f"--window {window}: must be between 1 and the {settings.steps} steps")
+    if req.batch is not None and not 1 <= req.batch <= MAX_BATCH:
+        raise headless.UsageError(f"--batch {req.batch}: must be between 1 and {MAX_BATCH}")
     try:
         source.check_size(settings.width, settings.height)
     except ModelError as exc:
         raise headless.UsageError(str(exc)) from None
-    from dit_explore.engine.generate import Generator, dtype_name
+    from dit_explore.engine.generate import dtype_name
     from dit_explore.engine.models import pick_device, pick_dtype
 
     try:
         dtype = dtype_name(pick_dtype(req.options.dtype, pick_device(req.options.device)))
     except ModelError as exc:
         raise headless.UsageError(str(exc)) from None
-    saved_settings = replace(settings, seed=0).to_json()
-    _precheck(req.out, req.resume, req.overwrite, {"model": source.name, "kind": req.kind, "dtype": dtype,
-                                                   "settings": saved_settings})
-    headless.check_memory(source, settings, req.options)
-    loaded = headless._load(source, req.options)
+    return source, settings, prompts, seeds, window, base, dtype
 
-    generator = Generator(loaded, on_warning=lambda message: headless._say(f"warning: {message}"))
+
+def plan_sweep(kind: str, generator: Any, source: ModelSource, settings: Settings, window: int, base: Any,
+               prompts: list[str], seeds: list[int]) -> tuple[list[SweepItem], dict[str, Any]]:
+    """The plans of KIND for the loaded model (the middle group from its similarity analysis when the kind
+    needs it) and the sweep's record (sweep.json)."""
+    from dit_explore.engine.core.similarity import DEFAULT_PROMPTS
+    from dit_explore.engine.generate import dtype_name
+
+    loaded = generator.loaded
     middle = None
-    if req.kind != "skip-each" and not (req.kind == "step-window" and base is not None):
+    if kind != "skip-each" and not (kind == "step-window" and base is not None):
         from dit_explore.engine.analysis import cached_analysis
 
         headless._say("finding the middle group (the similarity analysis: shipped, cached or measured)…")
@@ -260,71 +478,84 @@ def sweep(req: headless.SweepRequest) -> int:
         result, _ = cached_analysis(generator, list(analysis_prompts(source.name, DEFAULT_PROMPTS)),
                                     resolve_settings(source.defaults))
         middle = largest_middle(source.layout, {n: list(s.groups) for n, s in result.stacks.items()})
-    items = sweep_items(req.kind, source.layout, middle or largest_middle(source.layout, None), settings.steps,
-                        window, base)
-    meta = {"model": source.name, "revision": loaded.revision, "kind": req.kind, "dtype": dtype_name(loaded.dtype),
-            "device": str(loaded.device), "settings": saved_settings, "prompts": prompts,
+    items = sweep_items(kind, source.layout, middle or largest_middle(source.layout, None), settings.steps, window, base)
+    meta = {"model": source.name, "revision": loaded.revision, "kind": kind, "dtype": dtype_name(loaded.dtype),
+            "device": str(loaded.device), "settings": replace(settings, seed=0).to_json(), "prompts": prompts,
             "seeds": seeds, "middle_group": list(middle) if middle else None, "window": window,
             "plans": [{"label": i.label, "series": i.series, "x": i.x, "text": plans.dumps(i.plan)} for i in items]}
+    return items, meta
+
+
+def sweep(req: headless.SweepRequest) -> int:
+    """Check, load, make the plans, run what is not done yet, write the results (see the module); with
+    `--gpus N`, the same over N processes (engine/sweep_ranks.py)."""
+    source, settings, prompts, seeds, window, base, dtype = _prepare(req)
+    _precheck(req.out, req.resume, req.overwrite, {"model": source.name, "kind": req.kind, "dtype": dtype,
+                                                   "settings": replace(settings, seed=0).to_json()})
+    headless.check_memory(source, settings, req.options)
+    if req.gpus is not None and req.gpus > 1:
+        from dit_explore.engine.sweep_ranks import launch
+
+        return launch(req)
+    from dit_explore.engine.generate import Generator
+
+    loaded = headless._load(source, req.options)
+    generator = Generator(loaded, on_warning=lambda message: headless._say(f"warning: {message}"))
+    items, meta = plan_sweep(req.kind, generator, source, settings, window, base, prompts, seeds)
+    columns = [(p, s) for p in prompts for s in seeds]
+    batch = choose_batch(source, settings, loaded, len(columns), req.batch)
+    meta["batch"] = batch
     _claim(req, meta)
-    return _run(req, source, generator, items, prompts, seeds, settings, meta)
+    job = Sweep(req.out, source, generator, [SweepItem(FULL, FULL, None, plans.Plan()), *items], columns, settings,
+                meta, batch)
+    started = time.perf_counter()
+    before = len({k for line in job.keys for k in line} & set(job.done))
+
+    def progress(done: int, total: int, label: str) -> None:
+        headless._say(f"[{done}/{total}] {label}  ({time.perf_counter() - started:.1f} s)")
+
+    job.on_progress = progress
+    headless._say(f"{len(job.every)} plans x {len(columns)} prompt/seed columns, batches of {batch}")
+    job.run(job.baselines())
+    job.run(job.plans())
+    return _report(job, before)
 
 
-def _run(req: headless.SweepRequest, source: ModelSource, generator: Any, items: list[SweepItem], prompts: list[str],
-         seeds: list[int], settings: Settings, meta: dict[str, Any]) -> int:
-    import torch
-
-    out = req.out
-    done = read_items(out / ITEMS)
-    toy = is_toy(source.name)
-    every = [SweepItem(FULL, FULL, None, plans.Plan()), *items]
-    rows: list[dict[str, Any]] = []
-    started, ran = time.perf_counter(), 0
-    columns = [(p, s) for p in range(len(prompts)) for s in seeds]
-    for c, (p, seed) in enumerate(columns):
-        prompt = prompts[p]
-        full: tuple[Image.Image, float] | None = None
-        for r, item in enumerate(every):
-            key = item_key(source.name, meta["revision"], meta["dtype"], item.plan, prompt, seed, settings)
-            row = done.get(key)
-            if row is None:
-                try:
-                    plans.validate(item.plan, source.layout, source=item.label)
-                    plans.validate_steps(item.plan, settings.steps, source=item.label)
-                except plans.PlanError as exc:  # e.g. SD3's context-pre-only last block cannot be left out
-                    row = {"plan": item.label, "prompt": prompt, "seed": seed, "error": str(exc).splitlines()[0]}
-                else:
-                    try:
-                        row, _ = measure_item(generator, StudyPlan(item.label, None, item.plan), prompt, seed, settings,
-                                              full, out, f"images/{key}.png", toy, is_full=r == 0)
-                    except torch.OutOfMemoryError:
-                        torch.cuda.empty_cache()
-                        row = {"plan": item.label, "prompt": prompt, "seed": seed, "error": "out of memory"}
-                    except OSError as exc:
-                        raise headless.UsageError(
-                            f"--out {shown(out)}: cannot write: {exc.strerror or exc}; the {len(done) + ran} items "
-                            f"finished are kept, --resume continues") from None
-                row.update({"key": key, "series": item.series, "x": item.x})
-                try:
-                    _append(out / ITEMS, row)
-                except OSError as exc:
-                    raise headless.UsageError(
-                        f"--out {shown(out)}: cannot write {ITEMS}: {exc.strerror or exc}; the items finished before "
-                        "are kept, --resume continues") from None
-                ran += 1
-                if row.get("error"):
-                    headless._say(f"{item.label}: {row['error']}")
-            if r == 0:
-                full = _full_of(out, row)
-            rows.append(row)
-        headless._say(f"[{c + 1}/{len(columns)}] {len(every)} plans  {prompt!r} seed {seed}  "
-                      f"({ran} run, {len(rows) - ran} kept from before; "
-                      f"{time.perf_counter() - started:.1f} s)")
-    _finish(out, meta, every, rows, prompts, seeds, settings, toy)
-    headless._say(f"wrote {shown(out)}/ ({RESULTS_CSV}, {RESULTS_JSON}, {PLOT}"
-                  f"{', ' + CONTACT_SHEET if len(every) <= SHEET_MAX_PLANS else ''}): {len(rows)} items, {ran} run now, "
-                  f"{len(rows) - ran} from before, {sum(1 for r in rows if r.get('error'))} failed")
+def _report(job: Sweep, before: int) -> int:
+    job.finish()
+    rows = job.rows()
+    distinct = len({k for line in job.keys for k in line})
+    headless._say(f"wrote {shown(job.out)}/ ({RESULTS_CSV}, {RESULTS_JSON}, {PLOT}"
+                  f"{', ' + CONTACT_SHEET if len(job.every) <= SHEET_MAX_PLANS else ''}): {len(rows)} items"
+                  f"{f' ({distinct} distinct)' if distinct < len(rows) else ''}, {job.ran} run now, {before} from before, "
+                  f"{sum(1 for r in rows if r.get('error'))} failed; batches of {job.batch}")
     return 0
+
+
+def in_engine(generator: Any, kind: str, prompt: str, seed: int, settings: Settings, out: Path, *,
+              check: Any = None, on_progress: Any = None) -> Path:
+    """A sweep of KIND on one prompt and seed with the engine's loaded model (the explorer's sweeps):
+    the same folder as `dit-explore sweep` writes, into `out` (new or empty). `check` raises to cancel
+    (the items finished stay in OUT/items.jsonl; `dit-explore sweep --resume` can continue them);
+    `on_progress(done, total, label)` after each batch. Returns `out`."""
+    from dit_explore.engine.core.runs import write_atomic
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown sweep kind {kind!r}: one of {', '.join(KINDS)}")
+    source = generator.loaded.source
+    window = max(1, settings.steps // 4)
+    items, meta = plan_sweep(kind, generator, source, settings, window, None, [prompt], [seed])
+    meta["batch"] = 1
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"{shown(out)}: not empty")
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    write_atomic(out / SWEEP_JSON, (json.dumps(meta, indent=1) + "\n").encode())
+    job = Sweep(out, source, generator, [SweepItem(FULL, FULL, None, plans.Plan()), *items], [(prompt, seed)],
+                settings, meta, 1, check=check, on_progress=on_progress)
+    job.run(job.baselines())
+    job.run(job.plans())
+    job.finish()
+    return out
 
 
 def _full_of(out: Path, row: dict[str, Any]) -> tuple[Image.Image, float] | None:

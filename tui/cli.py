@@ -174,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", metavar="DIR", required=True, type=Path, help="output directory")
     sweep.add_argument("--resume", action="store_true", help="continue the sweep in --out where it stopped")
     sweep.add_argument("--overwrite", action="store_true", help="start afresh in --out if it holds a sweep")
+    sweep.add_argument("--batch", type=int, metavar="N", help="images (prompts x seeds) per batch of a plan, 1 to 16 "
+                       "(default: as many as fit in memory; the chosen size is printed and saved)")
+    sweep.add_argument("--gpus", type=int, metavar="N", help="spread the sweep over N processes, one per GPU "
+                       "(torch.distributed; results identical to one GPU's)")
     return parser
 
 
@@ -340,7 +344,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return headless.sweep_command(headless.SweepRequest(
             model=args.model, kind=args.kind, out=args.out, prompts=tuple(args.prompt or ()), prompts_file=args.prompts,
             seeds=tuple(args.seeds or ()), plan_file=args.plan, window=args.window, sampling=sampling,
-            options=options, resume=args.resume, overwrite=args.overwrite))
+            options=options, resume=args.resume, overwrite=args.overwrite, batch=args.batch, gpus=args.gpus))
     if args.command == "bench":
         return headless.bench_command(headless.BenchRequest(
             model=args.model, sampling=sampling, options=options, json_path=args.json))

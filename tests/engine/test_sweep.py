@@ -82,7 +82,8 @@ def test_a_sweep_end_to_end_then_resumed_after_an_interruption(tmp_path: Path,
     capsys.readouterr()
     assert sweep_cli(*args, "--resume") == 0
     said = capsys.readouterr().err
-    assert "5 run now, 3 from before, 0 failed" in said, said
+    # n = 0 has the full model's key: its image is the full model's, generated once (7 distinct items).
+    assert "8 items (7 distinct), 4 run now, 3 from before, 0 failed" in said, said
     again = json.loads((out / "results.json").read_text())["rows"]
     assert [r["key"] for r in again] == [r["key"] for r in rows]
     for before, after in zip(rows, again):
@@ -99,14 +100,15 @@ def test_a_failed_plan_is_recorded_and_the_sweep_goes_on(tmp_path: Path, monkeyp
     plan runs, and a resume does not run the failed one again."""
     from dit_explore.engine import generate
 
-    real = generate.Generator.generate
+    real = generate.Generator.generate_batch
 
-    def failing(self: generate.Generator, prompt: str, settings: object, plan: object, **kwargs: object) -> object:
+    def failing(self: generate.Generator, prompts: object, seeds: object, settings: object, plan: object,
+                **kwargs: object) -> object:
         if getattr(plan, "name", None) == "double: skip 1":
             raise generate.NonFiniteError("the latents became non-finite at step 1")
-        return real(self, prompt, settings, plan, **kwargs)  # type: ignore[arg-type]
+        return real(self, prompts, seeds, settings, plan, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(generate.Generator, "generate", failing)
+    monkeypatch.setattr(generate.Generator, "generate_batch", failing)
     out = tmp_path / "sweep"
     args = ["tiny-flux", "skip-each", "--steps", "2", "--prompt", "p", "--device", "cpu", "--out", str(out)]
     assert sweep_cli(*args) == 0
@@ -118,7 +120,7 @@ def test_a_failed_plan_is_recorded_and_the_sweep_goes_on(tmp_path: Path, monkeyp
     summary = {s["plan"]: s for s in json.loads((out / "results.json").read_text())["summary"]}
     assert summary["double: skip 1"]["errors"] == 1 and summary["double: skip 1"]["images"] == 0
     calls: list[object] = []
-    monkeypatch.setattr(generate.Generator, "generate", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(generate.Generator, "generate_batch", lambda *a, **k: calls.append(a))
     assert sweep_cli(*args, "--resume") == 0
     assert calls == []  # everything, the failure included, was finished before
 
