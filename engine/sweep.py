@@ -62,6 +62,7 @@ ITEMS = "items.jsonl"
 PLOT = "plot.png"
 CONTACT_SHEET = "contact_sheet.png"
 SHEET_MAX_PLANS = 60
+REQUEST_JSON = "sweep-request.json"  # engine/sweep_ranks.py's
 MAX_BATCH = 16
 
 
@@ -188,8 +189,8 @@ def _precheck(out: Path, resume: bool, overwrite: bool, known: dict[str, Any]) -
     s = shown(out)
     if out.exists() and not out.is_dir():
         raise headless.UsageError(f"--out {s}: exists and is not a directory")
-    if not (out.is_dir() and any(out.iterdir())):
-        return
+    if not (out.is_dir() and any(p.name != REQUEST_JSON for p in out.iterdir())):
+        return  # new, empty, or holding only the request of a multi-process sweep that never started
     earlier = out / SWEEP_JSON
     if not earlier.is_file():
         raise headless.UsageError(f"--out {s}: exists, is not empty and holds no sweep ({SWEEP_JSON})")
@@ -306,6 +307,7 @@ class Sweep:
         self.executions = [block_runs(item.plan, source.layout, self.settings.steps).total for item in self.every]
         self.done = read_items_in(self.out)
         self.ran = 0
+        self.generate_seconds = 0.0  # inside generate_batch: text (cached), denoising, decode
         self._valid: dict[int, str | None] = {}
         self._fulls: dict[int, tuple[Image.Image, float] | None] = {}
 
@@ -371,6 +373,7 @@ class Sweep:
                 result = self.generator.generate_batch([self.columns[c][0] for c in batch.columns],
                                                        [self.columns[c][1] for c in batch.columns], self.settings,
                                                        item.plan, check=self.check or (lambda: None))
+                self.generate_seconds += result.timing.total
             except NonFiniteError as exc:
                 error = str(exc)
             except torch.OutOfMemoryError:
@@ -493,7 +496,7 @@ def sweep(req: headless.SweepRequest) -> int:
     _precheck(req.out, req.resume, req.overwrite, {"model": source.name, "kind": req.kind, "dtype": dtype,
                                                    "settings": replace(settings, seed=0).to_json()})
     headless.check_memory(source, settings, req.options)
-    if req.gpus is not None and req.gpus > 1:
+    if req.gpus is not None:
         from dit_explore.engine.sweep_ranks import launch
 
         return launch(req)
@@ -521,13 +524,14 @@ def sweep(req: headless.SweepRequest) -> int:
     return _report(job, before)
 
 
-def _report(job: Sweep, before: int) -> int:
+def _report(job: Sweep, before: int, ran: int | None = None) -> int:
+    """Write the results and say what was done (`ran`: items run now by every process; default this one's)."""
     job.finish()
     rows = job.rows()
     distinct = len({k for line in job.keys for k in line})
     headless._say(f"wrote {shown(job.out)}/ ({RESULTS_CSV}, {RESULTS_JSON}, {PLOT}"
                   f"{', ' + CONTACT_SHEET if len(job.every) <= SHEET_MAX_PLANS else ''}): {len(rows)} items"
-                  f"{f' ({distinct} distinct)' if distinct < len(rows) else ''}, {job.ran} run now, {before} from before, "
+                  f"{f' ({distinct} distinct)' if distinct < len(rows) else ''}, {job.ran if ran is None else ran} run now, {before} from before, "
                   f"{sum(1 for r in rows if r.get('error'))} failed; batches of {job.batch}")
     return 0
 

@@ -141,3 +141,37 @@ def test_bad_input_is_one_line(args: list[str], says: str, tmp_path: Path, capsy
     taken.write_text("mine")
     assert sweep_cli("toy-flux", "skip-each", "--out", str(taken)) == 2
     assert taken.read_text() == "mine"
+
+
+def test_batches_are_formed_from_the_job_list_and_split_by_cost() -> None:
+    from dit_explore.engine.sweep import Batch, form_batches, split_by_cost
+
+    # plan 0 (the full model, 18 block executions an image) on 5 columns, plan 2 (17) on columns 1 and 3.
+    batches = form_batches({2: [1, 3], 0: [0, 1, 2, 3, 4]}, 2, [18, 16, 17])
+    assert batches == [Batch(0, (0, 1), 36), Batch(0, (2, 3), 36), Batch(0, (4,), 18), Batch(2, (1, 3), 34)]
+    # Longest first to the least loaded, ties to the lower rank: 36 -> r0, 36 -> r1, 34 -> r2, 18 -> r2.
+    assert split_by_cost(batches, 3) == [[batches[0]], [batches[1]], [batches[2], batches[3]]]
+    assert split_by_cost(batches, 1) == [batches]
+    # By cost, not by count: one large job against three small ones.
+    mixed = [Batch(1, (0,), 90), Batch(2, (0,), 30), Batch(3, (0,), 30), Batch(4, (0,), 30)]
+    assert [sum(b.cost for b in share) for share in split_by_cost(mixed, 2)] == [90, 90]
+
+
+def test_two_processes_make_the_images_of_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--gpus 2 on the CPU (two processes over gloo): the same batches, so the same bytes in every image,
+    and one results folder gathered from both processes' items files."""
+    common = ["tiny-flux", "skip-each", "--steps", "2", "--device", "cpu", "--batch", "2",
+              "--prompt", "a red circle", "--prompt", "b", "--prompt", "c"]
+    assert sweep_cli(*common, "--out", str(tmp_path / "one")) == 0
+    assert sweep_cli(*common, "--gpus", "2", "--out", str(tmp_path / "two")) == 0
+    said = capsys.readouterr().err
+    assert "39 items, 39 run now, 0 from before, 0 failed; batches of 2" in said, said
+    one = json.loads((tmp_path / "one" / "results.json").read_text())["rows"]
+    two = json.loads((tmp_path / "two" / "results.json").read_text())["rows"]
+    assert [r["key"] for r in one] == [r["key"] for r in two] and len(one) == 3 * 13
+    for a, b in zip(one, two):
+        assert (tmp_path / "one" / a["image"]).read_bytes() == (tmp_path / "two" / b["image"]).read_bytes()
+        assert a["mad"] == b["mad"] and a["batch"] == b["batch"]
+    ranks = json.loads((tmp_path / "two" / "ranks.json").read_text())
+    assert ranks["processes"] == 2 and sorted(r["items"] for r in ranks["ranks"]) == [19, 20]
+    assert {p.name for p in (tmp_path / "two").glob("items*.jsonl")} == {"items.rank0.jsonl", "items.rank1.jsonl"}
