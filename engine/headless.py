@@ -464,7 +464,7 @@ class SweepRequest:
     resume: bool = False
     overwrite: bool = False
     batch: int | None = None  # images per batch; None: as many as fit (at most 16)
-    gpus: int | None = None  # processes, one per GPU (torch.distributed); None or 1: this process
+    gpus: int | None = None  # processes, one per GPU (torch.distributed, engine/sweep_ranks.py); None: this process
 
 
 def sweep_command(req: SweepRequest) -> int:

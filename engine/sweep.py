@@ -448,6 +448,8 @@ def _prepare(req: headless.SweepRequest) -> tuple[ModelSource, Settings, list[st
     window = req.window if req.window is not None else max(1, settings.steps // 4)
     if not 1 <= window <= settings.steps:
         raise headless.UsageError(f"--window {window}: must be between 1 and the {settings.steps} steps")
+    if req.gpus is not None and not 1 <= req.gpus <= 64:
+        raise headless.UsageError(f"--gpus {req.gpus}: must be between 1 and 64")
     if req.batch is not None and not 1 <= req.batch <= MAX_BATCH:
         raise headless.UsageError(f"--batch {req.batch}: must be between 1 and {MAX_BATCH}")
     try:

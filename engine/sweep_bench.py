@@ -1,0 +1,135 @@
+"""How much faster a sweep is than the loop people write by hand (BENCHMARKS.md, "Sweeps").
+
+    python -m dit_explore.engine.sweep_bench [MODEL] [--prompts 16] [--steps 20] [--repeats 3] [--device cuda]
+
+In one process, on one loaded model, alternately (plain, sweep, plain, sweep, ...):
+
+- the plain loop: for each prompt, the full model once (the baseline), then every skip-each plan, one
+  pipeline call per image with the prompt's text (`pipe(prompt=..., generator=...)`, a PIL image out), each
+  plan applied by hand: the stack's `nn.ModuleList` swapped for one without the block, and put back;
+- the sweep: the same images through engine/sweep.py (`Sweep`: batches of the prompts of a plan, the
+  baselines first and read back for the metrics, every image written and measured: PSNR, SSIM, MS-SSIM,
+  MAD, HaarPSI, the toy scorer), into a fresh folder each time, `finish` (results, plot, sheet) included.
+
+Prints and writes (--json) the median seconds of each over the repeats and their ratio; the batch size the
+sweep chose; and the sweep's time inside generation (the rest is metrics, files and Python between
+batches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def plain_loop(loaded: Any, prompts: list[str], settings: Any) -> float:
+    """The hand-written loop (see the module); seconds."""
+    import torch
+
+    from dit_explore.engine.timing import sync
+
+    pipe, transformer = loaded.pipe, loaded.transformer
+    stacks = [(s.attr, getattr(transformer, s.attr)) for s in loaded.layout.stacks]
+    start = time.perf_counter()
+
+    def image(prompt: str, seed: int) -> Any:
+        return pipe(prompt=prompt, num_inference_steps=settings.steps, width=settings.width, height=settings.height,
+                    guidance_scale=settings.guidance, generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+
+    with torch.inference_mode():
+        for prompt in prompts:
+            seed = 0
+            image(prompt, seed)  # the baseline, once per prompt
+            for attr, blocks in stacks:
+                for k in range(len(blocks)):
+                    setattr(transformer, attr, torch.nn.ModuleList([b for i, b in enumerate(blocks) if i != k]))
+                    try:
+                        image(prompt, seed)
+                    finally:
+                        setattr(transformer, attr, blocks)
+    sync(loaded.device)
+    return time.perf_counter() - start
+
+
+def sweep_once(generator: Any, prompts: list[str], settings: Any, batch: int | None) -> dict[str, Any]:
+    from dit_explore.engine.core import plan as plans
+    from dit_explore.engine.study import FULL
+    from dit_explore.engine.sweep import Sweep, SweepItem, choose_batch, plan_sweep
+
+    loaded = generator.loaded
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "sweep"
+        (out / "images").mkdir(parents=True)
+        items, meta = plan_sweep("skip-each", generator, loaded.source, settings, 1, None, prompts, [0])
+        columns = [(prompt, 0) for prompt in prompts]  # seed 0, as the plain loop
+        size = choose_batch(loaded.source, settings, loaded, len(columns), batch)
+        start = time.perf_counter()
+        job = Sweep(out, loaded.source, generator, [SweepItem(FULL, FULL, None, plans.Plan()), *items], columns,
+                    settings, meta, size)
+        job.run(job.baselines())
+        job.run(job.plans())
+        ran = time.perf_counter() - start
+        job.finish()
+        total = time.perf_counter() - start
+    return {"seconds": total, "run_seconds": ran, "generate_seconds": job.generate_seconds, "batch": size,
+            "images": job.ran}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dit_explore.engine.sweep_bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", nargs="?", default="toy-flux")
+    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from dit_explore.engine.core.catalog import default_prompt
+    from dit_explore.engine.core.resolve import resolve
+    from dit_explore.engine.core.sampling import resolve_settings
+    from dit_explore.engine.core.shapes import CAPTIONS
+    from dit_explore.engine.generate import Generator
+    from dit_explore.engine.models import load, pick_device, pick_dtype
+
+    source = resolve(args.model)
+    device = pick_device(args.device)
+    loaded = load(source, device, pick_dtype(None, device))
+    generator = Generator(loaded)
+    step = max(1, len(CAPTIONS) // args.prompts)
+    prompts = (list(CAPTIONS[::step][:args.prompts]) if args.model.startswith("toy-")
+               else [f"{default_prompt(source.name)} ({i})" for i in range(args.prompts)])
+    settings = resolve_settings(source.defaults)
+    settings = type(settings)(**{**settings.__dict__, "steps": args.steps})
+    plain_loop(loaded, prompts[:1], settings)  # warm-up: allocations, kernel selection
+    sweep_once(generator, prompts[:2], settings, args.batch)
+    plains, sweeps = [], []
+    for r in range(args.repeats):
+        plains.append(plain_loop(loaded, prompts, settings))
+        sweeps.append(sweep_once(generator, prompts, settings, args.batch))
+        print(f"repeat {r + 1}: plain loop {plains[-1]:.2f} s, sweep {sweeps[-1]['seconds']:.2f} s "
+              f"(generation {sweeps[-1]['generate_seconds']:.2f} s, batches of {sweeps[-1]['batch']})", flush=True)
+    plain, swept = statistics.median(plains), statistics.median(s["seconds"] for s in sweeps)
+    images = len(prompts) * (1 + sum(s.blocks for s in source.layout.stacks))
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    record = {"model": source.name, "device": device_name, "prompts": len(prompts), "steps": args.steps,
+              "images": images, "repeats": args.repeats, "plain_seconds": plains,
+              "sweep": sweeps, "plain_median": plain, "sweep_median": swept, "speedup": plain / swept}
+    print(f"{source.name} skip-each x {len(prompts)} prompts x {args.steps} steps ({images} images) on {device_name}: "
+          f"plain loop {plain:.2f} s, sweep {swept:.2f} s (medians of {args.repeats}): {plain / swept:.1f}x")
+    if args.json is not None:
+        args.json.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
