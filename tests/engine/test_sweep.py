@@ -4,13 +4,16 @@ a refused plan recorded while the sweep goes on, and bad input."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from dit_explore.engine.core import plan as plans
 from dit_explore.engine.core.catalog import MODELS
 from dit_explore.engine.core.plan import Group
+from dit_explore.engine.core.sampling import resolve_settings
 from dit_explore.engine.sweep import ITEMS, largest_middle, sweep_items
 from dit_explore.tui.cli import main
 
@@ -130,6 +133,8 @@ def test_a_failed_plan_is_recorded_and_the_sweep_goes_on(tmp_path: Path, monkeyp
     (["toy-flux", "skip-each", "--plan", "x.plan.toml"], "step-window"),
     (["toy-flux", "step-window", "--window", "0"], "--window 0"),
     (["toy-flux", "skip-each", "--seeds", "2", "2"], "named twice"),
+    (["toy-flux", "skip-each", "--gpus", "0"], "--gpus 0: must be between 1 and 64"),
+    (["toy-flux", "skip-each", "--batch", "17"], "--batch 17: must be between 1 and 16"),
 ])
 def test_bad_input_is_one_line(args: list[str], says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "sweep"
@@ -175,3 +180,30 @@ def test_two_processes_make_the_images_of_one(tmp_path: Path, capsys: pytest.Cap
     ranks = json.loads((tmp_path / "two" / "ranks.json").read_text())
     assert ranks["processes"] == 2 and sorted(r["items"] for r in ranks["ranks"]) == [19, 20]
     assert {p.name for p in (tmp_path / "two").glob("items*.jsonl")} == {"items.rank0.jsonl", "items.rank1.jsonl"}
+
+
+def test_a_batch_of_one_is_the_single_image_and_a_batch_starts_from_each_seeds_noise() -> None:
+    """generate_batch of one prompt gives run's image byte for byte; a batch of three gives each image its own
+    seed's image (the same noise; the batch's arithmetic may move a level or two, never more)."""
+    import numpy as np
+    import torch
+
+    from dit_explore.engine.core.resolve import resolve
+    from dit_explore.engine.generate import Generator
+    from dit_explore.engine.models import load
+
+    source = resolve("tiny-flux")
+    generator = Generator(load(source, torch.device("cpu"), torch.float32))
+    settings = replace(resolve_settings(source.defaults), steps=3)
+    prompts, seeds = ["a red circle", "b", "a blue square at the top"], [5, 0, 7]
+    singles = [np.asarray(generator.generate(p, replace(settings, seed=s), plans.Plan(name="x").with_order(
+        "single", (0, 2, 3))).image, dtype=np.int16) for p, s in zip(prompts, seeds)]
+    plan = plans.Plan(name="x").with_order("single", (0, 2, 3))
+    one = generator.generate_batch(prompts[:1], seeds[:1], settings, plan)
+    assert np.array_equal(np.asarray(one.images[0], dtype=np.int16), singles[0])
+    three = generator.generate_batch(prompts, seeds, settings, plan)
+    for image, single in zip(three.images, singles):
+        assert np.abs(np.asarray(image, dtype=np.int16) - single).max() <= 2
+    # Different seeds really are different images (the comparison above is not vacuous).
+    assert np.abs(singles[0] - singles[2]).mean() > 5
+    assert three.block_runs.total == 3 * 3 + 4 * 3  # per image: 3 single + 4 double blocks, 3 steps
