@@ -53,6 +53,10 @@ class ResultsError(RuntimeError):
     """Writing a run's results failed (a full disk, a folder gone): the run's error, one line."""
 
 
+class SweepError(RuntimeError):
+    """A sweep that cannot go on (its folder taken, a write that failed): the sweep's error, one line."""
+
+
 @contextlib.contextmanager
 def writing_results(out: Path | None) -> Iterator[None]:
     """Within: an OSError (ENOSPC, EACCES, ...) is a ResultsError naming the run directory."""
@@ -75,8 +79,15 @@ class Job:
     analysis: bool = False  # a similarity analysis, not a run
     groups: int | None = None  # analysis: a fixed number of groups
     use_cache: bool = True  # analysis: answer from the on-disk cache when it has this analysis
+    sweep: str | None = None  # a sweep of this kind (engine/sweep.py) into out_dir, not a run
+    items: int = 0  # sweep: items finished so far
     cancelled: threading.Event = field(default_factory=threading.Event)
     superseded: bool = False  # cancelled because a newer request replaced it
+
+    @property
+    def kind(self) -> str:
+        """The request it came from, in words: run, analyze or sweep."""
+        return "analyze" if self.analysis else "sweep" if self.sweep is not None else "run"
 
 
 @dataclass(frozen=True)
@@ -240,7 +251,7 @@ class Engine:
         whatever goes wrong in it."""
         kind = message.get("type")
         job = message.get("job") if type(message.get("job")) is int and kind in (
-            protocol.Run.TYPE, protocol.Analyze.TYPE) else None
+            protocol.Run.TYPE, protocol.Analyze.TYPE, protocol.Sweep.TYPE) else None
         try:
             self.handle(protocol.decode_request(message, binary))
             return
@@ -271,6 +282,8 @@ class Engine:
                 self.submit(self.parse_run(request))
             case protocol.Analyze():
                 self.submit(self.parse_analyze(request))
+            case protocol.Sweep():
+                self.submit(self.parse_sweep(request))
 
     def cancel(self, job_id: int | None) -> None:
         """Cancel the job (or, for None, what runs and waits). A job that has already ended is no error
@@ -312,7 +325,7 @@ class Engine:
             plans.validate_steps(plan, settings.steps, where)
         except (plans.PlanError, ModelError) as exc:
             raise RequestError(str(exc).replace("\n", "; ")) from None
-        problem = self.memory_problem(settings, analysis=kind == "analyze", when_idle=True)
+        problem = self.memory_problem(settings, analysis=kind == "analyze", when_idle=True)  # a sweep: as a run
         if problem is not None:
             raise MemoryRefusal(f"{kind}: {problem}")
         return settings
@@ -349,6 +362,19 @@ class Engine:
                            else analysis_prompts(self.source.name, DEFAULT_PROMPTS))
         return Job(request.job, plan, prompts, self._settings("analyze", request.sampling, plan, "analyze"),
                    previews=False, analysis=True, groups=request.groups, use_cache=request.use_cache)
+
+    def parse_sweep(self, request: protocol.Sweep) -> Job:
+        from dit_explore.engine.sweep import KINDS
+
+        if request.kind not in KINDS:
+            raise RequestError(f"sweep.kind: {shown(repr(request.kind), 60)} is not one of {', '.join(KINDS)}")
+        prompts = _prompts("sweep", [request.prompt])
+        out = Path(request.out_dir)
+        if not request.out_dir or (out.exists() and not (out.is_dir() and not any(out.iterdir()))):
+            raise RequestError(f"sweep.out_dir: {shown(request.out_dir, 120) or 'empty'}: must be a new or empty folder")
+        plan = plans.Plan()
+        return Job(request.job, plan, prompts, self._settings("sweep", request.sampling, plan, "sweep"),
+                   baseline=False, previews=False, out_dir=out, sweep=request.kind)
 
     def parse_run(self, request: protocol.Run) -> Job:
         source = self.source
@@ -457,10 +483,12 @@ class Engine:
         try:
             problem = self.memory_problem(job.settings, job.analysis)
             if problem is not None:
-                raise MemoryRefusal(f"{'analyze' if job.analysis else 'run'}: {problem}")
+                raise MemoryRefusal(f"{job.kind}: {problem}")
             if job.analysis:
                 self.analyze(job)
                 count = len(job.prompts)
+            elif job.sweep is not None:
+                self.sweep(job)
             else:
                 if job.out_dir is not None:
                     record = run_record(self.generator.loaded, job.plan, job.plan_source, list(job.prompts),
@@ -475,7 +503,7 @@ class Engine:
         except MemoryRefusal as exc:
             log.warning("refused job %s: %s", job.id, exc)
             status, message = Status.ERROR, str(exc)
-        except (ResultsError, NonFiniteError) as exc:
+        except (ResultsError, SweepError, NonFiniteError) as exc:
             log.error("job %s failed: %s%s", job.id, exc, f" ({exc.__cause__!r})" if exc.__cause__ else "")
             status, message = Status.ERROR, str(exc)
         except torch.cuda.OutOfMemoryError as exc:
@@ -485,7 +513,7 @@ class Engine:
             message = f"out of memory on {self.generator.loaded.device}: {str(exc).splitlines()[0]}"
         except Exception as exc:  # noqa: BLE001 - the engine must survive anything a run does
             log.error("job %s failed (%s of %d prompt(s), settings %s, plan:\n%s):\n%s", job.id,
-                      "analysis" if job.analysis else "run", len(job.prompts), job.settings,
+                      job.kind, len(job.prompts), job.settings,
                       plans.dumps(job.plan).strip(), traceback.format_exc())
             status, message = Status.ERROR, f"{type(exc).__name__}: {exc}".splitlines()[0]
         finally:
@@ -502,6 +530,8 @@ class Engine:
                               exc.__cause__)
                     if status != Status.ERROR:
                         status, message = Status.ERROR, str(exc)
+        if job.sweep is not None:
+            count = job.items
         if message is not None:
             self.send_error(message, job=job.id)
         path = live.out if live is not None else job.out_dir
@@ -521,6 +551,26 @@ class Engine:
         result, cached = cached_analysis(self.generator, job.prompts, job.settings, groups=job.groups,
                                          use_cache=job.use_cache, check=self.check(job), on_progress=progress)
         self.send(protocol.Analysis(job=job.id, cached=cached, result=result))
+
+    def sweep(self, job: Job) -> None:
+        """A sweep of the job's kind on its one prompt and seed into its folder (engine/sweep.py's
+        in_engine, the same folder as `dit-explore sweep`), a `progress` of role `sweep` after each item."""
+        from dit_explore.engine.headless import UsageError
+        from dit_explore.engine.sweep import in_engine
+
+        assert job.sweep is not None and job.out_dir is not None
+        started = time.perf_counter()
+
+        def progress(done: int, total: int, label: str) -> None:
+            job.items = done
+            self.send(protocol.Progress(job=job.id, index=0, role=Role.SWEEP, step=done, steps=total,
+                                        elapsed=time.perf_counter() - started, label=label))
+
+        try:
+            in_engine(self.generator, job.sweep, job.prompts[0], job.settings.seed, job.settings, job.out_dir,
+                      check=self.check(job), on_progress=progress)
+        except (UsageError, OSError) as exc:  # a write into its folder that failed
+            raise SweepError(f"sweep into {shown(job.out_dir)}: {shown(exc)}") from exc
 
     def render(self, job: Job, index: int, prompt: str, live: Any) -> None:
         """The plan's image of one prompt, then its baseline (cached, or reused when the plan is the

@@ -99,7 +99,8 @@ def test_a_frame_carries_the_binary_field_outside_the_json() -> None:
     json_len, bin_len = protocol.parse_header(frame[:12])
     assert frame[-bin_len:] == b"\x89PNG fake" and bin_len == 9
     assert json.loads(frame[12 : 12 + json_len]) == {"type": "progress", "job": 3, "index": 0, "role": "plan",
-                                                      "step": 1, "steps": 2, "prompts": 1, "elapsed": 0.5}
+                                                      "step": 1, "steps": 2, "prompts": 1, "elapsed": 0.5,
+                                                      "label": None}
 
 
 BAD = [

@@ -198,7 +198,7 @@ class EngineClient:
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise EngineError(f"the engine is gone ({exc}); log: {self.log_path}") from None
 
-    async def submit(self, request: protocol.Run | protocol.Analyze) -> int:
+    async def submit(self, request: protocol.Run | protocol.Analyze | protocol.Sweep) -> int:
         """Send a job; from now on, events of older jobs are stale. A job in flight is superseded by the
         engine (latest wins). Returns the job id (the caller's, which must increase)."""
         if request.job <= self._latest_job:

@@ -36,7 +36,7 @@ from dit_explore.engine.core.sampling import BlockRuns, Settings, Timing
 from dit_explore.engine.core.similarity import SimilarityResult
 from dit_explore.engine.core.text import shown
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 MAGIC = b"DXP1"
 HEADER = struct.Struct(">4sII")
 MAX_JSON = 4 << 20  # 4 MiB: similarity matrices are the largest JSON payloads
@@ -60,7 +60,7 @@ class FrameTooLarge(ProtocolError):
 
 
 class Status(StrEnum):
-    """How a job (a run or an analysis) stands: running, or how it ended."""
+    """How a job (a run, an analysis or a sweep) stands: running, or how it ended."""
 
     RUNNING = "running"
     OK = "ok"
@@ -88,6 +88,7 @@ class Role(StrEnum):
     PLAN = "plan"  # the plan's image
     BASELINE = "baseline"  # the identity plan's image, same prompt and settings
     ANALYZE = "analyze"  # a similarity analysis (progress only)
+    SWEEP = "sweep"  # a sweep (progress only: items, not steps)
 
 
 def doc(text: str, default: Any = dataclasses.MISSING) -> Any:
@@ -132,6 +133,22 @@ class Analyze:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Sweep:
+    """A sweep of `kind` (engine/sweep.py: each plan of the kind against the full model) on one prompt and
+    seed with the loaded model, written as `dit-explore sweep` writes it into `out_dir`. A `progress` of
+    role `sweep` follows each item (`step`: items done, `steps`: items in all, `label`: the item);
+    `done` carries the folder as `path`. A plan that fails is recorded in the sweep and it goes on;
+    cancelled, the items finished stay in the folder. Latest wins, as for `run`."""
+
+    TYPE: ClassVar[str] = "sweep"
+    job: int = doc("job id, as for `run`")
+    kind: str = doc("`skip-each`, `skip-middle-n`, `repeat-middle-n`, `parallel-width` or `step-window`")
+    prompt: str = doc("the prompt")
+    sampling: Sampling = doc("as for `run` (its `seed` is the sweep's one seed)", Sampling())
+    out_dir: str = doc("the sweep's folder: new, or empty")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Cancel:
     """Stop a job before its next block execution; `done` `cancelled` follows. A job the engine never
     had (or, for null, nothing running or queued) gets `error`; one that has ended, nothing (its `done` was
@@ -156,8 +173,8 @@ class Shutdown:
     TYPE: ClassVar[str] = "shutdown"
 
 
-Request = Run | Analyze | Cancel | Ping | Shutdown
-REQUESTS: dict[str, type[Any]] = {cls.TYPE: cls for cls in (Run, Analyze, Cancel, Ping, Shutdown)}
+Request = Run | Analyze | Sweep | Cancel | Ping | Shutdown
+REQUESTS: dict[str, type[Any]] = {cls.TYPE: cls for cls in (Run, Analyze, Sweep, Cancel, Ping, Shutdown)}
 
 
 # -------------------------------------------------------------------------------- events (engine)
@@ -206,17 +223,18 @@ class Ready:
 
 @dataclass(frozen=True, kw_only=True)
 class Progress:
-    """One denoising step done. The binary is a PNG preview at latent resolution (a fixed linear
-    latent-to-RGB map, no VAE), absent for the last step or when `previews` is false."""
+    """One denoising step done (of a sweep: one item). The binary is a PNG preview at latent resolution (a
+    fixed linear latent-to-RGB map, no VAE), absent for the last step or when `previews` is false."""
 
     TYPE: ClassVar[str] = "progress"
     job: int = doc("the job")
     index: int = doc("prompt index")
-    role: Role = doc("`plan`, `baseline` or `analyze`")
-    step: int = doc("steps done")
-    steps: int = doc("steps in all")
+    role: Role = doc("`plan`, `baseline`, `analyze` or `sweep`")
+    step: int = doc("steps done (`sweep`: items done)")
+    steps: int = doc("steps in all (`sweep`: items in all)")
     prompts: int = doc("prompts in all", 1)
-    elapsed: float = doc("seconds since this image began")
+    elapsed: float = doc("seconds since this image began (`sweep`: since the sweep began)")
+    label: str | None = doc("`sweep`: the item just done (`double: skip 3`); else null", None)
     preview: bytes = doc("the frame's binary: a PNG preview, or empty", b"")
 
 
@@ -277,10 +295,10 @@ class Done:
     job: int = doc("the job")
     status: Status = doc("`ok`, `cancelled`, `superseded` or `error`")
     message: str | None = doc("why, for `error`; else null", None)
-    images: int = doc("prompts finished", 0)
+    images: int = doc("prompts finished (`sweep`: items finished)", 0)
     seconds: float = doc("seconds the job took", 0.0)
     blocks_restored: bool = doc("the model's block lists are its own again", True)
-    path: str | None = doc("the run directory, or null", None)
+    path: str | None = doc("the run directory (`sweep`: its folder), or null", None)
 
 
 @dataclass(frozen=True, kw_only=True)

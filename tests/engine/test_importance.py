@@ -113,7 +113,7 @@ def test_an_unfinished_or_foreign_results_file(tmp_path: Path) -> None:
         read_importance(running, "tiny-flux", LAYOUT)
     broken = sweep_folder(tmp_path, ROWS, name="broken")
     (broken / "results.json").write_text("{not json")
-    with pytest.raises(ValueError, match="results.json is not JSON"):
+    with pytest.raises(ValueError, match=r"results\.json is not JSON"):
         read_importance(broken, "tiny-flux", LAYOUT)
     study = sweep_folder(tmp_path, ROWS, name="study")
     (study / "results.json").write_text(json.dumps({"model": {"name": "tiny-flux"}, "rows": []}))
