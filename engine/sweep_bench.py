@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 
-def plain_loop(loaded: Any, prompts: list[str], settings: Any) -> float:
-    """The hand-written loop (see the module); seconds."""
+def plain_loop(loaded: Any, prompts: list[str], settings: Any) -> tuple[float, Any]:
+    """The hand-written loop (see the module): seconds, and its first image (the first prompt's baseline)."""
     import torch
 
     from dit_explore.engine.timing import sync
@@ -38,9 +38,17 @@ def plain_loop(loaded: Any, prompts: list[str], settings: Any) -> float:
     stacks = [(s.attr, getattr(transformer, s.attr)) for s in loaded.layout.stacks]
     start = time.perf_counter()
 
+    # The model's own text length (a toy's is short; the pipelines' default of 512 tokens would make
+    # each call several times dearer than the sweep's, and its images different).
+    extra = {"max_sequence_length": settings.max_sequence_length} if settings.max_sequence_length else {}
+    first: list[Any] = []
+
     def image(prompt: str, seed: int) -> Any:
-        return pipe(prompt=prompt, num_inference_steps=settings.steps, width=settings.width, height=settings.height,
-                    guidance_scale=settings.guidance, generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+        out = pipe(prompt=prompt, num_inference_steps=settings.steps, width=settings.width, height=settings.height,
+                   guidance_scale=settings.guidance, generator=torch.Generator("cpu").manual_seed(seed),
+                   **extra).images[0]
+        first.append(out) if not first else None
+        return out
 
     with torch.inference_mode():
         for prompt in prompts:
@@ -54,7 +62,7 @@ def plain_loop(loaded: Any, prompts: list[str], settings: Any) -> float:
                     finally:
                         setattr(transformer, attr, blocks)
     sync(loaded.device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, first[0]
 
 
 def sweep_once(generator: Any, prompts: list[str], settings: Any, batch: int | None) -> dict[str, Any]:
@@ -110,11 +118,18 @@ def main(argv: list[str] | None = None) -> int:
                else [f"{default_prompt(source.name)} ({i})" for i in range(args.prompts)])
     settings = resolve_settings(source.defaults)
     settings = type(settings)(**{**settings.__dict__, "steps": args.steps})
-    plain_loop(loaded, prompts[:1], settings)  # warm-up: allocations, kernel selection
+    import numpy as np
+
+    from dit_explore.engine.core.plan import Plan
+
+    _, plain_first = plain_loop(loaded, prompts[:1], settings)  # warm-up: allocations, kernel selection
+    ours = generator.generate(prompts[0], type(settings)(**{**settings.__dict__, "seed": 0}), Plan()).image
+    difference = int(np.abs(np.asarray(plain_first, dtype=np.int16) - np.asarray(ours, dtype=np.int16)).max())
+    print(f"the plain loop's first image against run's: largest difference {difference} levels", flush=True)
     sweep_once(generator, prompts[:2], settings, args.batch)
     plains, sweeps = [], []
     for r in range(args.repeats):
-        plains.append(plain_loop(loaded, prompts, settings))
+        plains.append(plain_loop(loaded, prompts, settings)[0])
         sweeps.append(sweep_once(generator, prompts, settings, args.batch))
         print(f"repeat {r + 1}: plain loop {plains[-1]:.2f} s, sweep {sweeps[-1]['seconds']:.2f} s "
               f"(generation {sweeps[-1]['generate_seconds']:.2f} s, batches of {sweeps[-1]['batch']})", flush=True)
@@ -122,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     images = len(prompts) * (1 + sum(s.blocks for s in source.layout.stacks))
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     record = {"model": source.name, "device": device_name, "prompts": len(prompts), "steps": args.steps,
-              "images": images, "repeats": args.repeats, "plain_seconds": plains,
+              "images": images, "repeats": args.repeats, "first_image_difference": difference, "plain_seconds": plains,
               "sweep": sweeps, "plain_median": plain, "sweep_median": swept, "speedup": plain / swept}
     print(f"{source.name} skip-each x {len(prompts)} prompts x {args.steps} steps ({images} images) on {device_name}: "
           f"plain loop {plain:.2f} s, sweep {swept:.2f} s (medians of {args.repeats}): {plain / swept:.1f}x")
