@@ -353,3 +353,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def entry() -> NoReturn:
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()
