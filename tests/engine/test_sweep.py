@@ -207,3 +207,39 @@ def test_a_batch_of_one_is_the_single_image_and_a_batch_starts_from_each_seeds_n
     # Different seeds really are different images (the comparison above is not vacuous).
     assert np.abs(singles[0] - singles[2]).mean() > 5
     assert three.block_runs.total == 3 * 3 + 4 * 3  # per image: 3 single + 4 double blocks, 3 steps
+
+
+def test_a_full_disk_mid_sweep_is_one_line_and_keeps_every_finished_item(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import errno
+
+    from dit_explore.engine import sweep as sweeps
+
+    real, calls = sweeps._append, []
+
+    def filling(path: Path, rows: list[dict[str, object]]) -> None:
+        calls.append(len(rows))
+        if len(calls) == 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, rows)
+
+    monkeypatch.setattr(sweeps, "_append", filling)
+    out = tmp_path / "sweep"
+    args = ["tiny-flux", "skip-each", "--steps", "2", "--prompt", "p", "--device", "cpu", "--out", str(out)]
+    assert sweep_cli(*args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("cannot write items.jsonl: No space left on device; the items finished before are kept, "
+                            "--resume continues"), err[-1]
+    assert len((out / ITEMS).read_text().splitlines()) == 3 and not (out / "results.json").exists()
+    monkeypatch.setattr(sweeps, "_append", real)
+    assert sweep_cli(*args, "--resume") == 0
+    assert "13 items, 10 run now, 3 from before, 0 failed" in capsys.readouterr().err
+
+
+def test_an_empty_prompts_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "prompts.txt"
+    empty.write_text("\n  \n")
+    assert sweep_cli("toy-flux", "skip-each", "--prompts", str(empty), "--out", str(tmp_path / "s")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "prompts.txt" in err[0], err
+    assert not (tmp_path / "s").exists()
