@@ -29,6 +29,7 @@ from textual.worker import Worker, WorkerState
 
 from dit_explore.engine.core import plan as plans
 from dit_explore.engine.core.catalog import default_prompt, unseen_words
+from dit_explore.engine.core.importance import Importance, read_importance
 from dit_explore.engine.core.layout import Layout
 from dit_explore.engine.core.protocol import Status
 from dit_explore.engine.core.resolve import ModelSource
@@ -54,6 +55,8 @@ from dit_explore.tui.session import (
     RunWish,
     Session,
     StateShown,
+    SweepEnded,
+    SweepWish,
     slug,
 )
 from dit_explore.tui.themes import DEFAULT_THEME, use_themes
@@ -460,6 +463,60 @@ class ExplorerApp(App[int]):
             self.session.analyze_prompt(*values)
             await self.session.submit_analysis()
 
+    async def action_sweep(self) -> None:
+        """The importance sweep: skip-each on the form's prompt and settings (the plan plays no part)."""
+        values = self._form_values()
+        if values is None:
+            return
+        blocks = self.layout_info.total_blocks
+        self.notify(f"leaving each of the {blocks} blocks out in turn on this prompt ({blocks + 1} images; "
+                    "escape cancels)", title="importance sweep", timeout=5)
+        await self.session.run(SweepWish(values[0], values[1]))
+
+    def on_sweep_ended(self, message: SweepEnded) -> None:
+        record = message.record
+        if record.status == Status.OK:
+            self._load_sweep(record.path)
+        elif record.status in (Status.CANCELLED, Status.CRASHED):
+            kept = f": {record.done} of {record.total} items kept in {record.path}" if record.done else ""
+            self.notify(f"sweep {record.status}{kept}", severity="warning", timeout=6)
+
+    @work(group="sweep", exclusive=True, exit_on_error=False)
+    async def _load_sweep(self, folder: Path) -> None:
+        """A sweep folder's importance onto the grid, its figures into the image pane; a folder that
+        is not a skip-each sweep of this model is one line."""
+        import asyncio
+
+        try:
+            importance = await asyncio.to_thread(read_importance, folder, self.source.name, self.layout_info)
+        except ValueError as exc:
+            self.notify(str(exc), title="cannot show the sweep", severity="error", timeout=12)
+            return
+        self._show_importance(importance)
+
+    def _show_importance(self, importance: Importance) -> None:
+        self.query_one(LayerGrid).set_importance(importance)
+        figures = [(title, path) for title, path in (("plot", importance.plot),
+                                                     ("contact sheet", importance.contact_sheet)) if path is not None]
+        self.query_one(ImagePane).set_sweep(figures)
+        self.notify(f"{importance.metric.what} when each block is left out, from {importance.folder.name} "
+                    "(I: group colors · P: its plot)", title="importance", timeout=8)
+
+    def action_toggle_importance(self) -> None:
+        grid = self.query_one(LayerGrid)
+        if not grid.toggle_importance():
+            self.notify("no importance yet: i runs the sweep, ctrl+o opens a sweep folder", severity="warning")
+
+    def action_sweep_images(self) -> None:
+        """The sweep's plot, its contact sheet, then the run's images again (in the images view)."""
+        shown = self.query_one(ImagePane).cycle_sweep()
+        if shown is None:
+            self.notify("no sweep yet: i runs one, ctrl+o opens a sweep folder", severity="warning")
+            return
+        if self.has_class("-narrow") and self._view != "images":
+            self.action_show_view("images")
+        self.notify(f"images: {shown} (P: next)", timeout=3)
+
     def _heatmap_open(self) -> bool:
         from dit_explore.tui.screens.heatmap import HeatmapScreen
 
@@ -640,12 +697,16 @@ class ExplorerApp(App[int]):
 
     def action_open(self) -> None:
         from dit_explore.engine.core.study import shipped_plans_dir
+        from dit_explore.tui.session import SWEEPS
 
-        self.push_screen(OpenDialog([self.plans_dir, shipped_plans_dir()], self.source.name, self.layout_info),
-                         self._open)
+        self.push_screen(OpenDialog([self.plans_dir, shipped_plans_dir()], self.source.name, self.layout_info,
+                                    sweeps=self.session.runs_dir / SWEEPS), self._open)
 
     def _open(self, path: str | None) -> None:
         if not path:
+            return
+        if Path(path).is_dir():  # a sweep's folder: its importance on the grid
+            self._load_sweep(Path(path))
             return
         if Path(path).suffix.lower() == ".png" and Path(path).is_file():
             self.query_one(ImagePane).show_file(Path(path))  # its image (and its run's baseline), plan or not
@@ -707,6 +768,13 @@ class ExplorerApp(App[int]):
             yield SystemCommand("plan: Select group under cursor", "select the cursor's similarity group",
                                 lambda: grid.run_action("select_group"))
         yield SystemCommand("engine: Run plan", "run the plan and its baseline", lambda: self.run_action("run"))
+        yield SystemCommand("analysis: Importance sweep", "leave each block out in turn; the grid shades what each costs",
+                            lambda: self.run_action("sweep"))
+        if self.query_one(LayerGrid).importance is not None:
+            yield SystemCommand("analysis: Toggle importance overlay", "the sweep's costs or the group colors",
+                                self.action_toggle_importance)
+            yield SystemCommand("analysis: Show sweep plot", "the sweep's plot, then its contact sheet",
+                                self.action_sweep_images)
         if self.session.busy:
             yield SystemCommand("engine: Cancel run", "stop the running job", lambda: self.run_action("cancel"))
         yield SystemCommand("engine: Restart", "stop the engine process and start a fresh one",
@@ -715,5 +783,5 @@ class ExplorerApp(App[int]):
                             lambda: self.run_action("history"))
         yield SystemCommand("file: Save plan", f"save to {self.plans_dir}", self.action_save)
         yield SystemCommand("file: Save plan as…", "save under a name you choose", self.action_save_as)
-        yield SystemCommand("file: Open plan…", "open a .plan.toml or a dit-explore PNG", self.action_open)
+        yield SystemCommand("file: Open plan…", "open a .plan.toml, a dit-explore PNG or a sweep folder", self.action_open)
         yield SystemCommand("help: Keys", "every key and what the grid shows", self.action_help)

@@ -87,7 +87,15 @@ APP_KEYS = (
     Key("analyze", "a", "analyze", "analyze", "analyze block similarity for the current prompt (groups recolor the grid)"),
     Key("heatmap", "t", "heatmap", "heatmap", "show or hide the similarity matrices with their groups"),
     Key("save", "ctrl+s", "save", "save", "save the plan to the plans folder"),
-    Key("open", "ctrl+o", "open", "open", "open a plan file (or a PNG written by dit-explore)"),
+    Key("open", "ctrl+o", "open", "open", "open a plan file, a PNG written by dit-explore, or a sweep's folder"),
+    # The importance sweep and what it shows; "i" for importance ("s" skips), capitals for the views of it.
+    Key("sweep", "i", "sweep", "importance",
+        "importance sweep: leave each block out in turn (skip-each) on the prompt and settings; the grid "
+        "then shades each block by what leaving it out costs (escape cancels)", show=False),
+    Key("importance", "I", "toggle_importance", "overlay",
+        "show or hide the importance overlay (the group colors again)", show=False),
+    Key("sweep-images", "P", "sweep_images", "plot",
+        "images: the sweep's plot, then its contact sheet, then the run's images again", show=False),
     # "R" for runs ("h" moves left, vim-style); the history keeps past sessions' runs too.
     Key("history", "R", "history", "history",
         "go to the run history (enter loads a run's plan, prompt and images; escape or R goes back)"),

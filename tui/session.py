@@ -10,7 +10,10 @@ analysis and the policy around it:
   missing, ask again;
 - a run entered while the engine starts or loads waits for its hello, then goes;
 - a run replaced by a newer one ends as superseded (the engine's `done` says so), a run under a crashed
-  engine as crashed.
+  engine as crashed;
+- a sweep (the importance sweep, `skip-each` on the form's prompt and settings) is a job like a run: it
+  waits for an engine as a run does, pre-empts an analysis, is cancelled by the same key, and writes its
+  folder under `<runs>/sweeps/`; its progress is items done, and how it ended is a `SweepEnded`.
 
 It turns the engine's typed events into Textual messages (below) posted through `post`; the app reacts
 by drawing. Nothing here needs a running app or engine: tests feed it scripted events
@@ -58,7 +61,7 @@ class Engine(Protocol):
 
     async def start(self, timeout: float = ...) -> protocol.Hello: ...
     def events(self) -> AsyncIterator[Event]: ...
-    async def submit(self, request: protocol.Run | protocol.Analyze) -> int: ...
+    async def submit(self, request: protocol.Run | protocol.Analyze | protocol.Sweep) -> int: ...
     async def cancel(self, job: int | None = ...) -> None: ...
     async def shutdown(self, timeout: float = ...) -> int | None: ...
 
@@ -83,6 +86,20 @@ class RunRecord:
     block_runs: BlockRuns | None = None
     difference: Difference | None = None  # computed once, when both images are there
     speed: protocol.Speed | None = None  # plan against full model, timed side by side after the images
+
+
+@dataclass
+class SweepRecord:
+    """The explorer's sweep in flight (or the last one), as the session keeps it."""
+
+    job: int
+    kind: str
+    prompt: str
+    path: Path  # its folder (the engine writes it)
+    status: Status = Status.RUNNING
+    done: int = 0  # items finished
+    total: int = 0  # items in all (known from the first progress)
+    label: str = ""  # the item last finished
 
 
 # ------------------------------------------------------------------------------------------ messages
@@ -143,6 +160,14 @@ class AnalysisLanded(Message):
         self.cached = cached
 
 
+class SweepEnded(Message):
+    """The sweep ended (`record.status` says how; `ok`: its results are in `record.path`)."""
+
+    def __init__(self, record: SweepRecord) -> None:
+        super().__init__()
+        self.record = record
+
+
 class Notice(Message):
     """Something to tell the user (a toast)."""
 
@@ -171,6 +196,18 @@ class RunWish:
     label: str
 
 
+@dataclass(frozen=True)
+class SweepWish:
+    """A sweep the user asked for (of the full model: the plan plays no part), before it has a job id."""
+
+    prompt: str
+    sampling: plans.Sampling
+    kind: str = "skip-each"
+
+
+SWEEPS = "sweeps"  # the explorer's sweeps go in <runs>/sweeps/<time>-<job>-<kind>/
+
+
 class Session:
     def __init__(
         self,
@@ -191,7 +228,8 @@ class Session:
         self._ensure_engine = ensure_engine  # starts `follow` (as a worker, in the app)
         self._job_ids = itertools.count(1)
         self._latest_job = 0
-        self._pending: RunWish | None = None
+        self._pending: RunWish | SweepWish | None = None
+        self.sweep_record: SweepRecord | None = None
         self._starting = False  # an engine process is being started (one at a time: no orphans)
         self._stop_reason: str | None = None  # why the current engine stopped, as it said (fatal error)
         self.cannot_start: str | None = None  # the last engine could not load the model: why
@@ -286,6 +324,8 @@ class Session:
             case protocol.Analysis():
                 self.similarity = event.result
                 self._post(AnalysisLanded(event.result, event.cached))
+            case protocol.Done() if self.sweep_record is not None and event.job == self.sweep_record.job:
+                await self._on_sweep_done(event, self.sweep_record)
             case protocol.Done():
                 await self._on_done(event)
             case protocol.Error():
@@ -327,12 +367,24 @@ class Session:
                 if record.path is not None and not record.past:
                     mark_ended(record.path, status)
                 self._post(RecordChanged(record))
+        sweep = self.sweep_record
+        if sweep is not None and sweep.status == Status.RUNNING:
+            sweep.status = status
+            self._post(SweepEnded(sweep))
 
     async def _on_progress(self, event: protocol.Progress) -> None:
         if event.role == Role.ANALYZE:
             self._post(ProgressShown(event.index * event.steps + event.step, event.prompts * event.steps))
             self._post(StateShown(f"analyzing block similarity — prompt {event.index + 1}/{event.prompts}, "
                                   f"step {event.step}/{event.steps}", "yellow"))
+            return
+        if event.role == Role.SWEEP:
+            sweep = self.sweep_record
+            if sweep is not None and sweep.job == event.job:
+                sweep.done, sweep.total, sweep.label = event.step, event.steps, event.label or ""
+            self._post(ProgressShown(event.step, event.steps))
+            self._post(StateShown(f"sweep {event.step}/{event.steps}: {event.label or '…'} (escape cancels)",
+                                  "yellow", since=time.monotonic() - event.elapsed))
             return
         record = self.records.get(event.job)
         phases = 2 if event.role == Role.BASELINE or (record is not None and record.baseline is None) else 1
@@ -377,10 +429,25 @@ class Session:
         elif self.similarity is None and self._analysis_job is None and event.status == Status.OK:
             await self.submit_analysis()  # the analysis a run pre-empted: ask again
 
+    async def _on_sweep_done(self, event: protocol.Done, sweep: SweepRecord) -> None:
+        sweep.status = event.status
+        sweep.done = event.images or sweep.done
+        if event.path is not None:
+            sweep.path = Path(event.path)
+        self._post(SweepEnded(sweep))
+        if event.job != self._latest_job:
+            return  # superseded by a newer job, which shows its own state
+        if self.state == EngineState.READY:
+            self._post(StateShown(f"ready — sweep {event.status} in {event.seconds:.1f} s", "green"))
+        self._post(ProgressShown(0, 0))
+        if self.similarity is None and self._analysis_job is None and event.status == Status.OK:
+            await self.submit_analysis()  # the analysis the sweep pre-empted: ask again
+
     # --------------------------------------------------------------------------------- jobs
 
-    async def run(self, wish: RunWish) -> None:
-        """Run a plan and its baseline; starts an engine first if there is none (the run waits for it)."""
+    async def run(self, wish: RunWish | SweepWish) -> None:
+        """Run a plan and its baseline, or a sweep; starts an engine first if there is none (the job waits
+        for it)."""
         self._pending = wish
         client = self.client
         if self._starting:
@@ -403,6 +470,9 @@ class Session:
             return
         self._pending = None
         self._analysis_job = None  # a run pre-empts an analysis in flight; it is asked again after
+        if isinstance(wish, SweepWish):
+            await self._submit_sweep(client, wish)
+            return
         job = next(self._job_ids)
         # The run's folder is claimed here (os.mkdir: unique even with another explorer on this runs folder,
         # or an enter within the same second: then it gets a suffix, -2, ...); the engine writes into it.
@@ -432,6 +502,31 @@ class Session:
             self._post(StateShown("busy — submitted", "yellow"))
         else:  # the loading progress stays; the run starts when the model is ready
             self._post(Notice("queued: the run starts when the model is ready", timeout=4))
+
+    async def _submit_sweep(self, client: Engine, wish: SweepWish) -> None:
+        job = next(self._job_ids)
+        name = f"{time.strftime('%Y%m%d-%H%M%S')}-{job:03d}-{wish.kind}"
+        try:
+            out_dir = claim_folder((self.runs_dir / SWEEPS / name).resolve(), accept_empty=False)
+        except OSError as exc:
+            self._post(Notice(f"cannot make a folder for the sweep in {shown(self.runs_dir / SWEEPS)}: "
+                              f"{exc.strerror or exc}", title="sweep not started", severity="error", timeout=10))
+            return
+        request = protocol.Sweep(job=job, kind=wish.kind, prompt=wish.prompt, sampling=wish.sampling,
+                                 out_dir=str(out_dir))
+        try:
+            await client.submit(request)
+        except EngineError as exc:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()  # claimed, never written
+            self._post(Notice(str(exc), title="engine", severity="error"))
+            return
+        self._latest_job = job
+        self.sweep_record = SweepRecord(job=job, kind=wish.kind, prompt=wish.prompt, path=out_dir)
+        if self._loaded:
+            self._post(StateShown(f"sweep {wish.kind} submitted", "yellow"))
+        else:
+            self._post(Notice("queued: the sweep starts when the model is ready", timeout=4))
 
     async def load_past(self, model: str, limit: int = 200) -> list[RunRecord]:
         """Read back `model`'s runs of earlier sessions from the runs folder (their run.json only: images
@@ -474,6 +569,8 @@ class Session:
         if client is None or not client.alive or client.hello is None or self._pending is not None:
             return
         if client.state == EngineState.BUSY or any(r.status == Status.RUNNING for r in self.records.values()):
+            return
+        if self.sweep_record is not None and self.sweep_record.status == Status.RUNNING:
             return
         job = next(self._job_ids)
         try:

@@ -21,10 +21,11 @@ Scenario = Callable[[Pilot[Any]], Coroutine[Any, Any, None]]
 
 
 def offline_app(tmp_path: Path, model: str = "tiny-flux", runs: list[protocol.Run] | None = None,
-                **kwargs: Any) -> ExplorerApp:
-    """The explorer on MODEL with a StubEngine (which records the runs it is sent in `runs`)."""
+                sweep_from: Path | None = None, **kwargs: Any) -> ExplorerApp:
+    """The explorer on MODEL with a StubEngine (which records the runs it is sent in `runs`, and answers a
+    sweep with the folder `sweep_from`)."""
     source = resolve(model)
-    kwargs.setdefault("engine_factory", lambda: StubEngine(source, runs))
+    kwargs.setdefault("engine_factory", lambda: StubEngine(source, runs, sweep_from=sweep_from))
     return ExplorerApp(source, graphics="halfcell", plans_dir=tmp_path / "plans", runs_dir=tmp_path / "runs",
                        **kwargs)
 

@@ -1,13 +1,16 @@
 """A stand-in for EngineClient where a test needs a deterministic screen (SVG snapshots): it says hello
 and ready at once with fixed values, answers an analysis with a fixed synthetic matrix (smooth decay with
-a dissimilar first block, the shape real DiTs show), and never runs plans. Behavior tests use the real
-engine."""
+a dissimilar first block, the shape real DiTs show), and never runs plans. A sweep is answered, when the
+test gives one, from a prepared folder: its files are copied into the sweep's folder, then one `progress`
+per item and `done`. Behavior tests use the real engine."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -33,14 +36,17 @@ def synthetic_result(source: ModelSource, prompts: tuple[str, ...] | None = None
 
 class StubEngine:
     """`runs`: where to record the run requests it gets (answered with `done` ok); without it, a run
-    request fails the test."""
+    request fails the test. `sweep_from`: the folder whose files answer a sweep (without it, a sweep
+    request fails the test); the requests are kept in `sweeps`."""
 
     def __init__(self, source: ModelSource, runs: list[protocol.Run] | None = None,
-                 available: int | None = None) -> None:
+                 available: int | None = None, sweep_from: Path | None = None) -> None:
         """`available`: the bytes its `ready` says a request may use (None: unknown)."""
         self.source = source
         self.runs = runs
         self.available = available
+        self.sweep_from = sweep_from
+        self.sweeps: list[protocol.Sweep] = []
         self.state = EngineState.STOPPED
         self.log_path = Path("engine.log")
         self.hello: protocol.Hello | None = None
@@ -66,7 +72,9 @@ class StubEngine:
         while True:
             yield await self._events.get()
 
-    async def submit(self, request: protocol.Run | protocol.Analyze) -> int:
+    async def submit(self, request: protocol.Run | protocol.Analyze | protocol.Sweep) -> int:
+        if isinstance(request, protocol.Sweep):
+            return self.sweep(request)
         if isinstance(request, protocol.Run):
             if self.runs is None:
                 raise AssertionError("the stub engine does not run plans")
@@ -76,6 +84,22 @@ class StubEngine:
         self._events.put_nowait(protocol.Analysis(job=request.job, cached=True,
                                                   result=synthetic_result(self.source, request.prompts)))
         self._events.put_nowait(protocol.Done(job=request.job, status=Status.OK))
+        return request.job
+
+    def sweep(self, request: protocol.Sweep) -> int:
+        """The prepared folder's files into the sweep's folder, a `progress` per item (its results' rows,
+        in order), `done` ok with the folder."""
+        if self.sweep_from is None:
+            raise AssertionError("the stub engine has no sweep to answer with")
+        self.sweeps.append(request)
+        out = Path(request.out_dir)
+        shutil.copytree(self.sweep_from, out, dirs_exist_ok=True)
+        rows = json.loads((out / "results.json").read_text(encoding="utf-8"))["rows"]
+        for done, row in enumerate(rows, 1):
+            self._events.put_nowait(protocol.Progress(job=request.job, index=0, role=protocol.Role.SWEEP, step=done,
+                                                      steps=len(rows), elapsed=0.1 * done, label=row["plan"]))
+        self._events.put_nowait(protocol.Done(job=request.job, status=Status.OK, images=len(rows), seconds=1.5,
+                                              path=str(out)))
         return request.job
 
     async def cancel(self, job: int | None = None) -> None:

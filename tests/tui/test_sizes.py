@@ -8,6 +8,7 @@ by the screen), non-empty and overlapping none of the others. Against the stub e
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +56,8 @@ async def assert_laid_out(pilot: Pilot[Any], app: ExplorerApp, size: tuple[int, 
     no two overlapping. The footer recomposes a frame or two after a change of size or focus (later on a
     loaded machine), so its entries are waited for (2 s at most) before anything is measured."""
     wanted = ALWAYS + footer
-    try:
+    with contextlib.suppress(AssertionError):  # the assertions below say what is missing
         await until(pilot, lambda: all(action in footer_keys(app) for action in wanted), timeout=2)
-    except AssertionError:
-        pass  # the assertions below say what is missing
     screen = Region(0, 0, *size)
     regions = {selector: on_screen(app, app.query_one(selector)) for selector in selectors}
     keys = footer_keys(app)

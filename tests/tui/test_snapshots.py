@@ -17,6 +17,7 @@ from dit_explore.engine.core import plan as plans
 from dit_explore.engine.core.resolve import resolve
 from dit_explore.tui.app import ExplorerApp
 from tests.tui.stub_engine import StubEngine
+from tests.tui.sweeps import write_sweep
 
 SIZE = (150, 48)
 EVERY_OP = """\
@@ -141,6 +142,32 @@ def test_palette_offers_actions_by_category(tmp_path: Path) -> None:
             assert "file: Save plan as…" in found and "file: Open plan…" in found
 
     asyncio.run(scenario())
+
+
+def test_importance_overlay_at_80x24(snap_compare: Any, tmp_path: Path) -> None:
+    """After a skip-each sweep (a hand-made one here, opened as a folder): each cell shaded by what
+    leaving its block out costs, the cursor's block's PSNR in the grid's first line."""
+    source = resolve("flux-schnell")
+    # By hand, the shape sweeps show: the first blocks costly, the middle cheap, one item failed.
+    psnr: dict[str, list[float | str | None]] = {
+        "double": [11.0, 16.0] + [24.0 + (k % 4) * 2.5 for k in range(2, 18)] + [19.0],
+        "single": [18.0] + [30.0 + (k % 5) * 2.0 for k in range(1, 36)] + ["out of memory (a batch of 1)", 22.0],
+    }
+    folder = write_sweep(tmp_path / "sweep", "flux-schnell", source.layout, psnr)
+
+    async def overlay(pilot: Any) -> None:
+        await settled(pilot)
+        app = pilot.app
+        app._open(str(folder))
+        deadline = asyncio.get_running_loop().time() + 30
+        while app.query_one("#grid").importance is None:
+            assert asyncio.get_running_loop().time() < deadline, "the sweep never showed"
+            await pilot.pause(0.02)
+        await pilot.pause()
+        app.clear_notifications()
+        await pilot.pause()
+
+    assert snap_compare(flux_app(tmp_path), terminal_size=(80, 24), run_before=overlay)
 
 
 def test_heatmap_screen(snap_compare: Any, tmp_path: Path) -> None:

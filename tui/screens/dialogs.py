@@ -1,9 +1,10 @@
-"""Small modal dialogs: ask for one value (a loop count, a plan name), pick a plan file to open, or
-answer a question (overwrite a plan file?)."""
+"""Small modal dialogs: ask for one value (a loop count, a plan name), pick a plan file (or a sweep's
+folder) to open, or answer a question (overwrite a plan file?)."""
 
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -142,10 +143,37 @@ def free_name(folder: Path, name: str, plan: plans.Plan) -> str:
     raise AssertionError("unreachable")
 
 
+SWEEPS_LISTED = 10  # the explorer's newest sweeps in the open dialog
+
+
+def sweep_folders(folder: Path | None, model: str, limit: int = SWEEPS_LISTED) -> list[Path]:
+    """The newest finished sweeps of `model` (folders holding results.json, whose sweep.json names the
+    model) directly under `folder`, newest first (their names begin with the time they started)."""
+    if folder is None or not folder.is_dir():
+        return []
+    try:
+        found = sorted((p for p in folder.iterdir() if p.is_dir() and (p / "results.json").is_file()),
+                       key=lambda p: p.name, reverse=True)
+    except OSError:
+        return []
+    mine = []
+    for path in found:
+        try:
+            record = json.loads((path / "sweep.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("model") == model:
+            mine.append(path)
+            if len(mine) == limit:
+                break
+    return mine
+
+
 class OpenDialog(ModalScreen[str | None]):
-    """Pick a plan file from the plan folders, or type any path (a .plan.toml or a dit-explore PNG). The
-    model's own plans come first; plans for other models follow, dimmed and marked with their model, and
-    one that does not fit this model is refused here, with the reason."""
+    """Pick a plan file from the plan folders, or one of the explorer's sweeps (`sweeps`: the folder
+    they are in), or type any path (a .plan.toml, a dit-explore PNG, or a sweep's folder: its importance
+    on the grid). The model's own plans come first; plans for other models follow, dimmed and marked with
+    their model, and one that does not fit this model is refused here, with the reason."""
 
     DEFAULT_CSS = _DIALOG_CSS.format(name="OpenDialog") + """
     OpenDialog > Vertical {
@@ -162,11 +190,13 @@ class OpenDialog(ModalScreen[str | None]):
     """
     BINDINGS = [Binding("escape", "dismiss(None)", "cancel")]
 
-    def __init__(self, folders: list[Path], model: str = "", layout: Layout | None = None) -> None:
+    def __init__(self, folders: list[Path], model: str = "", layout: Layout | None = None, *,
+                 sweeps: Path | None = None) -> None:
         super().__init__()
         self._model = model
         self._entries = plan_files(folders, model, layout)
         self._files = [entry.path for entry in self._entries]  # in the order listed
+        self._sweeps = sweep_folders(sweeps, model)
 
     def _options(self) -> list[Option]:
         model = self._model or "this model"
@@ -188,6 +218,9 @@ class OpenDialog(ModalScreen[str | None]):
         options = [heading(f"plans for {model}" if any(e.mine for e in self._entries) else
                            f"no plans for {model} yet")]
         options += [row(i, e) for i, e in enumerate(self._entries) if e.mine]
+        if self._sweeps:
+            options.append(heading(f"sweeps of {model} (the importance of each block, on the grid)"))
+            options += [Option(Text(path.name), id=f"sweep-{i}") for i, path in enumerate(self._sweeps)]
         if not all(e.mine for e in self._entries):
             options.append(heading(f"other models (dimmed; those that do not fit {model} cannot open)"))
             options += [row(i, e) for i, e in enumerate(self._entries) if not e.mine]
@@ -196,21 +229,24 @@ class OpenDialog(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label("Open a plan", classes="title")
-            if self._entries:
+            if self._entries or self._sweeps:
                 yield OptionList(*self._options(), id="files")
             else:
                 yield Label("no plan files in the plan folders yet", classes="error")
-            yield Input(placeholder="or a path: plans/x.plan.toml, runs/.../000.png", id="path")
+            yield Input(placeholder="or a path: plans/x.plan.toml, runs/.../000.png, a sweep's folder", id="path")
             yield Label("", classes="error", id="refused")
 
     def on_mount(self) -> None:
-        if self._entries:
+        if self._entries or self._sweeps:
             files = self.query_one("#files", OptionList)
             files.highlighted = next((i for i, o in enumerate(files.options) if not o.disabled), None)
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         event.stop()
         if event.option.id is None:
+            return
+        if event.option.id.startswith("sweep-"):
+            self.dismiss(str(self._sweeps[int(event.option.id.removeprefix("sweep-"))]))
             return
         entry = self._entries[int(event.option.id)]
         if entry.problem is not None:

@@ -18,7 +18,10 @@ Each stack's order:  0-9, [10-28]x3, 29-37
   3-7     blocks 3 to 7          28-10   blocks 28 down to 10 (reversed)
   15*19   block 15, 19 times     [10-28] parallel: same input, outputs averaged
   [a-b]xK parallel, looped K times (the average is fed back in)
-Cells:  letter = similarity group (F first, 1-4 middle, L last; D/S = stack until analyzed)"""
+Cells:  letter = similarity group (F first, 1-4 middle, L last; D/S = stack until analyzed)
+Importance (i runs the sweep, I toggles): each cell shaded by what leaving that block out costs
+  (PSNR against the full model: black = nothing, pale yellow = the sweep's costliest block; a bar the
+  same), ✗ = its item failed; the cursor's block's value in the grid's first line"""
 
 
 def key_table(keymap: dict[str, str]) -> Table:
@@ -33,7 +36,8 @@ def key_table(keymap: dict[str, str]) -> Table:
     for title, note, keys in sections:
         table.add_row(Text(title, style="underline"), Text(note, style="dim"))
         for key in keys:
-            shown = keymap.get(key.id, key.keys).replace(",", " / ").replace("question_mark", "?")
+            shown = (keymap.get(key.id, key.keys).replace(",", " / ").replace("question_mark", "?")
+                     .replace("percent_sign", "%"))
             table.add_row(shown, key.help)
         table.add_row("", "")
     table.add_row("ctrl+p", "command palette: every action, by name")

@@ -12,6 +12,9 @@ view's record(s) when it is drawn, so none can outlive the images they describe:
   start time and label.
 - a PNG written by dit-explore (ctrl+o): the image, captioned with its file name, and the `baseline-`
   PNG of the same run folder when it lies next to it.
+- a sweep's figure (its plot or its contact sheet), alone: one picture as large as the pane allows,
+  captioned with what it is and its folder. `cycle_sweep` steps through the sweep's figures and back to
+  the view shown before them.
 
 The third slot is |first − second| as a heat image (the mean absolute difference over RGB per pixel,
 through the inferno colormap, black = equal) with its scale: the brightest color is the largest
@@ -316,6 +319,25 @@ def describe_file(view: FileView) -> Comparison:
     return Comparison(first, second, names, comparable, None, why)
 
 
+@dataclass(frozen=True)
+class SweepImage:
+    """One figure of a sweep (its plot, its contact sheet), shown alone."""
+
+    path: Path
+    title: str  # what it is: "plot", "contact sheet"
+    image: Image.Image | None
+    problem: str = ""
+
+
+def open_sweep_image(path: Path, title: str) -> SweepImage:
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return SweepImage(path, title, image.copy())
+    except (OSError, ValueError) as exc:
+        return SweepImage(path, title, None, f"cannot read {path.name}: {exc}")
+
+
 def difference_line(names: tuple[str, str], apart: Difference) -> str:
     first, second = names
     if math.isinf(apart.psnr):
@@ -453,9 +475,11 @@ class DifferenceSlot(PictureSlot):
 class _State:
     live: RunRecord | None = None  # the latest run: previews belong to it
     previews: dict[str, Preview] = field(default_factory=dict)
-    view: RunRecord | tuple[RunRecord, RunRecord] | FileView | None = None
+    view: RunRecord | tuple[RunRecord, RunRecord] | FileView | SweepImage | None = None
     marks: dict[str, RunRecord] = field(default_factory=dict)
     runs: list[RunRecord] = field(default_factory=list)  # every run shown: baselines to reuse
+    figures: list[tuple[str, Path]] = field(default_factory=list)  # the last sweep's figures (title, file)
+    before: RunRecord | tuple[RunRecord, RunRecord] | FileView | None = None  # the view before the figures
 
 
 class ImagePane(Vertical):
@@ -550,6 +574,39 @@ class ImagePane(Vertical):
         self._state.view = open_file(path)
         self._redraw()
 
+    def set_sweep(self, figures: list[tuple[str, Path]]) -> None:
+        """The figures of the sweep now loaded (title, file), for `cycle_sweep`; an earlier sweep's figure
+        on show gives way to the view before it."""
+        self._state.figures = list(figures)
+        if isinstance(self._state.view, SweepImage):
+            self._state.view = self._state.before
+            self._redraw()
+
+    @property
+    def showing_figure(self) -> SweepImage | None:
+        view = self._state.view
+        return view if isinstance(view, SweepImage) else None
+
+    def cycle_sweep(self) -> str | None:
+        """The sweep's next figure; after the last, the view shown before them. Returns what now shows
+        (None: there is no sweep figure to show)."""
+        figures = self._state.figures
+        if not figures:
+            return None
+        view = self._state.view
+        if isinstance(view, SweepImage):
+            at = next((i for i, (_, path) in enumerate(figures) if path == view.path), len(figures) - 1) + 1
+        else:
+            self._state.before, at = view, 0
+        if at >= len(figures):
+            self._state.view = self._state.before
+            self._redraw()
+            return "the images again"
+        title, path = figures[at]
+        self._state.view = open_sweep_image(path, title)
+        self._redraw()
+        return f"the sweep's {title}"
+
     def mark(self, mark: str, record: RunRecord) -> str:
         """Mark a run as A or B; with both marked, show A vs B. Returns what to tell the user."""
         other = "B" if mark == "A" else "A"
@@ -580,11 +637,26 @@ class ImagePane(Vertical):
         return (self.query_one("#plan-image", ImageSlot), self.query_one("#baseline-image", ImageSlot),
                 self.query_one(DifferenceSlot))
 
+    def _alone(self, alone: bool) -> None:
+        """One picture (a sweep's figure) or the three slots."""
+        _, second, apart = self._slots()
+        second.display = apart.display = not alone
+
     def _redraw(self) -> None:
         if not self.is_mounted:
             return
         first, second, apart = self._slots()
         line = self.query_one("#difference", Static)
+        view = self._state.view
+        self._alone(isinstance(view, SweepImage))
+        if isinstance(view, SweepImage):
+            detail = _size(view.image) if view.image is not None else view.problem
+            first.show(Shown(view.image, f"sweep {view.title}", f"{detail} · {view.path.parent.name}"))
+            second.show(Shown(None, "baseline"))
+            apart.show_heat(Shown(None, "difference"), None)
+            line.update(Text(f"{view.path} (P: next)"))
+            self._place()
+            return
         comparison = self._comparison()
         if comparison is None:
             first.show(Shown(None, "plan"))
@@ -643,11 +715,18 @@ class ImagePane(Vertical):
     def _place(self) -> None:
         """Lay the slots out in the pane's current size."""
         first, second, apart = self._slots()
+        area = (self.content_size.width, self.content_size.height - 1)  # the line under the pictures
+        if isinstance(self._state.view, SweepImage):
+            if area[0] > 0 and area[1] > 0:
+                alone = arrange([first.image.size if first.image is not None else (1, 1)], area, self.cell)
+                grid = self.query_one("#pictures", Grid)
+                grid.styles.grid_size_columns, grid.styles.grid_size_rows = 1, 1
+                first.place(alone.boxes[0], self.cell)
+            return
         sizes = [slot.image.size if slot.image is not None else None for slot in (first, second)]
         fallback = next((s for s in sizes if s is not None), (1, 1))
         images = [s or fallback for s in sizes]
         images.append(apart.image.size if apart.image is not None else images[0])
-        area = (self.content_size.width, self.content_size.height - 1)  # the difference line under the grid
         if area[0] <= 0 or area[1] <= 0:
             return
         layout = arrange(images, area, self.cell)

@@ -1,6 +1,12 @@
 """The layer grid: every block of every stack as a cell, colored by similarity group, with the cursor,
 the selection, and what the plan does to each block.
 
+After an importance sweep (engine/core/importance.py) the cells can show what leaving each block out
+costs instead: the index shaded on the difference image's scale (inferno: black, leaving the block out
+changes nothing; pale yellow, the costliest block of the sweep) and a bar of the cost in that shade, the
+group letter kept on its group color; the legend says what is measured and the cursor's block's value
+shows in the first row (and in a cell's tooltip). A key toggles back to the group colors.
+
 Drawn line by line (`render_line`) from a small strip cache, so moving the cursor over 57 blocks costs
 a few strips, not a re-layout.
 """
@@ -12,22 +18,38 @@ from dataclasses import dataclass, replace
 from rich.color import Color
 from rich.segment import Segment
 from rich.style import Style
-from textual.events import Click
+from textual.events import Click, MouseMove
 from textual.geometry import Region, Size
 from textual.message import Message
 from textual.strip import Strip
 from textual.widget import Widget
 
+from dit_explore.engine.core.importance import Importance
 from dit_explore.engine.core.layout import Layout
 from dit_explore.engine.core.plan import Group, Order, Plan
 from dit_explore.tui.editing import CellState, annotate
 from dit_explore.tui.errors import funnel
 from dit_explore.tui.keys import APP_KEYS, EDIT_KEYS, EDITS_BY_ID, GRID_KEYS, Edit, bindings
 from dit_explore.tui.themes import STACK_COLORS
+from dit_explore.tui.widgets.image_pane import colormap
 
 CELL = 7  # "F12×3" plus padding: glyph, index, marker, gap
 ORDER_LINES = 3  # lines of the execution-order strip per stack, at most
 LEGEND = "×N repeated  ∥ parallel  ∥K looped K times  ↺ reversed  – skipped"
+EIGHTHS = " ▏▎▍▌▋▊▉█"
+
+
+def bar(fraction: float, width: int) -> str:
+    """A horizontal bar of `width` cells, filled to `fraction` (in eighths of a cell)."""
+    eighths = round(min(1.0, max(0.0, fraction)) * width * 8)
+    full, part = divmod(eighths, 8)
+    return ("█" * full + (EIGHTHS[part] if part else "")).ljust(width)[:width]
+
+
+def readable_on(color: Color) -> Color:
+    """Black or white, whichever reads on `color`."""
+    r, g, b = color.get_truecolor()
+    return Color.parse("#000000" if 0.299 * r + 0.587 * g + 0.114 * b > 140 else "#FFFFFF")
 
 
 def stack_color(position: int) -> str:
@@ -116,6 +138,8 @@ class LayerGrid(Widget, can_focus=True):
         self._strips: dict[tuple[int, int], Strip] = {}
         self.shares: dict[str, list[float]] = {}  # each block's share of a full-model step (after a run)
         self.show_shares = False
+        self.importance: Importance | None = None  # what leaving each block out costs (after a sweep)
+        self.show_importance = False
         self._annotate()
 
     # ----------------------------------------------------------------------------- state changes
@@ -146,6 +170,47 @@ class LayerGrid(Widget, can_focus=True):
             return
         self.show_shares = not self.show_shares
         self._invalidate()
+
+    def set_importance(self, importance: Importance | None) -> None:
+        """A sweep's importance (None: none): the overlay shows it at once."""
+        self.importance = importance
+        self.show_importance = importance is not None
+        self._rows_width = -1  # the legend changes
+        self.refresh(layout=True)
+        self._invalidate()
+
+    def toggle_importance(self) -> bool:
+        """Show or hide the importance overlay; False when there is none to show."""
+        if self.importance is None:
+            return False
+        self.show_importance = not self.show_importance
+        self._rows_width = -1
+        self.refresh(layout=True)
+        self._invalidate()
+        return True
+
+    @property
+    def overlay(self) -> Importance | None:
+        """The importance shown in the cells, or None (group colors)."""
+        return self.importance if self.show_importance else None
+
+    def cost_peak(self) -> float:
+        """The largest cost of the overlay's sweep: the top of its color scale."""
+        costs = [b.cost for blocks in (self.importance.stacks.values() if self.importance else ())
+                 for b in blocks if b.cost is not None]
+        return max(costs, default=0.0)
+
+    def cost_fraction(self, cost: float) -> float:
+        """Where a cost sits on the overlay's scale, 0..1 (the costliest block of the sweep at 1)."""
+        peak = self.cost_peak()
+        return min(1.0, cost / peak) if peak > 0 else 0.0
+
+    def block_importance(self, stack: str, block: int) -> str | None:
+        """What leaving this block out cost, in words (None: no overlay)."""
+        shown = self.overlay
+        if shown is None or stack not in shown.stacks:
+            return None
+        return f"{stack} {block} left out: {shown.block(stack, block).describe(shown.metric)}"
 
     def set_groups(self, groups: dict[str, list[tuple[int, int]]] | None) -> None:
         """Similarity groups per stack (contiguous, inclusive ranges); None colors by stack."""
@@ -289,6 +354,9 @@ class LayerGrid(Widget, can_focus=True):
         """The grid's state in words, for its first row: the cursor or the selection, and the mode."""
         stack, first, last = self.selection
         shares = "  · cells show each block's share of a full-model step (% hides)" if self.show_shares else ""
+        cost = self.block_importance(self.stack_name, self.cursor.block)
+        if cost is not None:
+            shares = f"  · {cost.removeprefix(f'{self.stack_name} {self.cursor.block} ')}"
         if self.selection_anchor is None:
             return f"cursor {stack} {first}{shares}"
         where = f"{stack} {first}" if first == last else f"{stack} {first}-{last}"
@@ -318,6 +386,13 @@ class LayerGrid(Widget, can_focus=True):
         if isinstance(parent, Widget) and parent.is_scrollable:  # keep the cursor in view
             offset = self.virtual_region.offset + (self.gutter.left, self.gutter.top)
             parent.scroll_to_region(self._cursor_region().translate(offset), animate=False)
+
+    def on_mouse_move(self, event: MouseMove) -> None:
+        """Over a cell, with the importance overlay on: its value as the tooltip."""
+        cell = self._cell_at(event.x - self.gutter.left, event.y - self.gutter.top)
+        words = None if cell is None else self.block_importance(self.layout_info.stacks[cell.stack].name, cell.block)
+        if self.tooltip != words:
+            self.tooltip = words
 
     def on_click(self, event: Click) -> None:
         cell = self._cell_at(event.x - self.gutter.left, event.y - self.gutter.top)
@@ -400,6 +475,10 @@ class LayerGrid(Widget, can_focus=True):
             style = Style(color=Color.parse("#000000" if light else "#FFFFFF"), bgcolor=selected, bold=True)
         if is_cursor:
             style += Style(reverse=True, bold=True, underline=True)
+        overlay = self.overlay
+        if overlay is not None and stack in overlay.stacks:  # the cost in place of group color and marker
+            return self._cost_cell(glyph, color, block, overlay.block(stack, block).cost, state, is_cursor,
+                                   in_selection)
         if self.show_shares and self.shares.get(stack):  # the share in place of index and marker
             share = self.shares[stack][block] * 100
             rest = f"{share:.0f}%".rjust(CELL - 2) if share >= 0.5 else "<1%".rjust(CELL - 2)
@@ -411,6 +490,40 @@ class LayerGrid(Widget, can_focus=True):
             glyph_style = style + Style(bgcolor=Color.from_rgb(r * 0.62, g * 0.62, b * 0.62), bold=True,
                                         color=Color.parse("#FFFFFF"))
         return [Segment(glyph, glyph_style), Segment(rest, style)]
+
+    def cost_color(self, cost: float) -> Color:
+        """The overlay's shade of a cost (the difference image's scale, the sweep's costliest block brightest)."""
+        return Color.from_rgb(*colormap(self.cost_fraction(cost)))
+
+    def _cost_cell(self, glyph: str, group: Color, block: int, cost: float | None, state: CellState,
+                   is_cursor: bool, in_selection: bool) -> list[Segment]:
+        """A block's cell under the importance overlay: its group letter on a darker shade of its group
+        color, its index on the cost's shade, then a bar of the cost in that shade on the skipped color
+        (so a long bright bar is a costly block on any terminal, colors or not); a block without a cost
+        (its items failed) is marked ✗ on the skipped color. A skipped block is struck through; the
+        selection and the cursor show as elsewhere."""
+        track = self._var("cell-skipped", "#3A3F4B")
+        if cost is None:
+            index_style = bar_style = Style(color=readable_on(track), bgcolor=track)
+            index, filled = f"{block:>2}", " ✗ "
+        else:
+            shade = self.cost_color(cost)
+            index_style = Style(color=readable_on(shade), bgcolor=shade)
+            bar_style = Style(color=shade, bgcolor=track)
+            index, filled = f"{block:>2}", bar(self.cost_fraction(cost), CELL - 4)
+        if state.skipped:
+            index_style += Style(strike=True)
+        r, g, b = group.get_truecolor()
+        glyph_style = Style(color=Color.parse("#FFFFFF"), bgcolor=Color.from_rgb(r * 0.62, g * 0.62, b * 0.62),
+                            bold=True)
+        if in_selection:
+            selected = self._var("cell-selected", "#F0E442")
+            glyph_style = Style(color=readable_on(selected), bgcolor=selected, bold=True)
+        if is_cursor:  # the bar keeps its shade: reversed, a full bar would read as an empty one
+            cursor = Style(reverse=True, bold=True, underline=True)
+            glyph_style, index_style = glyph_style + cursor, index_style + cursor
+            bar_style += Style(underline=True)
+        return [Segment(glyph, glyph_style), Segment(index, index_style), Segment(filled, bar_style)]
 
     def _order_lines(self, width: int) -> list[list[Segment]]:
         """The execution-order strip: for each stack the plan edits, the order its blocks actually run,
@@ -500,8 +613,32 @@ class LayerGrid(Widget, can_focus=True):
         return [(s.name[:1].upper(), stack_color(i), f"{s.name} (groups not analyzed yet)")
                 for i, s in enumerate(self.layout_info.stacks)]
 
+    def _importance_legend(self, width: int) -> list[list[Segment]]:
+        """What the overlay shows (wrapped to `width`), its scale up to the costliest block, and its keys."""
+        shown = self.overlay
+        assert shown is not None
+        base = self.rich_style
+        lines = [[Segment(line, base)] for line in _words_to(shown.legend, max(20, width))]
+        costed = [(stack, k, b) for stack, blocks in shown.stacks.items() for k, b in enumerate(blocks)
+                  if b.cost is not None]
+        scale = [Segment("cost 0 ", base)]
+        scale += [Segment("█", base + Style(color=Color.from_rgb(*colormap(i / 11)))) for i in range(12)]
+        if costed:
+            stack, k, block = max(costed, key=lambda item: item[2].cost or 0.0)
+            value = f", {shown.metric.text(block.value)}" if block.value is not None else ""
+            scale.append(Segment(f" {block.cost:.2f} ({stack} {k}{value})", base))
+        else:
+            scale.append(Segment(" — no block has a cost", base))
+        lines.append(scale)
+        failed = "✗ failed: no cost  ·  " if len(costed) < sum(len(b) for b in shown.stacks.values()) else ""
+        lines.append([Segment(f"{failed}I group colors  ·  P the sweep's plot and contact sheet", base + Style(dim=True))])
+        return lines
+
     def _legend_lines(self, width: int) -> list[list[Segment]]:
-        """The color legend wrapped to `width`, then the marker legend."""
+        """The color legend wrapped to `width`, then the marker legend; under the importance overlay, what
+        it shows and its scale."""
+        if self.overlay is not None:
+            return self._importance_legend(width)
         base = self.rich_style
         lines: list[list[Segment]] = [[]]
         used = 0
@@ -516,6 +653,17 @@ class LayerGrid(Widget, can_focus=True):
             used += size
         lines.append([Segment(LEGEND, base + Style(dim=True))])
         return lines
+
+
+def _words_to(text: str, width: int) -> list[str]:
+    """`text` wrapped at spaces to lines of at most `width` characters (a longer word is cut)."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word[:width])
+    return lines
 
 
 def _runs_of(order: Order) -> list[tuple[int | Group, int]]:
