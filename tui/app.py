@@ -477,7 +477,7 @@ class ExplorerApp(App[int]):
         record = message.record
         if record.status == Status.OK:
             self._load_sweep(record.path)
-        elif record.status in (Status.CANCELLED, Status.CRASHED):
+        elif record.status in (Status.CANCELLED, Status.SUPERSEDED, Status.CRASHED):  # an error said why already
             kept = f": {record.done} of {record.total} items kept in {record.path}" if record.done else ""
             self.notify(f"sweep {record.status}{kept}", severity="warning", timeout=6)
 

@@ -40,6 +40,8 @@ from dit_explore.tui.session import (
     RunWish,
     Session,
     StateShown,
+    SweepEnded,
+    SweepWish,
     slug,
 )
 
@@ -852,5 +854,56 @@ def test_done_says_where_the_engine_wrote(tmp_path: Path) -> None:
         fake.deliver(protocol.Done(job=1, status=Status.OK, seconds=1.0, path=f"{claimed}-2"))
         await fake.drained()
         assert h.session.records[1].path == Path(f"{claimed}-2")
+
+    scenario(body, tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ 7. sweeps
+
+
+def test_a_sweep_is_a_job_like_a_run(tmp_path: Path) -> None:
+    """The importance sweep: its folder under <runs>/sweeps, its progress in items, no analysis while it
+    runs (the one it pre-empted is asked again after it), the cancel key, and how it ended as SweepEnded;
+    an engine crash ends it as crashed."""
+
+    async def body(h: Harness) -> None:
+        fake = await h.ready_engine(similarity=None)
+        assert [type(r) for r in fake.requests] == [protocol.Analyze]
+        await h.session.run(SweepWish("a red fox", plans.Sampling(seed=3, steps=2)))
+        sweep = fake.requests[1]
+        assert isinstance(sweep, protocol.Sweep)
+        assert (sweep.job, sweep.kind, sweep.prompt) == (2, "skip-each", "a red fox")
+        assert sweep.sampling == plans.Sampling(seed=3, steps=2)
+        out = Path(sweep.out_dir)
+        assert out.parent == (h.runs_dir / "sweeps").resolve() and out.is_dir() and not any(out.iterdir())
+        assert re.fullmatch(r"\d{8}-\d{6}-002-skip-each", out.name), out.name
+
+        mark = len(h.messages)
+        fake.deliver(protocol.Done(job=1, status=Status.SUPERSEDED),
+                     protocol.Progress(job=2, index=0, role=Role.SWEEP, step=3, steps=11, elapsed=1.0,
+                                       label="double: skip 1"))
+        await fake.drained()
+        assert [m.text for m in h.since(mark, StateShown)] == ["sweep 3/11: double: skip 1 (escape cancels)"]
+        assert [(p.done, p.total) for p in h.since(mark, ProgressShown)] == [(3, 11)]
+        await h.session.submit_analysis()  # a sweep runs: no analysis now
+        assert len(fake.requests) == 2
+        assert await h.session.cancel() is True and fake.cancels == [None]
+
+        fake.deliver(protocol.Done(job=2, status=Status.OK, images=11, seconds=4.0, path=str(out)))
+        await fake.drained()
+        [ended] = h.since(mark, SweepEnded)
+        assert (ended.record.status, ended.record.path, ended.record.done) == (Status.OK, out, 11)
+        assert [m.text for m in h.since(mark, StateShown)][-1] == "ready — sweep ok in 4.0 s"
+        assert fake.requests[2] == protocol.Analyze(job=3, prompts=None, sampling=plans.Sampling())
+        assert h.session.records == {}  # a sweep is not a run of the history
+
+        fake.deliver(protocol.Done(job=3, status=Status.OK))
+        await fake.drained()
+        await h.session.run(SweepWish("a cat", plans.Sampling()))
+        mark = len(h.messages)
+        fake.deliver(protocol.Crashed(exit_code=-9, log="/nonexistent/engine.log", log_tail=""))
+        await fake.drained()
+        [ended] = h.since(mark, SweepEnded)
+        assert ended.record.job == 4 and ended.record.status == Status.CRASHED
 
     scenario(body, tmp_path)
