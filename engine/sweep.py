@@ -364,8 +364,9 @@ class Sweep:
         from dit_explore.engine.generate import NonFiniteError
 
         item = self.every[batch.plan]
-        base = [{"plan": item.label, "plan_file": None, "prompt": self.columns[c][0], "seed": self.columns[c][1],
-                 "error": None, "batch": len(batch.columns)} for c in batch.columns]
+        base: list[dict[str, Any]] = [
+            {"plan": item.label, "plan_file": None, "prompt": self.columns[c][0], "seed": self.columns[c][1],
+             "error": None, "batch": len(batch.columns)} for c in batch.columns]
         error = self._problem(batch.plan)
         result = None
         if error is None:
@@ -531,9 +532,10 @@ def _report(job: Sweep, before: int, ran: int | None = None) -> int:
     job.finish()
     rows = job.rows()
     distinct = len({k for line in job.keys for k in line})
+    now = job.ran if ran is None else ran
     headless._say(f"wrote {shown(job.out)}/ ({RESULTS_CSV}, {RESULTS_JSON}, {PLOT}"
                   f"{', ' + CONTACT_SHEET if len(job.every) <= SHEET_MAX_PLANS else ''}): {len(rows)} items"
-                  f"{f' ({distinct} distinct)' if distinct < len(rows) else ''}, {job.ran if ran is None else ran} run now, {before} from before, "
+                  f"{f' ({distinct} distinct)' if distinct < len(rows) else ''}, {now} run now, {before} from before, "
                   f"{sum(1 for r in rows if r.get('error'))} failed; batches of {job.batch}")
     return 0
 
