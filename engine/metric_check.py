@@ -28,7 +28,7 @@ from typing import Any
 
 from dit_explore.engine.core import plan as plans
 
-METRICS = ("ssim", "psnr", "mad")
+METRICS = ("ssim", "psnr", "mad", "haarpsi")
 
 
 def random_plans(layout: Any, count: int, seed: int) -> list[tuple[str, plans.Plan]]:
@@ -55,7 +55,8 @@ def agreement(per_plan: list[dict[str, Any]]) -> dict[str, float | None]:
 
     out: dict[str, float | None] = {}
     for metric in METRICS:
-        pairs = [(p[metric], p["all_correct"]) for p in per_plan if p[metric] is not None and p["all_correct"] is not None]
+        pairs = [(p[metric], p["all_correct"]) for p in per_plan
+                 if p.get(metric) is not None and p["all_correct"] is not None]
         if len(pairs) < 3:
             out[metric] = None
             continue

@@ -11,7 +11,7 @@ as a fraction from 0 (the same image) to 1 (as far as the scale goes), by one me
   with what the toy scorer says was actually drawn: Spearman 0.867, against 0.788 for SSIM and 0.785
   for MAD (`python -m dit_explore.engine.metric_check`; docs/metric-check-2026-11-26/agreement.json,
   whose "best" is "psnr");
-- `ssim`, `ms_ssim`: 1 − the value;
+- `ssim`, `ms_ssim`, `haarpsi`: 1 − the value;
 - `mad` (mean absolute difference, 0-255): linear from 0 (cost 0) to 64 (cost 1);
 - `all_correct` (the toys' scorer): 1 − the share of captions drawn right.
 
@@ -65,6 +65,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            lambda v: (PSNR_NONE - v) / (PSNR_NONE - PSNR_FULL), lambda v: f"PSNR {v:.1f} dB"),
     Metric("ssim", "SSIM", "SSIM loss", "1 − SSIM", lambda v: 1.0 - v, lambda v: f"SSIM {v:.3f}"),
     Metric("ms_ssim", "MS-SSIM", "MS-SSIM loss", "1 − MS-SSIM", lambda v: 1.0 - v, lambda v: f"MS-SSIM {v:.3f}"),
+    Metric("haarpsi", "HaarPSI", "HaarPSI loss", "1 − HaarPSI", lambda v: 1.0 - v, lambda v: f"HaarPSI {v:.3f}"),
     Metric("mad", "MAD", "mean absolute difference", f"0 = none … {MAD_FULL:.0f} = full",
            lambda v: v / MAD_FULL, lambda v: f"MAD {v:.1f}"),
     Metric("all_correct", "all correct", "captions drawn wrong", "1 − share drawn right",

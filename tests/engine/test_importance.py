@@ -73,7 +73,7 @@ def test_the_other_metrics(tmp_path: Path) -> None:
     assert missing[0].cost is None and missing[0].error == "no MS-SSIM in the sweep"
     with pytest.raises(ValueError, match="unknown metric 'lpips': one of psnr, ssim"):
         read_importance(folder, "tiny-flux", LAYOUT, "lpips")
-    assert set(METRICS) == {"psnr", "ssim", "ms_ssim", "mad", "all_correct"}
+    assert set(METRICS) == {"psnr", "ssim", "ms_ssim", "haarpsi", "mad", "all_correct"}
 
 
 def test_several_prompts_average_their_costs(tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,44 @@ def test_compare_against_hand_computed_values() -> None:
     assert both.ms_ssim is not None and 0 < both.ms_ssim < 1 and 0 < both.ssim < 1
     with pytest.raises(ValueError, match="different sizes"):
         compare(big, black)
+
+
+def test_haarpsi_is_piqs_on_the_images_and_falls_with_noise() -> None:
+    """HaarPSI (piq): 1 for an image with itself, lower as more noise is added, and exactly piq's value on a
+    tensor built here from the pixels (RGB, channels first, 0..1); none below piq's 16-pixel minimum."""
+    import importlib
+
+    import torch
+
+    from dit_explore.engine.metrics import haarpsi_function
+
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    image = Image.fromarray(base)
+    assert compare(image, image).haarpsi == pytest.approx(1.0, abs=1e-6)
+    values = []
+    for sigma in (5, 20, 60):
+        noisy = np.clip(base.astype(int) + rng.normal(0, sigma, base.shape).round().astype(int), 0, 255).astype(np.uint8)
+        values.append(compare(Image.fromarray(noisy), image).haarpsi)
+    assert values[0] > values[1] > values[2] > 0, values
+    piq_haarpsi = importlib.import_module("piq.haarpsi").haarpsi
+    assert haarpsi_function() is piq_haarpsi
+    as_tensor = [torch.tensor(a.transpose(2, 0, 1)[None] / 255.0, dtype=torch.float64) for a in (noisy, base)]
+    # (metrics.py divides by 255 in float32 before widening: agreement to float32 precision)
+    assert values[2] == pytest.approx(float(piq_haarpsi(*as_tensor, data_range=1.0)), rel=1e-6)
+    small = Image.fromarray(base[:15, :15])
+    assert compare(small, small).haarpsi is None
+
+
+def test_haarpsi_loads_where_importing_piq_fails() -> None:
+    """piq's __init__ imports torchvision (for its network metrics); with torchvision unimportable, HaarPSI
+    still loads, from piq's own module."""
+    code = ("import sys; sys.modules['torchvision'] = None\n"
+            "try:\n    import piq\nexcept ImportError:\n    print('plain import fails')\n"
+            "from dit_explore.engine.metrics import haarpsi_function\n"
+            "f = haarpsi_function(); print(f.__module__, f.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split("\n")[:2] == ["plain import fails", "piq.haarpsi haarpsi"], out
 
 
 def test_study_of_toy_flux_writes_what_its_images_say(tmp_path: Path) -> None:
