@@ -486,12 +486,7 @@ class Session:
         plan_text = plans.dumps(replace(wish.plan, sampling=plans.Sampling()))
         request = protocol.Run(job=job, plan=plan_text, prompts=(wish.prompt,), sampling=wish.sampling,
                                out_dir=str(out_dir), plan_source=wish.plan.name or "plan")
-        try:
-            await client.submit(request)
-        except EngineError as exc:
-            with contextlib.suppress(OSError):
-                out_dir.rmdir()  # claimed, never written
-            self._post(Notice(str(exc), title="engine", severity="error"))
+        if not await self._send(client, request, out_dir):
             return
         self._latest_job = job  # a run in flight is superseded: its `done` says so
         record = RunRecord(job=job, label=wish.label, started=time.strftime("%H:%M:%S"), plan_text=plan_text,
@@ -502,6 +497,18 @@ class Session:
             self._post(StateShown("busy — submitted", "yellow"))
         else:  # the loading progress stays; the run starts when the model is ready
             self._post(Notice("queued: the run starts when the model is ready", timeout=4))
+
+    async def _send(self, client: Engine, request: protocol.Run | protocol.Sweep, out_dir: Path) -> bool:
+        """Submit a job whose folder was just claimed; if the engine refuses it, the empty folder goes and
+        the refusal is the notice."""
+        try:
+            await client.submit(request)
+        except EngineError as exc:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()  # claimed, never written
+            self._post(Notice(str(exc), title="engine", severity="error"))
+            return False
+        return True
 
     async def _submit_sweep(self, client: Engine, wish: SweepWish) -> None:
         job = next(self._job_ids)
@@ -514,12 +521,7 @@ class Session:
             return
         request = protocol.Sweep(job=job, kind=wish.kind, prompt=wish.prompt, sampling=wish.sampling,
                                  out_dir=str(out_dir))
-        try:
-            await client.submit(request)
-        except EngineError as exc:
-            with contextlib.suppress(OSError):
-                out_dir.rmdir()  # claimed, never written
-            self._post(Notice(str(exc), title="engine", severity="error"))
+        if not await self._send(client, request, out_dir):
             return
         self._latest_job = job
         self.sweep_record = SweepRecord(job=job, kind=wish.kind, prompt=wish.prompt, path=out_dir)
