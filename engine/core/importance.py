@@ -8,8 +8,8 @@ as a fraction from 0 (the same image) to 1 (as far as the scale goes), by one me
 - `psnr` (the default): linear from 40 dB (cost 0: a difference nobody sees) down to 10 dB (cost 1:
   another image; on toy-flux, the blocks whose removal breaks the caption land near 14 dB); an image
   identical to the full model's (PSNR undefined) costs 0. PSNR is the default because it agreed best
-  with what the toy scorer says was actually drawn: Spearman 0.867, against 0.788 for SSIM and 0.785
-  for MAD (`python -m dit_explore.engine.metric_check`; docs/metric-check-2026-11-26/agreement.json,
+  with what the toy scorer says was actually drawn: Spearman 0.867, against 0.849 for HaarPSI, 0.788 for
+  SSIM and 0.785 for MAD (`python -m dit_explore.engine.metric_check`; docs/metric-check-2026-11-26/agreement.json,
   whose "best" is "psnr");
 - `ssim`, `ms_ssim`, `haarpsi`: 1 − the value;
 - `mad` (mean absolute difference, 0-255): linear from 0 (cost 0) to 64 (cost 1);
