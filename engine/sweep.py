@@ -308,6 +308,7 @@ class Sweep:
         self.done = read_items_in(self.out)
         self.ran = 0
         self.generate_seconds = 0.0  # inside generate_batch: text (cached), denoising, decode
+        self.batch_seconds: list[tuple[int, float]] = []  # (images, wall seconds) of each batch run, in order
         self._valid: dict[int, str | None] = {}
         self._fulls: dict[int, tuple[Image.Image, float] | None] = {}
 
@@ -339,7 +340,9 @@ class Sweep:
 
     def run(self, batches: list[Batch]) -> None:
         for batch in batches:
+            started = time.perf_counter()
             self._run(batch)
+            self.batch_seconds.append((len(batch.columns), time.perf_counter() - started))
 
     def _problem(self, r: int) -> str | None:
         if r not in self._valid:

@@ -1,6 +1,7 @@
 """How much faster a sweep is than the loop people write by hand (BENCHMARKS.md, "Sweeps").
 
     python -m dit_explore.engine.sweep_bench [MODEL] [--prompts 16] [--steps 20] [--repeats 3] [--device cuda]
+    python -m dit_explore.engine.sweep_bench --report DIR1 DIR2 ...   (folders of `sweep ... --gpus N`)
 
 In one process, on one loaded model, alternately (plain, sweep, plain, sweep, ...):
 
@@ -89,6 +90,62 @@ def sweep_once(generator: Any, prompts: list[str], settings: Any, batch: int | N
             "images": job.ran}
 
 
+def scaling_report(folders: list[Path]) -> dict[str, Any]:
+    """What `--gpus N` sweeps of the same work gave (each folder has ranks.json; one folder of 1 process):
+    per folder the processes, images, wall seconds after loading, throughput (images per second) overall
+    and steady (each process's first batch, which pays warm-up and compilation, left out: its images and the
+    longest of those batches' seconds), the steady scaling efficiency (throughput on N / (N x on 1)), each
+    process's idle share (1 - its seconds inside generation / the wall), the loads apart; and, from the
+    1-process folder, each plan's time per step against the prediction (the full model's time x the plan's
+    block executions / the full model's)."""
+    runs = []
+    for folder in folders:
+        ranks = json.loads((folder / "ranks.json").read_text(encoding="utf-8"))
+        wall = float(ranks["sweep_seconds"])
+        images = sum(int(r["items"]) for r in ranks["ranks"])
+        firsts = [r["batches"][0] for r in ranks["ranks"] if r.get("batches")]
+        steady_images = images - sum(int(n) for n, _ in firsts)
+        steady_wall = wall - max((float(sec) for _, sec in firsts), default=0.0)
+        runs.append({"folder": str(folder), "processes": int(ranks["processes"]), "batch": ranks["batch"],
+                     "images": images, "wall_seconds": wall, "throughput": images / wall,
+                     "steady_throughput": steady_images / steady_wall if steady_wall > 0 else None,
+                     "idle": [1.0 - float(r["generate_seconds"]) / wall for r in ranks["ranks"]],
+                     "load_seconds": [float(r["load_seconds"]) for r in ranks["ranks"]]})
+    single = next((r for r in runs if r["processes"] == 1), None)
+    for run in runs:
+        run["efficiency"] = (run["steady_throughput"] / (run["processes"] * single["steady_throughput"])
+                             if single and single["steady_throughput"] and run["steady_throughput"] else None)
+    prediction = []
+    if single is not None:
+        summary = json.loads((Path(single["folder"]) / "results.json").read_text(encoding="utf-8"))["summary"]
+        full = summary[0]
+        for plan in summary[1:]:
+            if plan.get("ms_per_step") and plan.get("block_executions") and full.get("ms_per_step"):
+                predicted = full["ms_per_step"] * plan["block_executions"] / full["block_executions"]
+                prediction.append({"plan": plan["plan"], "ms_per_step": plan["ms_per_step"], "predicted": predicted,
+                                   "error": plan["ms_per_step"] / predicted - 1.0})
+    errors = sorted(abs(p["error"]) for p in prediction)
+    return {"runs": runs, "prediction": prediction,
+            "prediction_median_abs_error": statistics.median(errors) if errors else None,
+            "prediction_max_abs_error": errors[-1] if errors else None}
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    lines = ["| processes | images | batch | wall after loading (s) | images/s | steady images/s | efficiency | "
+             "idle (max of processes) | loads (s) |", "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in sorted(report["runs"], key=lambda r: r["processes"]):
+        efficiency = "—" if r["efficiency"] is None else f"{r['efficiency']:.3f}"
+        steady = "—" if r["steady_throughput"] is None else f"{r['steady_throughput']:.2f}"
+        lines.append(f"| {r['processes']} | {r['images']} | {r['batch']} | {r['wall_seconds']:.1f} | {r['throughput']:.2f} | "
+                     f"{steady} | {efficiency} | {max(r['idle']):.1%} | "
+                     f"{', '.join(format(x, '.1f') for x in r['load_seconds'])} |")
+    if report["prediction"]:
+        lines += ["", f"Per-plan time per step against the prediction ({len(report['prediction'])} plans, 1 process): "
+                  f"median |error| {report['prediction_median_abs_error']:.1%}, "
+                  f"largest {report['prediction_max_abs_error']:.1%}."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dit_explore.engine.sweep_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("model", nargs="?", default="toy-flux")
@@ -98,7 +155,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--report", type=Path, nargs="+", metavar="DIR", help="instead of a benchmark: the scaling "
+                        "report of `dit-explore sweep ... --gpus N` folders of the same work (one of them --gpus 1)")
     args = parser.parse_args(argv)
+    if args.report:
+        report = scaling_report(args.report)
+        print(report_markdown(report), end="")
+        if args.json is not None:
+            args.json.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        return 0
 
     import torch
 

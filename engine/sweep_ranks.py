@@ -180,7 +180,7 @@ def _rank(req: headless.SweepRequest) -> int:
                           f"{sum(b.cost for b in share)} of {sum(b.cost for b in batches)}, "
                           f"{time.perf_counter() - t:.1f} s")
         mine = {"rank": rank, "device": device, "load_seconds": load_seconds, "busy_seconds": busy,
-                "generate_seconds": job.generate_seconds, "items": job.ran}
+                "generate_seconds": job.generate_seconds, "items": job.ran, "batches": job.batch_seconds}
         gathered: list[Any] = [None] * world
         dist.all_gather_object(gathered, mine, group=waits)
         wall = time.perf_counter() - began
@@ -191,7 +191,7 @@ def _rank(req: headless.SweepRequest) -> int:
             record = {"processes": world, "batch": job.batch, "sweep_seconds": wall, "ranks": gathered}
             write_atomic(req.out / RANKS_JSON, (json.dumps(record, indent=1) + "\n").encode())
             _report(job, before, sum(g["items"] for g in gathered))
-            headless._say(f"{world} processes: the sweep took {wall:.1f} s after loading "
+            headless._say(f"{world} process{'es' if world > 1 else ''}: the sweep took {wall:.1f} s after loading "
                           f"(loads {', '.join(format(g['load_seconds'], '.1f') for g in gathered)} s)")
         dist.barrier(group=waits)
         return 0

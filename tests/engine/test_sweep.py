@@ -243,3 +243,36 @@ def test_an_empty_prompts_file_is_one_line(tmp_path: Path, capsys: pytest.Captur
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "prompts.txt" in err[0], err
     assert not (tmp_path / "s").exists()
+
+
+def test_the_scaling_report_by_hand(tmp_path: Path) -> None:
+    """Two hand-made `--gpus` folders: 1 process (40 images in 20 s, first batch 4 images in 4 s) and 2
+    processes (40 images in 11 s, first batches 4 in 3 s and 4 in 5 s)."""
+    from dit_explore.engine.sweep_bench import report_markdown, scaling_report
+
+    def folder(name: str, ranks: list[dict[str, object]], wall: float) -> Path:
+        out = tmp_path / name
+        out.mkdir()
+        (out / "ranks.json").write_text(json.dumps({"processes": len(ranks), "batch": 4, "sweep_seconds": wall,
+                                                    "ranks": ranks}))
+        summary = [{"plan": "full model", "ms_per_step": 10.0, "block_executions": 40},
+                   {"plan": "skip 0", "ms_per_step": 9.9, "block_executions": 36},  # predicted 9.0: +10%
+                   {"plan": "skip 1", "ms_per_step": 8.55, "block_executions": 36}]  # -5%
+        (out / "results.json").write_text(json.dumps({"summary": summary}))
+        return out
+
+    one = folder("one", [{"items": 40, "generate_seconds": 19.0, "load_seconds": 2.0, "batches": [[4, 4.0], [4, 2.0]]}],
+                 20.0)
+    two = folder("two", [{"items": 20, "generate_seconds": 10.0, "load_seconds": 2.5, "batches": [[4, 3.0]]},
+                         {"items": 20, "generate_seconds": 9.9, "load_seconds": 2.6, "batches": [[4, 5.0]]}], 11.0)
+    report = scaling_report([two, one])
+    runs = {r["processes"]: r for r in report["runs"]}
+    assert runs[1]["steady_throughput"] == pytest.approx(36 / 16) and runs[2]["steady_throughput"] == pytest.approx(32 / 6)
+    assert runs[2]["efficiency"] == pytest.approx((32 / 6) / (2 * 36 / 16)) and runs[1]["efficiency"] == pytest.approx(1)
+    assert runs[2]["idle"] == pytest.approx([1 - 10 / 11, 1 - 9.9 / 11]) and runs[1]["idle"] == pytest.approx([0.05])
+    assert [p["error"] for p in report["prediction"]] == pytest.approx([0.1, -0.05])
+    assert report["prediction_max_abs_error"] == pytest.approx(0.1)
+    assert report["prediction_median_abs_error"] == pytest.approx(0.075)
+    text = report_markdown(report)
+    assert "| 2 | 40 | 4 | 11.0 | 3.64 | 5.33 | 1.185 | 10.0% | 2.5, 2.6 |" in text  # idle: the larger, 1 - 9.9 / 11
+    assert "median |error| 7.5%, largest 10.0%" in text
