@@ -24,7 +24,7 @@ from torch import nn
 
 from dit_explore.engine.core.families import BlockIO, StackSpec, family
 from dit_explore.engine.core.layout import Layout
-from dit_explore.engine.core.plan import Group, Order, Plan, format_unit, identity_order
+from dit_explore.engine.core.plan import Group, Order, Plan, format_unit
 
 Check = Callable[[], None]  # raises (e.g. Cancelled) to stop between block executions
 
@@ -168,31 +168,42 @@ def build_list(blocks: nn.ModuleList, order: Order, spec: StackSpec, check: Chec
 
 
 class AppliedPlan:
-    """Handle of a plan applied to a transformer: `at_step(i)` switches between the plan's lists and the
-    full model's lists, for plans with `active_steps`."""
+    """Handle of a plan applied to a transformer: `at_step(i)` puts in the block lists of the orders that
+    run at denoising step i (the plan's default order, a step table's, or the full model's where
+    `active_steps` leaves the step out). The lists of each distinct set of orders are built once, the
+    first time a step needs them, and reused at every later step that runs the same orders."""
 
     def __init__(self, transformer: nn.Module, originals: Mapping[str, nn.ModuleList], plan: Plan, layout: Layout,
                  check: Check, wrap: Wrap | None = None) -> None:
         self._transformer = transformer
+        self._originals = originals
         self._plan = plan
-        orders = plan.resolved(layout)
-        declared = family(layout.family)
-        self._plan_lists = {s.attr: build_list(originals[s.attr], orders[s.name], declared.stack(s.name), check, wrap)
-                            for s in layout.stacks}
-        self._full_lists = {
-            s.attr: build_list(originals[s.attr], identity_order(s.blocks), declared.stack(s.name), check, wrap)
-            for s in layout.stacks
-        }
-        self._active: bool | None = None
+        self._layout = layout
+        self._check = check
+        self._wrap = wrap
+        self._built: dict[tuple[Order, ...], dict[str, PlanList]] = {}  # by each stack's order, in layout order
+        self._variants: dict[tuple[bool, int | None], dict[str, PlanList]] = {}  # by Plan.variant_at
+        self._current: dict[str, PlanList] | None = None
 
     def at_step(self, step: int) -> None:
-        active = self._plan.applies_at(step)
-        if active == self._active:
+        variant = self._plan.variant_at(step)
+        lists = self._variants.get(variant)
+        if lists is None:
+            orders = self._plan.resolved_at(self._layout, step)
+            key = tuple(orders[s.name] for s in self._layout.stacks)
+            lists = self._built.get(key)
+            if lists is None:  # two variants may run the same orders (a table as the default, the full model)
+                declared = family(self._layout.family)
+                lists = {s.attr: build_list(self._originals[s.attr], orders[s.name], declared.stack(s.name),
+                                            self._check, self._wrap)
+                         for s in self._layout.stacks}
+                self._built[key] = lists
+            self._variants[variant] = lists
+        if lists is self._current:
             return
-        lists = self._plan_lists if active else self._full_lists
         for attr, module_list in lists.items():
             setattr(self._transformer, attr, module_list)
-        self._active = active
+        self._current = lists
 
 
 @contextmanager

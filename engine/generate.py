@@ -161,8 +161,11 @@ def run_record(loaded: Loaded, plan: Plan, plan_source: str | None, prompts: lis
         "plan": {
             "name": plan.name,
             "source": plan_source,
-            "orders": {n: format_order(o) for n, o in plan.resolved(source.layout).items()},
+            "orders": {n: format_order(o) for n, o in plan.resolved(source.layout).items()},  # the default order
             "active_steps": format_steps(plan.active_steps) if plan.active_steps else None,
+            "step_orders": [{"steps": format_steps(t.steps),  # every stack's order on the table's steps
+                             "orders": {n: format_order(o) for n, o in plan.resolved_at(source.layout, t.steps[0]).items()}}
+                            for t in plan.step_orders],
             "identity": plan.is_identity(source.layout),
             "text": dumps(plan),
         },

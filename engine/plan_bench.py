@@ -70,9 +70,31 @@ def largest_valid_plan() -> str:
     return pad(text)
 
 
+def largest_valid_step_plan() -> str:
+    """A version-2 plan that is accepted and fits FLUX, of exactly 64 KiB: MAX_STEP_TABLES tables over
+    MAX_STEPS steps, their orders together at exactly MAX_PLAN_EXECUTIONS (one execution more is refused)."""
+    tables = plans.MAX_STEP_TABLES
+    per_order = plans.MAX_PLAN_EXECUTIONS // (2 * tables)  # a double and a single order in each table
+    steps = plans.MAX_STEPS // tables
+    orders = {name: f"0-{n - 1}*{per_order // n}" for name, n in (("double", 16), ("single", 32))}
+    assert all(per_order % n == 0 for n in (16, 32)) and plans.MAX_PLAN_EXECUTIONS % (2 * tables) == 0
+    text = (
+        "version = 2\n"
+        f'model = "{"m" * plans.MAX_NAME}"\n'
+        f'name = "{"n" * plans.MAX_NAME}"\n'
+        f'note = "{"t" * plans.MAX_NOTE}"\n'
+        "[order]\n" + "".join(
+            f'[[steps]]\nsteps = "{i * steps}-{i * steps + steps - 1}"\n[steps.order]\n'
+            + "".join(f'{name} = "{order}"\n' for name, order in orders.items())
+            for i in range(tables))
+        + f'[sampling]\nprompt = "{"p" * 8000}"\nseed = 5\nsteps = 1000\nwidth = 1024\nheight = 1024\nguidance = 3.5\n'
+    )
+    return pad(text)
+
+
 def adversarial_plans() -> dict[str, str]:
     """Plans of exactly 64 KiB (or just under) that must be refused, each with one PlanError."""
-    v = "version = 1\n"
+    v, v2 = "version = 1\n", "version = 2\n"
     stacks = [f"s{i}" for i in range(plans.MAX_STACKS)]
     return {
         # the issue's own inputs, padded to the limit
@@ -86,9 +108,9 @@ def adversarial_plans() -> dict[str, str]:
         "nested arrays": fill(v + "name = ", "[", ""),
         "nested inline tables": fill(v + "name = ", "{a=", ""),
         # the most work the budgets allow before a refusal
-        "16 stacks of 10000, then a bad version": pad("version = 2\n[order]\n"
+        "16 stacks of 10000, then a bad version": pad("version = 3\n[order]\n"
                                                       + "".join(f's{i} = "0-{plans.MAX_EXECUTIONS - 1}"\n' for i in range(16))),
-        "16 stacks of 10000-member groups, bad version": pad("version = 2\n[order]\n" + "".join(
+        "16 stacks of 10000-member groups, bad version": pad("version = 3\n[order]\n" + "".join(
             f'{s} = "[0-{plans.MAX_EXECUTIONS - 1}]"\n' for s in stacks)),
         "repeat over budget in every stack": pad(v + "[order]\n" + "".join(
             f'{s} = "0-9999, 0-9999*1000"\n' for s in stacks)),
@@ -98,6 +120,19 @@ def adversarial_plans() -> dict[str, str]:
         "many unknown keys (problems)": lines(v, lambda i: f"k{i} = 1\n"),
         "many [tables]": lines(v, lambda i: f"[t{i}]\n"),
         "escapes in a long name": fill(v + 'name = "', "\\u0041", '"\n'),
+        # version 2: [[steps]] tables
+        "101 [[steps]] tables": pad(v2 + "".join(f'[[steps]]\nsteps = "{i}"\n[steps.order]\n' for i in range(101))),
+        "100 tables x 16 stacks of 10000 (plan budget)": pad(v2 + "".join(
+            f'[[steps]]\nsteps = "{i}"\n[steps.order]\n' + "".join(f's{k} = "0-9999"\n' for k in range(16))
+            for i in range(plans.MAX_STEP_TABLES))),
+        "100 overlapping tables of every step": pad(v2 + "".join(
+            f'[[steps]]\nsteps = "0-{plans.MAX_STEPS - 1}"\n[steps.order]\nsingle = "0"\n'
+            for _ in range(plans.MAX_STEP_TABLES))),
+        "0,0,0,… steps of a table": fill(v2 + '[[steps]]\nsteps = "0', ",0", '"\n[steps.order]\n'),
+        "[[steps]] in a version 1 plan": pad(v + "".join(f'[[steps]]\nsteps = "{i}"\n[steps.order]\nsingle = "0-9999"\n'
+                                                         for i in range(plans.MAX_STEP_TABLES))),
+        "many unknown keys in a [[steps]] table": lines(v2 + '[[steps]]\nsteps = "0"\n', lambda i: f"k{i} = 1\n",
+                                                                   "[steps.order]\n"),
     }
 
 
@@ -125,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=7, help="runs of each plan; the median is reported")
     parser.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     args = parser.parse_args(argv)
-    cases = {"largest valid plan (accepted)": largest_valid_plan(), **adversarial_plans(),
+    cases = {"largest valid plan (accepted)": largest_valid_plan(),
+             "largest valid plan with [[steps]] (accepted)": largest_valid_step_plan(), **adversarial_plans(),
              "10 MB 0,0,0,… (over the limit)": '[order]\nsingle = "' + "0," * 5_000_000 + '0"\n'}
     rows = []
     for name, text in cases.items():

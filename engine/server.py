@@ -615,15 +615,23 @@ class Engine:
         self.deliver(job, index, Role.BASELINE, prompt, rendered, live, cached=False)
 
     def speed(self, job: Job, inputs: Any, live: Any) -> None:
-        """The plan against the full model on the run's last step inputs, interleaved and warm."""
+        """The plan against the full model on the run's last step inputs, interleaved and warm. A plan
+        whose steps run several sets of orders (step tables) has each set that changes something timed
+        in turn: the plan's time is their mean weighted by the steps that run each, and its active steps
+        are those steps (the others run the full model)."""
+        from dit_explore.engine.core.sampling import step_variants
         from dit_explore.engine.timing import side_by_side
 
         loaded = self.generator.loaded
-        timed = side_by_side(loaded.transformer, loaded.layout, job.plan, inputs, loaded.device, SPEED_CALLS,
-                             self.check(job), min_seconds=SPEED_SECONDS)
         steps = job.settings.steps
-        event = protocol.Speed(job=job.id, plan=timed.plan, full=timed.identity, calls=timed.calls, steps=steps,
-                               active=sum(job.plan.applies_at(s) for s in range(steps)), blocks=timed.blocks)
+        variants = step_variants(job.plan, loaded.layout, steps)
+        changed = [(plan, n) for plan, n in variants if not plan.is_identity(loaded.layout)] or [variants[0]]
+        timed = [(side_by_side(loaded.transformer, loaded.layout, plan, inputs, loaded.device, SPEED_CALLS,
+                               self.check(job), min_seconds=SPEED_SECONDS / len(changed)), n) for plan, n in changed]
+        active = sum(n for _, n in timed)
+        first = timed[0][0]
+        event = protocol.Speed(job=job.id, plan=sum(t.plan * n for t, n in timed) / active, full=first.identity,
+                               calls=min(t.calls for t, _ in timed), steps=steps, active=active, blocks=first.blocks)
         if live is not None:
             with writing_results(live.out):
                 live.update(speed=protocol.to_json(event))

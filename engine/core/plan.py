@@ -12,6 +12,9 @@ Grammar (whitespace is ignored)::
     order := "" | item ("," item)*
     item  := span ("*" INT)? | "[" span ("," span)* "]" ("x" INT)?
     span  := INT | INT "-" INT          (descending spans run in reverse)
+
+A plan may also give other orders for some denoising steps (version-2 files, `[[steps]]` tables): see
+`StepTable`. A plan without step tables is written as version 1, byte for byte as before version 2.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from dit_explore.engine.core.text import escape_controls, shown
 from dit_explore.engine.core.userfiles import UserFileError, open_user_file, read_user_text
 
 T = TypeVar("T")
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # the newest plan file version read and written (2 only for plans with [[steps]] tables)
+PLAN_VERSIONS = (1, 2)  # the versions read
 PLAN_SUFFIX = ".plan.toml"
 PNG_PLAN_KEY = "dit-explore"  # PNG text chunk holding the plan file of the image
 MAX_COUNT = 1000  # largest "*N" / "xK"
@@ -43,7 +47,9 @@ MAX_PROMPT = 10_000  # characters of one prompt: the text encoders read at most 
 MAX_PLAN_BYTES = 64 * 1024  # a plan file (or a PNG's plan chunk): refused on size alone beyond this
 MAX_PNG_BYTES = 256 << 20  # a PNG replayed as a plan (its plan chunk is still at most MAX_PLAN_BYTES)
 MAX_BLOCK_INDEX = 9999  # no stack has 10000 blocks; a longer number is refused before it is converted
-MAX_STACKS = 16  # [order] entries of one plan (a family has at most a few stacks)
+MAX_STACKS = 16  # [order] entries of one plan (a family has at most a few stacks), and of each [steps.order]
+MAX_STEP_TABLES = 100  # [[steps]] tables of one plan: a different order on each of 100 step sets is plenty
+MAX_PLAN_EXECUTIONS = MAX_STACKS * MAX_EXECUTIONS  # block executions per step written in all of a plan's orders
 MAX_NAME = 200  # characters of a plan's name and of its model field
 MAX_NOTE = 4000  # characters of a plan's note
 MAX_PROBLEMS = 20  # problem lines of one PlanError; the rest are counted on the last line
@@ -90,21 +96,42 @@ class Sampling:
         return Sampling(**{k: (v if v is not None else getattr(self, k)) for k, v in asdict(override).items()})
 
 
+def _order_of(orders: tuple[tuple[str, Order], ...], stack: str) -> Order | None:
+    for name, order in orders:
+        if name == stack:
+            return order
+    return None
+
+
+@dataclass(frozen=True)
+class StepTable:
+    """Other orders for some denoising steps (a `[[steps]]` table of a version-2 plan file). On its steps,
+    each stack it names runs the order given here and every other stack runs the plan's default order;
+    a table that names no stack runs the full model on its steps."""
+
+    steps: tuple[int, ...]  # sorted, distinct, at least one; no step is in two tables of a plan
+    orders: tuple[tuple[str, Order], ...] = ()  # (stack name, order), sorted by stack name
+
+    def order(self, stack: str) -> Order | None:
+        return _order_of(self.orders, stack)
+
+
 @dataclass(frozen=True)
 class Plan:
-    # (stack name, order), sorted by stack name; a stack not listed runs unchanged.
+    # The default order: (stack name, order), sorted by stack name; a stack not listed runs unchanged.
     orders: tuple[tuple[str, Order], ...] = ()
     active_steps: tuple[int, ...] | None = None  # sorted, distinct; None = every step
     model: str | None = None
     name: str | None = None
     note: str | None = None
     sampling: Sampling = field(default_factory=Sampling)
+    # Orders for some steps, sorted by first step. A plan has either these or active_steps, never both
+    # (validate and the loader refuse both; resolved_at reads active_steps first).
+    step_orders: tuple[StepTable, ...] = ()
 
     def order(self, stack: str) -> Order | None:
-        for name, order in self.orders:
-            if name == stack:
-                return order
-        return None
+        """`stack`'s default order (None: the stack runs unchanged where no step table says otherwise)."""
+        return _order_of(self.orders, stack)
 
     def with_order(self, stack: str, order: Order | None) -> Plan:
         """A copy with `stack`'s order replaced (None removes it: the stack runs unchanged)."""
@@ -114,15 +141,44 @@ class Plan:
         return replace(self, orders=tuple(sorted(rest, key=lambda item: item[0])))
 
     def resolved(self, layout: Layout) -> dict[str, Order]:
-        """Every stack of `layout` with the order it runs (the identity where the plan is silent)."""
+        """Every stack of `layout` with its default order (the identity where the plan is silent): what
+        runs on the steps no step table covers."""
         out = {}
         for s in layout.stacks:
             order = self.order(s.name)
             out[s.name] = identity_order(s.blocks) if order is None else order  # () runs no block
         return out
 
+    def table_at(self, step: int) -> int | None:
+        """The position in step_orders of the table covering denoising step `step`, if any."""
+        return next((i for i, table in enumerate(self.step_orders) if step in table.steps), None)
+
+    def variant_at(self, step: int) -> tuple[bool, int | None]:
+        """Which of the plan's sets of orders runs at `step`, as a key that is equal for two steps exactly
+        when they run the same set by the same rule (whether the plan applies, and the covering table):
+        what the executor and the cost count group steps by without comparing orders."""
+        return (True, self.table_at(step)) if self.applies_at(step) else (False, None)
+
+    def resolved_at(self, layout: Layout, step: int) -> dict[str, Order]:
+        """Every stack of `layout` with the order it runs at denoising step `step` (0-based): the full
+        model where active_steps leaves the step out or a step table naming no stack covers it; else a
+        covering table's order for each stack it names and the default order for the others."""
+        if not self.applies_at(step):
+            return {s.name: identity_order(s.blocks) for s in layout.stacks}
+        default = self.resolved(layout)
+        at = self.table_at(step)
+        if at is None:
+            return default
+        table = self.step_orders[at]
+        if not table.orders:
+            return {s.name: identity_order(s.blocks) for s in layout.stacks}
+        own = dict(table.orders)
+        return {name: own.get(name, order) for name, order in default.items()}
+
     def is_identity(self, layout: Layout) -> bool:
-        return all(order == identity_order(layout.stack(name).blocks) for name, order in self.orders)
+        """Whether every step runs the full model."""
+        return all(order == identity_order(layout.stack(name).blocks)
+                   for orders in (self.orders, *(t.orders for t in self.step_orders)) for name, order in orders)
 
     def applies_at(self, step: int) -> bool:
         return self.active_steps is None or step in self.active_steps
@@ -314,11 +370,16 @@ def _normalize(units: list[Unit]) -> Order:
     return tuple(out)
 
 
-def parse_order(text: str, where: str = "order") -> Order:
+def parse_order(text: str, where: str = "order", plan_left: int = MAX_EXECUTIONS) -> Order:
     """Parse one order string; raises PlanError naming `where` and the offending token. At most
-    MAX_EXECUTIONS block executions, refused as soon as the running count passes it."""
-    parser = _Parser(text, where, index="block index", max_index=MAX_BLOCK_INDEX, budget=MAX_EXECUTIONS,
-                     over_budget=f"too many block executions per step (at most {MAX_EXECUTIONS})")
+    MAX_EXECUTIONS block executions, and at most `plan_left` (what the plan's other orders left of
+    MAX_PLAN_EXECUTIONS), refused as soon as the running count passes either."""
+    if plan_left >= MAX_EXECUTIONS:
+        budget, over = MAX_EXECUTIONS, f"too many block executions per step (at most {MAX_EXECUTIONS})"
+    else:
+        budget, over = plan_left, (f"too many block executions in all the plan's orders together "
+                                   f"(at most {MAX_PLAN_EXECUTIONS})")
+    parser = _Parser(text, where, index="block index", max_index=MAX_BLOCK_INDEX, budget=budget, over_budget=over)
     return _normalize(parser.order())
 
 
@@ -415,14 +476,41 @@ def format_steps(steps: tuple[int, ...]) -> str:
     return ",".join(span_text(a, b) for a, b in _runs(list(steps)))
 
 
+def summary(plan: Plan) -> str:
+    """A plan's orders on one line, as the explorer titles a run: each stack its default order changes,
+    then each step table ("single: 0-9, 29-37; at steps 0-3 (single: 0-37)"); "full model" if none."""
+    parts = [f"{name}: {format_order(order)}" for name, order in plan.orders]
+    for table in plan.step_orders:
+        inner = "; ".join(f"{name}: {format_order(order)}" for name, order in table.orders) or "full model"
+        parts.append(f"at steps {format_steps(table.steps)} ({inner})")
+    return "; ".join(parts) if parts else "full model"
+
+
 # ----------------------------------------------------------------------------------------- validation
 
 
+_BOTH = ("cannot be combined with [[steps]] tables (give the steps where the full model runs a [[steps]] "
+         "table with an empty [steps.order] instead)")
+
+
 def validate(plan: Plan, layout: Layout, source: str = "plan") -> None:
-    """Check every order against the model's stacks; raises PlanError listing every problem."""
+    """Check every order (the default one and each step table's) against the model's stacks; raises
+    PlanError listing every problem. A step table's problems name it by its position in the plan
+    (`steps[0]` has the earliest first step) and end with its steps."""
+    problems = _order_problems(plan.orders, layout, f"{source}: order")
+    for i, table in enumerate(plan.step_orders):
+        at = f" (the table of steps {shown(format_steps(table.steps))})"
+        problems += [line + at for line in _order_problems(table.orders, layout, f"{source}: steps[{i}].order")]
+    if plan.active_steps is not None and plan.step_orders:
+        problems.append(f"{source}: active_steps: {_BOTH}")
+    if problems:
+        raise PlanError(problems)
+
+
+def _order_problems(orders: tuple[tuple[str, Order], ...], layout: Layout, key: str) -> list[str]:
     problems: list[str] = []
-    for stack_name, order in plan.orders:
-        where = f"{source}: order.{shown(stack_name)}"
+    for stack_name, order in orders:
+        where = f"{key}.{shown(stack_name)}"
         if stack_name not in layout.names:
             problems.append(f"{where}: unknown stack '{shown(stack_name)}' (this model has: {', '.join(layout.names)})")
             continue
@@ -436,8 +524,7 @@ def validate(plan: Plan, layout: Layout, source: str = "plan") -> None:
             )
         if stack.pre_only_last and not bad:
             problems.extend(_check_pre_only_last(order, stack.last, where))
-    if problems:
-        raise PlanError(problems)
+    return problems
 
 
 def _check_pre_only_last(order: Order, last: int, where: str) -> list[str]:
@@ -456,20 +543,24 @@ def _check_pre_only_last(order: Order, last: int, where: str) -> list[str]:
 
 
 def validate_steps(plan: Plan, steps: int, source: str = "plan") -> None:
-    """active_steps must name steps that exist at this step count."""
-    if plan.active_steps is None:
-        return
-    bad = [s for s in plan.active_steps if s >= steps]
-    if bad:
-        raise PlanError(
-            [f"{source}: active_steps: step out of range at '{shown(format_steps(tuple(bad)))}' "
-             f"(this run has {steps} steps: 0-{steps - 1})"]
-        )
+    """active_steps and the step tables must name steps that exist at this step count."""
+    named = [("active_steps", plan.active_steps or ())]
+    named += [(f"steps[{i}].steps", table.steps) for i, table in enumerate(plan.step_orders)]
+    problems = []
+    for key, indices in named:
+        bad = tuple(s for s in indices if s >= steps)
+        if bad:
+            problems.append(f"{source}: {key}: step out of range at '{shown(format_steps(bad))}' "
+                            f"(this run has {steps} steps: 0-{steps - 1})")
+    if problems:
+        raise PlanError(problems)
 
 
 # ----------------------------------------------------------------------------------------------- files
 
-_TOP_KEYS = ("version", "model", "name", "note", "active_steps", "order", "sampling")
+_TOP_KEYS = ("version", "model", "name", "note", "active_steps", "order", "steps", "sampling")
+_STEP_KEYS = ("steps", "order")
+_VERSIONS_READ = " or ".join(map(str, PLAN_VERSIONS))
 _SAMPLING_TYPES: dict[str, tuple[type, ...]] = {
     "prompt": (str,),
     "seed": (int,),
@@ -518,12 +609,12 @@ def from_mapping(data: Mapping[str, Any], source: str) -> Plan:
             problems.append(f"{source}: {shown(key)}: unknown key (known: {', '.join(_TOP_KEYS)})")
     version = data.get("version")
     if version is None:
-        problems.append(f"{source}: version: missing (this dit-explore reads version = {PLAN_VERSION})")
+        problems.append(f"{source}: version: missing (this dit-explore reads version = {_VERSIONS_READ})")
     elif type(version) is not int:
-        problems.append(f"{source}: version: must be the integer {PLAN_VERSION}, got {_kind(version)}")
-    elif version != PLAN_VERSION:
+        problems.append(f"{source}: version: must be the integer {_VERSIONS_READ}, got {_kind(version)}")
+    elif version not in PLAN_VERSIONS:
         problems.append(f"{source}: version: unsupported version at '{shown(version)}' "
-                        f"(this dit-explore reads version = {PLAN_VERSION})")
+                        f"(this dit-explore reads version = {_VERSIONS_READ})")
 
     texts: dict[str, str | None] = {}
     caps = {"model": MAX_NAME, "name": MAX_NAME, "note": MAX_NOTE, "active_steps": None}
@@ -544,23 +635,11 @@ def from_mapping(data: Mapping[str, Any], source: str) -> Plan:
         except PlanError as exc:
             problems.extend(exc.problems)
 
-    orders: list[tuple[str, Order]] = []
-    raw_orders = data.get("order", {})
-    if not isinstance(raw_orders, dict):
-        problems.append(f"{source}: order: expected a table like [order] single = \"0-37\", got {_kind(raw_orders)}")
-        raw_orders = {}
-    if len(raw_orders) > MAX_STACKS:
-        problems.append(f"{source}: order: at most {MAX_STACKS} stacks, got {len(raw_orders)}")
-        raw_orders = {}
-    for stack_name, text in raw_orders.items():
-        if not isinstance(text, str):
-            problems.append(f"{source}: order.{shown(stack_name)}: expected a string like \"0-9, 20-37\", "
-                            f"got {_kind(text)}")
-            continue
-        try:
-            orders.append((stack_name, parse_order(text, f"{source}: order.{shown(stack_name)}")))
-        except PlanError as exc:
-            problems.extend(exc.problems)
+    left = [MAX_PLAN_EXECUTIONS]  # block executions all the plan's orders may still write
+    orders = _orders_from(data.get("order", {}), f"{source}: order", "[order] single = \"0-37\"", left, problems)
+    step_orders = _step_tables_from(data, version, source, left, problems)
+    if step_orders and "active_steps" in data:
+        problems.append(f"{source}: active_steps: {_BOTH}")
 
     sampling = Sampling()
     raw_sampling = data.get("sampling", {})
@@ -589,13 +668,89 @@ def from_mapping(data: Mapping[str, Any], source: str) -> Plan:
     if problems:
         raise PlanError(problems)
     return Plan(
-        orders=tuple(sorted(orders, key=lambda item: item[0])),
+        orders=orders,
         active_steps=active_steps,
         model=texts["model"],
         name=texts["name"],
         note=texts["note"],
         sampling=sampling,
+        step_orders=step_orders,
     )
+
+
+def _orders_from(raw: Any, key: str, like: str, left: list[int], problems: list[str]) -> tuple[tuple[str, Order], ...]:
+    """The orders of an [order] (or [steps.order]) table, sorted by stack name; each paid for from `left`."""
+    if not isinstance(raw, dict):
+        problems.append(f"{key}: expected a table like {like}, got {_kind(raw)}")
+        return ()
+    if len(raw) > MAX_STACKS:
+        problems.append(f"{key}: at most {MAX_STACKS} stacks, got {len(raw)}")
+        return ()
+    orders: list[tuple[str, Order]] = []
+    for stack_name, text in raw.items():
+        if not isinstance(text, str):
+            problems.append(f"{key}.{shown(stack_name)}: expected a string like \"0-9, 20-37\", got {_kind(text)}")
+            continue
+        try:
+            order = parse_order(text, f"{key}.{shown(stack_name)}", left[0])
+        except PlanError as exc:
+            problems.extend(exc.problems)
+            continue
+        left[0] -= executions(order)
+        orders.append((stack_name, order))
+    return tuple(sorted(orders, key=lambda item: item[0]))
+
+
+def _step_tables_from(data: Mapping[str, Any], version: object, source: str, left: list[int],
+                      problems: list[str]) -> tuple[StepTable, ...]:
+    """The [[steps]] tables, sorted by first step. Problems name a table by its position in the file
+    (`steps[0]` is the first); a step in two tables names both."""
+    raw = data.get("steps")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(table, dict) for table in raw):
+        problems.append(f"{source}: steps: expected [[steps]] tables (steps = \"0-3\" and a [steps.order] "
+                        f"table each), got {_kind(raw)}")
+        return ()
+    if len(raw) > MAX_STEP_TABLES:
+        problems.append(f"{source}: steps: at most {MAX_STEP_TABLES} [[steps]] tables, got {len(raw)}")
+        return ()
+    if raw and type(version) is int and version == 1:
+        problems.append(f"{source}: steps: [[steps]] tables need version = 2 (this file says version = 1)")
+        return ()
+    tables: list[StepTable] = []
+    owner: dict[int, int] = {}  # step -> the first table that names it
+    for i, table in enumerate(raw):
+        where = f"{source}: steps[{i}]"
+        for key in table:
+            if key not in _STEP_KEYS:
+                problems.append(f"{where}.{shown(key)}: unknown key (known: {', '.join(_STEP_KEYS)})")
+        steps: tuple[int, ...] | None = None
+        text = table.get("steps")
+        if text is None:
+            problems.append(f"{where}.steps: missing (the denoising steps of the table, like \"0-3\")")
+        elif not isinstance(text, str):
+            problems.append(f"{where}.steps: expected a string like \"0-3\", got {_kind(text)}")
+        else:
+            try:
+                steps = parse_steps(text, f"{where}.steps")
+            except PlanError as exc:
+                problems.extend(exc.problems)
+        if "order" not in table:
+            problems.append(f"{where}.order: missing (an empty [steps.order] runs the full model on these steps)")
+            continue
+        orders = _orders_from(table["order"], f"{where}.order", "[steps.order] single = \"0-37\"", left, problems)
+        if steps is None:
+            continue
+        shared: dict[int, list[int]] = {}
+        for step in steps:
+            shared.setdefault(owner.setdefault(step, i), []).append(step)
+        for j, clash in shared.items():
+            if j != i:
+                problems.append(f"{where}.steps: overlaps steps[{j}] at '{format_steps(tuple(clash))}' "
+                                "(a step takes the orders of one table at most)")
+        tables.append(StepTable(steps, orders))
+    return tuple(sorted(tables, key=lambda table: table.steps[0]))
 
 
 def check_sampling(sampling: Sampling, prefix: str) -> Sampling:
@@ -639,10 +794,11 @@ def _toml_value(value: Any) -> str:
 
 
 def dumps(plan: Plan, comment: str | None = None) -> str:
-    """The `.plan.toml` text of a plan, orders in canonical form. `comment` lines go on top as `# ...`."""
+    """The `.plan.toml` text of a plan, orders in canonical form. `comment` lines go on top as `# ...`.
+    Version 1 unless the plan has step tables (version 2, each as a [[steps]] table after [order])."""
     printable = "".join(ch if ch.isprintable() or ch == "\n" else " " for ch in comment or "")
     lines = [f"# {line}".rstrip() for line in printable.splitlines()]
-    lines.append(f"version = {PLAN_VERSION}")
+    lines.append(f"version = {2 if plan.step_orders else 1}")  # a plan without step tables reads as before
     for key in ("model", "name", "note"):
         if getattr(plan, key) is not None:
             lines.append(f"{key} = {_toml_value(getattr(plan, key))}")
@@ -650,6 +806,9 @@ def dumps(plan: Plan, comment: str | None = None) -> str:
         lines.append(f"active_steps = {_toml_value(format_steps(plan.active_steps))}")
     lines += ["", "[order]"]
     lines += [f"{_toml_key(name)} = {_toml_value(format_order(order))}" for name, order in plan.orders]
+    for table in plan.step_orders:
+        lines += ["", "[[steps]]", f"steps = {_toml_value(format_steps(table.steps))}", "[steps.order]"]
+        lines += [f"{_toml_key(name)} = {_toml_value(format_order(order))}" for name, order in table.orders]
     sampling = {k: v for k, v in asdict(plan.sampling).items() if v is not None}
     if sampling:
         lines += ["", "[sampling]"]

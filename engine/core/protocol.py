@@ -265,11 +265,13 @@ class Speed:
 
     TYPE: ClassVar[str] = "speed"
     job: int = doc("the job")
-    plan: float = doc("median seconds of a transformer call under the plan")
+    plan: float = doc("median seconds of a transformer call under the plan (with step tables: each set of orders "
+                      "that changes something timed, weighted by the steps that run it)")
     full: float = doc("median seconds of a transformer call of the full model")
     calls: int = doc("timed calls of each")
     steps: int = doc("denoising steps of the run")
-    active: int = doc("steps the plan applies at (its `active_steps`; the others run the full model)")
+    active: int = doc("steps the plan applies at (its `active_steps`, or the steps its step tables change; the "
+                      "others run the full model)")
     blocks: dict[str, tuple[float, ...]] = doc("seconds of each block in a call of the full model, by stack")
 
     @property

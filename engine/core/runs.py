@@ -499,8 +499,7 @@ class PastRun:
             plan = plans.loads(self.plan_text, str(self.path))
         except plans.PlanError:
             return "; ".join(f"{name}: {order}" for name, order in self.orders.items()) or "full model"
-        parts = [f"{name}: {plans.format_order(order)}" for name, order in plan.orders]
-        return "; ".join(parts) if parts else "full model"
+        return plans.summary(plan)
 
 
 def _file_names(value: Any, where: str) -> tuple[str, ...]:

@@ -91,8 +91,8 @@ def field_problems(sampling: Sampling, source: ModelSource) -> dict[str, str]:
 
 
 def executions_per_step(plan: Plan, layout: Layout) -> tuple[int, int]:
-    """Block executions one denoising step costs under `plan` (where it applies), and under the full model:
-    the predicted cost everything shows."""
+    """Block executions one denoising step costs under `plan`'s default order (where it applies), and
+    under the full model: the predicted cost the plan line shows. `block_runs` counts each step."""
     orders = plan.resolved(layout)
     return sum(executions(o) for o in orders.values()), layout.total_blocks
 
@@ -113,12 +113,36 @@ class BlockRuns:
 
 
 def block_runs(plan: Plan, layout: Layout, steps: int) -> BlockRuns:
-    """What `plan` costs over `steps` denoising steps, per step and stack (active_steps respected)."""
+    """What `plan` costs over `steps` denoising steps, per step and stack (active_steps and step tables
+    respected: each step counts the orders it runs)."""
     full = {s.name: s.blocks for s in layout.stacks}
-    planned = {name: executions(order) for name, order in plan.resolved(layout).items()}
-    per_step = tuple(dict(planned) if plan.applies_at(step) else dict(full) for step in range(steps))
+    counts: dict[tuple[bool, int | None], dict[str, int]] = {}  # each variant's orders counted once
+    for step in range(steps):
+        variant = plan.variant_at(step)
+        if variant not in counts:
+            counts[variant] = {name: executions(order) for name, order in plan.resolved_at(layout, step).items()}
+    per_step = tuple(dict(counts[plan.variant_at(step)]) for step in range(steps))
     return BlockRuns(full_per_step=full, per_step=per_step, total=sum(sum(s.values()) for s in per_step),
                      full_total=sum(full.values()) * steps)
+
+
+def step_variants(plan: Plan, layout: Layout, steps: int) -> tuple[tuple[Plan, int], ...]:
+    """The distinct sets of orders a run of `steps` steps goes through, in order of their first step: each
+    as a plan of one default order (no step tables, no active_steps), with the number of steps that run
+    it. What the engine times, one set at a time, to measure a per-step plan against the full model."""
+    found: list[Plan] = []
+    counts: list[int] = []
+    where: dict[tuple[bool, int | None], int] = {}  # variant -> its position in `found`
+    for step in range(steps):
+        variant = plan.variant_at(step)
+        if variant not in where:
+            one = Plan(orders=tuple(sorted(plan.resolved_at(layout, step).items())))
+            if one not in found:  # two variants may run the same orders (the full model, say)
+                found.append(one)
+                counts.append(0)
+            where[variant] = found.index(one)
+        counts[where[variant]] += 1
+    return tuple(zip(found, counts))
 
 
 # ------------------------------------------------------------------------------------------ timing

@@ -94,6 +94,32 @@ def test_run_streams_progress_images_and_writes_the_run_directory(engine: Engine
     assert stored.sampling.seed == 7 and stored.sampling.steps == 3 and stored.order("single") == (0, 1, 2, 7)
 
 
+PER_STEP = ('version = 2\n[[steps]]\nsteps = "1, 3"\n[steps.order]\nsingle = "0-2, 7"\n'
+            '[[steps]]\nsteps = "2"\n[steps.order]\ndouble = "0"\n')
+
+
+def test_a_per_step_plan_runs_each_steps_orders_and_times_the_steps_it_changes(engine: EngineClient, run: Any,
+                                                                                tmp_path: Path) -> None:
+    drain(engine)
+    out = tmp_path / "per-step"
+    job = run(submit_run(engine, PER_STEP, ["a red cube"], {"steps": 4, "seed": 7}, out_dir=out))
+    events = run(until_done(engine, job))
+    assert of(events, "done")[0].status == "ok"
+    [image] = of(events, "image", role="plan")
+    assert image.block_runs.per_step == ({"double": 4, "single": 8}, {"double": 4, "single": 4},
+                                         {"double": 1, "single": 8}, {"double": 4, "single": 4})
+    [baseline] = of(events, "image", role="baseline")
+    assert baseline.png != image.png  # not the identity: the baseline is the full model's image, not the plan's
+    # Steps 1-3 change something (two sets of orders, each timed); step 0 runs the full model.
+    [speed] = of(events, "speed")
+    assert (speed.steps, speed.active) == (4, 3) and speed.plan > 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["plan"]["step_orders"] == [
+        {"steps": "1,3", "orders": {"double": "0-3", "single": "0-2, 7"}},
+        {"steps": "2", "orders": {"double": "0", "single": "0-7"}}]
+    assert plans.load(out / "000.png").step_orders == plans.loads(PER_STEP).step_orders
+
+
 def test_baseline_and_text_embeddings_are_cached(engine: EngineClient, run: Any) -> None:
     drain(engine)
     first = run(until_done(engine, run(submit_run(engine, IDENTITY, ["cache me"], {"seed": 1}))))

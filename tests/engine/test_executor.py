@@ -15,7 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from dit_explore.engine.core.plan import Plan, parse_order, parse_steps
+import dit_explore.engine.executor as executor
+from dit_explore.engine.core.plan import Plan, loads, parse_order, parse_steps
 from dit_explore.engine.core.sampling import Settings
 from dit_explore.engine.executor import Cancelled, PlanList, applied
 from dit_explore.engine.generate import Generator
@@ -285,3 +286,93 @@ def test_fused_average_equals_the_running_average() -> None:
     parts = [torch.randn(2, 5, 7, generator=gen).to(torch.bfloat16) for _ in range(3)]
     expected = (sum(p.float() for p in parts) / 3).to(torch.bfloat16)
     assert torch.equal(_fused_mean(3)(parts), expected)
+
+
+# Steps 0-4 of a 5-step run on tiny-flux (double 4 blocks, single 8): what each step runs, by hand.
+PER_STEP = """\
+version = 2
+[order]
+single = "0, 7"
+[[steps]]
+steps = "0"
+[steps.order]
+double = "3-0"
+[[steps]]
+steps = "2"
+[steps.order]
+[[steps]]
+steps = "3"
+[steps.order]
+double = "1, [2-3]x2"
+[[steps]]
+steps = "4"
+[steps.order]
+single = "0, 7"
+"""
+PER_STEP_RUNS = [
+    [("double", i) for i in (3, 2, 1, 0)] + [("single", 0), ("single", 7)],  # the table's double, default single
+    [("double", i) for i in range(4)] + [("single", 0), ("single", 7)],  # the default
+    [("double", i) for i in range(4)] + [("single", i) for i in range(8)],  # an empty table: the full model
+    [("double", i) for i in (1, 2, 3, 2, 3)] + [("single", 0), ("single", 7)],  # a looped group in double
+    [("double", i) for i in range(4)] + [("single", 0), ("single", 7)],  # a table that repeats the default
+]
+
+
+def traced_steps(gen: Generator, plan: Plan, steps: int) -> list[list[tuple[str, int]]]:
+    """(stack, block) of every block call, split by transformer call (one per denoising step)."""
+    starts: list[int] = []
+    with block_trace(gen.loaded) as trace:
+        hook = gen.loaded.transformer.register_forward_pre_hook(lambda *_: starts.append(len(trace)))
+        try:
+            gen.generate(PROMPT, settings_for(gen.loaded, steps=steps), plan)
+        finally:
+            hook.remove()
+    return [[(s, i) for s, i, _ in trace[a:b]] for a, b in zip(starts, [*starts[1:], len(trace)])]
+
+
+def test_step_tables_switch_the_block_lists_at_each_step(tiny_generator: Callable[[str], Generator],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    gen = tiny_generator("tiny-flux")
+    before = originals(gen.loaded)
+    built: list[str] = []
+    real = executor.build_list
+
+    def counting(blocks: nn.ModuleList, order: Any, spec: Any, *args: Any, **kwargs: Any) -> PlanList:
+        built.append(spec.name)
+        return real(blocks, order, spec, *args, **kwargs)
+
+    monkeypatch.setattr(executor, "build_list", counting)
+    assert traced_steps(gen, loads(PER_STEP), 5) == PER_STEP_RUNS
+    # Four distinct sets of orders (step 4 runs step 1's), each stack's list built once per set.
+    assert built == ["double", "single"] * 4
+    assert all(getattr(gen.loaded.transformer, a) is m for a, m in before.items())
+
+
+def test_block_lists_are_restored_when_a_per_step_plan_fails_mid_run(tiny_generator: Callable[[str], Generator]) -> None:
+    gen = tiny_generator("tiny-flux")
+    before = originals(gen.loaded)
+    transformer_calls = [0]
+    hook = gen.loaded.transformer.register_forward_pre_hook(
+        lambda *_: transformer_calls.__setitem__(0, transformer_calls[0] + 1))
+
+    def fail_in_step_2() -> None:
+        if transformer_calls[0] == 3:  # between two blocks of step 2 (the third transformer call)
+            raise RuntimeError("boom")
+
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            gen.generate(PROMPT, settings_for(gen.loaded, steps=5), loads(PER_STEP), check=fail_in_step_2)
+    finally:
+        hook.remove()
+    assert transformer_calls[0] == 3
+    assert all(getattr(gen.loaded.transformer, a) is m for a, m in before.items())
+    assert not any(isinstance(m, PlanList) for m in gen.loaded.transformer.modules())
+
+
+def test_a_table_over_every_step_is_that_order(tiny_generator: Callable[[str], Generator]) -> None:
+    gen = tiny_generator("tiny-flux")
+    settings = settings_for(gen.loaded, steps=2)
+    direct = gen.generate(PROMPT, settings, plan_of(single="0-2, 7")).latents
+    tabled = loads('version = 2\n[order]\nsingle = "7-0"\n[[steps]]\nsteps = "0-1"\n[steps.order]\nsingle = "0-2, 7"\n')
+    assert torch.equal(gen.generate(PROMPT, settings, tabled).latents, direct)
+    assert not torch.equal(gen.generate(PROMPT, settings, plan_of(single="7-0")).latents, direct)

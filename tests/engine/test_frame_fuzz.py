@@ -25,7 +25,7 @@ from tests.engine.requests import Runner, answers_ping, drain, module_loop, reco
 
 GENERATED_CASES = 500
 PLANS = ["version = 1\n", 'version = 1\n[order]\nsingle = "0-2, 7"\n', 'version = 1\n[order]\ndouble = "3-0"\n',
-         "", "version = 2\n", 'version = 1\n[order]\nsingle = "0-[1"\n', "[[[", "version = 1\nactive_steps = \"0\"\n"]
+         "", "version = 3\n", 'version = 1\n[order]\nsingle = "0-[1"\n', "[[[", "version = 1\nactive_steps = \"0\"\n"]
 
 
 def frame(payload: bytes, binary: bytes = b"") -> bytes:

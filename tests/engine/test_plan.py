@@ -22,12 +22,12 @@ from dit_explore.engine.core.layout import Layout, Stack
 from dit_explore.engine.core.plan import (
     MAX_COUNT,
     MAX_EXECUTIONS,
-    PLAN_VERSION,
     PNG_PLAN_KEY,
     Group,
     Plan,
     PlanError,
     Sampling,
+    StepTable,
     blocks_in,
     dumps,
     executions,
@@ -610,7 +610,7 @@ def test_dumps_exact_format() -> None:
 def test_minimal_plan_file() -> None:
     assert loads("version = 1\n") == Plan()
     assert loads(dumps(Plan())) == Plan()
-    assert tomllib.loads(dumps(Plan())) == {"version": PLAN_VERSION, "order": {}}
+    assert tomllib.loads(dumps(Plan())) == {"version": 1, "order": {}}  # no step tables: version 1
 
 
 def test_empty_order_round_trips_as_empty_string() -> None:
@@ -654,21 +654,40 @@ _samplings = st.builds(
     height=st.one_of(st.none(), st.integers(1, 8192)),
     guidance=st.one_of(st.none(), st.floats(min_value=0, allow_nan=False, allow_infinity=False)),
 )
+_stack_orders = st.dictionaries(st.sampled_from(["double", "single", "joint_2", "x-y"]), unit_orders, max_size=3)
+
+
+def _step_tables(drawn: list[tuple[set[int], dict[str, Any]]]) -> tuple[StepTable, ...]:
+    """Tables with disjoint step sets (each takes the steps no earlier one took), sorted by first step."""
+    taken: set[int] = set()
+    tables = []
+    for steps, orders in drawn:
+        own = steps - taken
+        taken |= own
+        if own:
+            tables.append(StepTable(tuple(sorted(own)), tuple(sorted(orders.items()))))
+    return tuple(sorted(tables, key=lambda t: t.steps[0]))
+
+
+step_tables = st.lists(st.tuples(st.sets(st.integers(0, 50), min_size=1, max_size=8), _stack_orders),
+                       max_size=4).map(_step_tables)
 plans = st.builds(
-    lambda orders, steps, model, name, note, sampling: Plan(
+    lambda orders, steps, model, name, note, sampling, tables: Plan(
         orders=tuple(sorted(orders.items())),
-        active_steps=None if steps is None else tuple(sorted(steps)),
+        active_steps=None if steps is None or tables else tuple(sorted(steps)),  # never both
         model=model,
         name=name,
         note=note,
         sampling=sampling,
+        step_orders=tables,
     ),
-    st.dictionaries(st.sampled_from(["double", "single", "joint_2", "x-y"]), unit_orders, max_size=3),
+    _stack_orders,
     st.one_of(st.none(), st.sets(st.integers(0, 50), min_size=1)),
     st.one_of(st.none(), _texts),
     st.one_of(st.none(), _texts),
     st.one_of(st.none(), _texts),
     _samplings,
+    st.one_of(st.just(()), step_tables),
 )
 
 
@@ -679,6 +698,9 @@ def test_dumps_loads_round_trip(plan: Plan, comment: str | None) -> None:
     text = dumps(plan, comment)
     assert loads(text) == plan
     assert dumps(loads(text)) == dumps(plan)
+    # Version 2 exactly when the plan has step tables; a version-1 text has no [[steps]] at all.
+    assert re.findall(r"^version = (\d+)$", text, re.M) == (["2"] if plan.step_orders else ["1"])
+    assert ("[[steps]]" in text.splitlines()) == bool(plan.step_orders)
 
 
 # ---------------------------------------------------------------------------- plan file errors
@@ -689,7 +711,7 @@ BAD_FILES = [
     ("version = 1\n[sampling]\ncfg = 3\n", "sampling.cfg", "cfg"),
     ("", "version", None),
     ("model = 'flux'\n", "version", None),
-    ("version = 2\n", "version", "'2'"),
+    ("version = 3\n", "version", "'3'"),
     ("version = 0\n", "version", "'0'"),
     ('version = "1"\n', "version", "'1'"),
     ("version = true\n", "version", "'true'"),

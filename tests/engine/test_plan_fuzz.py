@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 import tempfile
 import unicodedata
 from pathlib import Path
@@ -29,8 +30,10 @@ from dit_explore.engine.core.plan import (
     MAX_NAME,
     MAX_NOTE,
     MAX_PLAN_BYTES,
+    MAX_PLAN_EXECUTIONS,
     MAX_PROBLEMS,
     MAX_STACKS,
+    MAX_STEP_TABLES,
     MAX_STEPS,
     Plan,
     PlanError,
@@ -110,6 +113,14 @@ _benign_order = st.lists(st.one_of(
     st.builds(lambda ms, n: f"[{','.join(map(str, ms))}]" + ("" if n is None else f"x{n}"),
               st.lists(st.integers(0, 40), min_size=1, max_size=4, unique=True), st.one_of(st.none(), st.integers(1, 4))),
 ), max_size=6).map(", ".join)
+_benign_steps = st.lists(_benign_span, min_size=1, max_size=3).map(",".join)
+
+
+def _shifted(steps: str, by: int) -> str:
+    """A step set in span syntax with every index moved up by `by` (the next table's steps)."""
+    return re.sub(r"\d+", lambda m: str(int(m.group()) + by), steps)
+
+
 _benign_sampling = {
     "prompt": st.text(_chars, min_size=1, max_size=30).filter(str.strip).map(_toml_string),
     "seed": st.integers(0, 2**63 - 1).map(str),
@@ -133,14 +144,17 @@ def plan_texts(draw: st.DrawFn) -> str:
         return draw(st.integers(1, odds)) == 1
 
     lines = []
+    tables = draw(st.integers(0, 3)) if draw(st.booleans()) else 0  # [[steps]] tables (version 2)
+    if hostile():
+        tables = draw(st.sampled_from([MAX_STEP_TABLES, MAX_STEP_TABLES + 1, 40]))
     if draw(st.integers(0, 19)) > 0:
-        lines.append(f"version = {draw(_value) if hostile() else '1'}")
+        lines.append(f"version = {draw(_value) if hostile() else ('2' if tables or draw(st.booleans()) else '1')}")
     for key, cap in (("model", MAX_NAME), ("name", MAX_NAME), ("note", MAX_NOTE)):
         if draw(st.booleans()):
             length = draw(st.sampled_from([0, 5, 20, cap] + ([cap + 1, 3 * cap] if hostile() else [])))
             plain = _toml_string(draw(st.text(_chars, min_size=length, max_size=length)) if length < 50 else "n" * length)
             lines.append(f"{key} = " + (draw(_value) if hostile() else plain))
-    if draw(st.booleans()):
+    if draw(st.booleans()) and (not tables or hostile()):  # with tables: refused, so only now and then
         steps = draw(_value) if hostile() else draw((_order_text if hostile() else _benign_order).map(_toml_string))
         lines.append(f"active_steps = {steps}")
     if hostile():
@@ -152,6 +166,20 @@ def plan_texts(draw: st.DrawFn) -> str:
         for name in names:
             order = draw(_value) if hostile() else draw((_order_text if hostile() else _benign_order).map(_toml_string))
             lines.append(f"{name} = {order}")
+    for k in range(tables):
+        lines.append("[[steps]]")
+        if draw(st.integers(0, 19)) > 0:  # now and then a table without its steps
+            benign = _benign_steps.map(lambda text, k=k: _shifted(text, 50 * k))  # disjoint but now and then
+            steps = draw(_value) if hostile() else draw((_order_text if hostile() else benign).map(_toml_string))
+            lines.append(f"steps = {steps}")
+        if hostile():
+            lines.append(f"{draw(_key)} = {draw(_value)}")
+        if draw(st.integers(0, 19)) > 0:  # or without its [steps.order]
+            lines.append("[steps.order]")
+            names = draw(st.lists(_key if hostile() else st.sampled_from(["single", "double"]), max_size=3, unique=True))
+            for name in names:
+                order = draw(_value) if hostile() else draw((_order_text if hostile() else _benign_order).map(_toml_string))
+                lines.append(f"{name} = {order}")
     if draw(st.booleans()):
         lines.append("[sampling]")
         for name in draw(st.lists(_key if hostile() else st.sampled_from(sorted(_benign_sampling)), max_size=6,
@@ -199,6 +227,8 @@ def check_plan_text(text: str) -> None:
     from_text = _outcome(lambda: loads(text, SOURCE), SOURCE)
     if currently_in_test_context():  # what the generated cases reach (--hypothesis-show-statistics)
         event("refused" if isinstance(from_text, list) else "accepted")
+        if not isinstance(from_text, list) and from_text.step_orders:
+            event("accepted with [[steps]] tables")
         if isinstance(from_text, list):
             event(f"first problem: {from_text[0].removeprefix(SOURCE + ': ').split(':')[0][:12]!r}")
     if isinstance(from_text, list):
@@ -209,10 +239,18 @@ def check_plan_text(text: str) -> None:
     assert from_file == from_text
     plan = from_text
     # An accepted plan is within every cap.
-    assert len(plan.orders) <= MAX_STACKS
-    assert all(executions(order) <= MAX_EXECUTIONS for _, order in plan.orders)
+    every = [plan.orders, *(table.orders for table in plan.step_orders)]
+    assert all(len(orders) <= MAX_STACKS for orders in every)
+    assert all(executions(order) <= MAX_EXECUTIONS for orders in every for _, order in orders)
+    assert sum(executions(order) for orders in every for _, order in orders) <= MAX_PLAN_EXECUTIONS
     assert plan.active_steps is None or (len(plan.active_steps) <= MAX_STEPS
                                          and all(0 <= s < MAX_STEPS for s in plan.active_steps))
+    # ... its step tables too: at most MAX_STEP_TABLES, disjoint, sorted, never with active_steps.
+    assert len(plan.step_orders) <= MAX_STEP_TABLES and (plan.active_steps is None or not plan.step_orders)
+    steps = [s for table in plan.step_orders for s in table.steps]
+    assert len(steps) == len(set(steps)) <= MAX_STEPS and all(0 <= s < MAX_STEPS for s in steps)
+    assert [t.steps[0] for t in plan.step_orders] == sorted(t.steps[0] for t in plan.step_orders)
+    assert all(list(t.steps) == sorted(set(t.steps)) for t in plan.step_orders)
     assert all(len(v or "") <= cap for v, cap in ((plan.name, MAX_NAME), (plan.model, MAX_NAME), (plan.note, MAX_NOTE)))
     # Checking it against a model fails only with a PlanError too.
     _outcome(lambda: validate(plan, FLUX, SOURCE), SOURCE)
@@ -254,6 +292,9 @@ ESC_RAW = "version = 1\nname = 5 # \x1b]0;pwned\x07\n"  # raw control characters
 @example(f'version = 1\nname = "{"n" * 1000}"\nnote = "{"t" * 10_000}"\nmodel = "{"m" * 1000}"\n')
 @example(plan_bench.largest_valid_plan())  # the largest valid plan: accepted
 @example(plan_bench.largest_valid_plan() + "#")  # one byte more: refused on size alone
+@example(plan_bench.largest_valid_step_plan())  # the largest valid version-2 plan: accepted
+@example('version = 2\n[[steps]]\nsteps = "0"\n[steps.order]\n[[steps]]\nsteps = "0"\n[steps.order]\n')  # overlap
+@example('version = 1\n[[steps]]\nsteps = "0"\n[steps.order]\n')  # tables in a version-1 plan
 @example("")
 def test_any_plan_file_is_a_plan_or_one_plan_error(text: str) -> None:
     check_plan_text(text)

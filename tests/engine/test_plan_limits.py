@@ -26,14 +26,17 @@ from dit_explore.engine.core.plan import (
     MAX_NAME,
     MAX_NOTE,
     MAX_PLAN_BYTES,
+    MAX_PLAN_EXECUTIONS,
     MAX_PROBLEMS,
     MAX_STACKS,
+    MAX_STEP_TABLES,
     MAX_STEPS,
     PNG_PLAN_KEY,
     Group,
     Plan,
     PlanError,
     dumps,
+    executions,
     load,
     loads,
     parse_order,
@@ -201,7 +204,7 @@ def test_many_problems_are_cut_to_a_screenful() -> None:
     text = "version = 1\n" + "".join(f"k{i} = 1\n" for i in range(500))
     lines = refused(text)
     assert len(lines) == MAX_PROBLEMS
-    assert lines[:-1] == [f"p.toml: k{i}: unknown key (known: version, model, name, note, active_steps, order, sampling)"
+    assert lines[:-1] == [f"p.toml: k{i}: unknown key (known: version, model, name, note, active_steps, order, steps, sampling)"
                           for i in range(MAX_PROBLEMS - 1)]
     assert lines[-1] == f"... and {500 - MAX_PROBLEMS + 1} more problems"
 
@@ -211,6 +214,41 @@ def test_at_most_max_stacks_orders() -> None:
     assert len(loads(f"version = 1\n[order]\n{stacks}").orders) == MAX_STACKS
     (line,) = refused(f'version = 1\n[order]\n{stacks}extra = "0"\n')
     assert line == f"p.toml: order: at most {MAX_STACKS} stacks, got {MAX_STACKS + 1}"
+
+
+def test_at_most_max_step_tables() -> None:
+    tables = "".join(f'[[steps]]\nsteps = "{i}"\n[steps.order]\n' for i in range(MAX_STEP_TABLES))
+    assert len(loads(f"version = 2\n{tables}").step_orders) == MAX_STEP_TABLES
+    (line,) = refused(f'version = 2\n{tables}[[steps]]\nsteps = "{MAX_STEP_TABLES}"\n[steps.order]\n')
+    assert line == f"p.toml: steps: at most {MAX_STEP_TABLES} [[steps]] tables, got {MAX_STEP_TABLES + 1}"
+    many = "".join(f's{i} = "0"\n' for i in range(MAX_STACKS + 1))
+    (line2,) = refused(f'version = 2\n[[steps]]\nsteps = "0"\n[steps.order]\n{many}')
+    assert line2 == f"p.toml: steps[0].order: at most {MAX_STACKS} stacks, got {MAX_STACKS + 1}"
+
+
+def test_all_of_a_plans_orders_together_are_held_to_the_plan_budget(tokens_read: list[int]) -> None:
+    text = plan_bench.largest_valid_step_plan()
+    assert len(text.encode()) == MAX_PLAN_BYTES
+    plan = loads(text)
+    validate(plan, FLUX)  # the largest valid version-2 plan is accepted
+    assert len(plan.step_orders) == MAX_STEP_TABLES
+    assert sum(executions(o) for t in plan.step_orders for _, o in t.orders) == MAX_PLAN_EXECUTIONS == 16 * MAX_EXECUTIONS
+    # One execution more anywhere (here in the default order, read first) is refused at the token over it.
+    more = text.replace("[order]\n", '[order]\nsingle = "0"\n', 1)
+    more = more[: MAX_PLAN_BYTES - 1] + "\n"  # the padding comment one line shorter
+    # The last table's single order, "0-31*25" (800), finds 799 left: refused at its count.
+    assert refused(more) == ["p.toml: steps[99].order.single: too many block executions in all the plan's orders "
+                             f"together (at most {MAX_PLAN_EXECUTIONS}) at '25' (column 6)"]
+    # A version-1 plan cannot write more than the budget: 16 stacks of MAX_EXECUTIONS is exactly it.
+    stacks = "".join(f's{i} = "0-{MAX_EXECUTIONS - 1}"\n' for i in range(MAX_STACKS))
+    assert len(loads(f"version = 1\n[order]\n{stacks}").orders) == MAX_STACKS
+    # Past the budget nothing more is built: each further order is refused at its first block.
+    tokens_read[0] = 0
+    over = "".join(f'[[steps]]\nsteps = "{i}"\n[steps.order]\n{stacks}' for i in range(3))
+    lines = refused(f"version = 2\n[order]\n{over}")  # 2 x 16 problems, cut to a screenful
+    assert lines[0].startswith("p.toml: steps[1].order.s0: too many block executions in all the plan's orders")
+    assert lines[-1] == f"... and {2 * MAX_STACKS - MAX_PROBLEMS + 1} more problems"
+    assert tokens_read[0] <= 3 * MAX_STACKS * 4 + 3  # "0 - 9999" read, refused at once; and each table's step
 
 
 # ---------------------------------------------------------- item 13: other exceptions, one line each
@@ -224,12 +262,12 @@ def test_at_most_max_stacks_orders() -> None:
     ("version = 1\nname = " + "{a=" * 5000 + "1" + "}" * 5000 + "\n",
      "p.toml: not a plan: arrays or tables nested too deeply"),
     ("version = 1\n" + "[a]\n" * 2, None),  # a TOML error: the parser's own words
-    ('version = "1"\n', "p.toml: version: must be the integer 1, got the string '1'"),
-    ("version = 1.0\n", "p.toml: version: must be the integer 1, got the float '1.0'"),
-    ("version = true\n", "p.toml: version: must be the integer 1, got the boolean 'true'"),
-    ("version = [1]\n", "p.toml: version: must be the integer 1, got an array '[1]'"),
-    ("version = 1979-05-27\n", "p.toml: version: must be the integer 1, got the date/time '1979-05-27'"),
-    ("version = 2\n", "p.toml: version: unsupported version at '2' (this dit-explore reads version = 1)"),
+    ('version = "1"\n', "p.toml: version: must be the integer 1 or 2, got the string '1'"),
+    ("version = 1.0\n", "p.toml: version: must be the integer 1 or 2, got the float '1.0'"),
+    ("version = true\n", "p.toml: version: must be the integer 1 or 2, got the boolean 'true'"),
+    ("version = [1]\n", "p.toml: version: must be the integer 1 or 2, got an array '[1]'"),
+    ("version = 1979-05-27\n", "p.toml: version: must be the integer 1 or 2, got the date/time '1979-05-27'"),
+    ("version = 3\n", "p.toml: version: unsupported version at '3' (this dit-explore reads version = 1 or 2)"),
 ])
 def test_other_failures_are_one_plan_error_line(text: str, line: str | None) -> None:
     (got,) = refused(text)
@@ -307,6 +345,8 @@ def _png(path: Path, text: str | None, zip_text: bool = False) -> Path:
 def test_png_plan_chunks_are_held_to_the_plan_limit(tmp_path: Path) -> None:
     text = plan_bench.largest_valid_plan()
     assert load(_png(tmp_path / "ok.png", text)) == loads(text)
+    steps = plan_bench.largest_valid_step_plan()
+    assert load(_png(tmp_path / "steps.png", steps)) == loads(steps)
     over = text + "#"
     png = _png(tmp_path / "over.png", over)
     with pytest.raises(PlanError) as exc:
@@ -333,7 +373,7 @@ def test_a_png_over_its_limit_is_refused_unread(tmp_path: Path, monkeypatch: pyt
 
 
 @pytest.mark.parametrize(("text", "fragment"), [
-    ('version = "1\\n2"\n', "version: must be the integer 1, got the string '1\\n2'"),
+    ('version = "1\\n2"\n', "version: must be the integer 1 or 2, got the string '1\\n2'"),
     ('version = 1\n"\\u001b]0;pwned\\u0007" = 1\n', "p.toml: \\x1b]0;pwned\\x07: unknown key"),
     ('version = 1\nname = ["\\u001b[31m"]\n', "name: expected a string, got an array '['\\x1b[31m']'"),
     ('version = 1\n[order]\nsingle = "0,\\u001b[2J"\n', "order.single: syntax error at '\\x1b' (column 3)"),

@@ -78,6 +78,53 @@ def test_run_writes_images_run_json_and_replayable_pngs(tmp_path: Path) -> None:
     assert json.loads((replay / "run.json").read_text())["prompts"] == ["a blue ball"]
 
 
+PER_STEP = """\
+version = 2
+model = "tiny-flux"
+[order]
+single = "0-1, 6-7"
+[[steps]]
+steps = "0"
+[steps.order]
+double = "3-0"
+[[steps]]
+steps = "2"
+[steps.order]
+"""
+
+
+def test_a_per_step_plan_runs_records_its_tables_and_replays_from_its_png(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    plan_file = tmp_path / "steps.plan.toml"
+    plan_file.write_text(PER_STEP)
+    out = tmp_path / "out"
+    assert run_cli("tiny-flux", "--plan", str(plan_file), "--prompt", "a red cube", "--steps", "3", "--out", str(out)) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["plan"]["orders"] == {"double": "0-3", "single": "0-1, 6-7"}  # the default order
+    assert run["plan"]["step_orders"] == [{"steps": "0", "orders": {"double": "3-0", "single": "0-1, 6-7"}},
+                                          {"steps": "2", "orders": {"double": "0-3", "single": "0-7"}}]
+    assert run["plan"]["identity"] is False and run["plan"]["text"].startswith("version = 2\n")
+    assert run["block_runs"]["per_step"] == [{"double": 4, "single": 4}, {"double": 4, "single": 4},
+                                             {"double": 4, "single": 8}]
+    assert (run["block_runs"]["total"], run["block_runs"]["full_total"]) == (28, 36)
+    # The PNG carries the version-2 text: it loads to the plan, with the sampling that made the image...
+    with Image.open(out / "000.png") as image:
+        assert image.info[plans.PNG_PLAN_KEY].split("\n").count("[[steps]]") == 2
+    stored = plans.load(out / "000.png")
+    assert stored.step_orders == plans.loads(PER_STEP).step_orders and stored.orders == plans.loads(PER_STEP).orders
+    assert stored.sampling == plans.Sampling(prompt="a red cube", seed=0, steps=3, width=64, height=64, guidance=0.0)
+    # ...and replaying it reproduces the image exactly.
+    replay = tmp_path / "replay"
+    assert run_cli("tiny-flux", "--plan", str(out / "000.png"), "--out", str(replay)) == 0
+    assert np.array_equal(np.asarray(Image.open(replay / "000.png")), np.asarray(Image.open(out / "000.png")))
+    # A step table past the run's steps is refused in one line before anything runs.
+    capsys.readouterr()
+    assert run_cli("tiny-flux", "--plan", str(plan_file), "--steps", "2", "--out", str(tmp_path / "short")) == 2
+    assert not (tmp_path / "short").exists()
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.endswith(f"{plan_file}: steps[1].steps: step out of range at '2' (this run has 2 steps: 0-1)")
+
+
 def test_prompts_file_gives_one_image_per_line(tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("first prompt\n\n  second prompt  \nthird\n")
@@ -193,7 +240,7 @@ def test_plan_for_another_model_warns_but_runs(tmp_path: Path, capsys: pytest.Ca
 def test_console_script_reports_bad_plan_without_traceback(tmp_path: Path) -> None:
     """The real entry point, in a fresh process: one line per problem, exit 2."""
     plan_file = tmp_path / "bad.plan.toml"
-    plan_file.write_text('version = 2\n[order]\nsingle = "0-3,[4,4]"\nfoo = "1"\n')
+    plan_file.write_text('version = 3\n[order]\nsingle = "0-3,[4,4]"\nfoo = "1"\n')
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.run([sys.executable, "-c", "from dit_explore.tui.cli import entry; entry()", "run", "tiny-flux",
                            "--plan", str(plan_file), "--out", str(tmp_path / "out")],
@@ -202,6 +249,6 @@ def test_console_script_reports_bad_plan_without_traceback(tmp_path: Path) -> No
     lines = proc.stderr.strip().splitlines()
     assert "Traceback" not in proc.stderr
     assert len(lines) == 2  # the version, and the duplicate group member (foo is checked after parsing)
-    assert "version: unsupported version at '2'" in lines[0]
+    assert "version: unsupported version at '3'" in lines[0]
     assert "order.single: block 4 appears twice in a parallel group" in lines[1]
     assert not (tmp_path / "out").exists()

@@ -154,7 +154,7 @@ def _files(tmp_path: Path) -> dict[str, Path]:
     ("range.plan.toml", "order.single: a block index must be at most 9999 at '99999999' (column 3)"),
     ("steps.plan.toml", "active_steps: a step index must be at most 999 at '200000000' (column 3)"),
     ("esc.plan.toml", "\\x1b]0;pwned\\x07: unknown key"),
-    ("version.plan.toml", "version: must be the integer 1, got the string '1\\n2'"),
+    ("version.plan.toml", "version: must be the integer 1 or 2, got the string '1\\n2'"),
     ("name.plan.toml", "name: at most 200 characters, got 1000"),
 ])
 @pytest.mark.parametrize("command", ["run", "explorer"])
