@@ -450,7 +450,7 @@ class ExplorerApp(App[int]):
             unseen = unseen_words(self.source.name, values[0])
             if unseen is not None:  # it runs anyway: what a toy makes of a strange word is worth seeing too
                 self.notify(unseen, title="prompt", severity="warning", timeout=10)
-            label = self.plan.name or self._describe(self.plan)
+            label = self.plan.name or plans.summary(self.plan)
             await self.session.run(RunWish(self.plan, values[0], values[1], label))
 
     async def action_analyze(self) -> None:
@@ -543,9 +543,6 @@ class ExplorerApp(App[int]):
         elif grid.has_selection():
             grid.clear_selection()
 
-    def _describe(self, plan: plans.Plan) -> str:
-        parts = [f"{name}: {plans.format_order(order)}" for name, order in plan.orders]
-        return "; ".join(parts) if parts else "full model"
 
     def _show_record(self, record: RunRecord) -> None:
         self.query_one(ImagePane).show_record(record)
@@ -754,7 +751,7 @@ class ExplorerApp(App[int]):
         for edit in EDITS:
             yield SystemCommand(f"plan: {edit.verb} selection ({where})", edit.help,
                                 lambda edit=edit: grid.run_action(f"edit('{edit.id}')"))
-        if self.plan.orders:
+        if self.plan.orders or self.plan.step_orders:
             yield SystemCommand("plan: Clear", "every block runs normally again", self.action_clear_plan)
         if self.undo_stack:
             yield SystemCommand("plan: Undo", "undo the last plan change", self.action_undo)

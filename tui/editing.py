@@ -4,7 +4,8 @@ Each key acts on a selected range of one stack's blocks. The functions here are 
 new Plan out), so the TUI can push every result on its undo stack, and torch- and textual-free, so they can
 be tested without a terminal or a model.
 
-Every operation works on the stack's *current* order, so edits compose ("skip 0-2, then reverse 5-9"), and
+Every operation works on the stack's *current* default order (a plan's step tables are kept as they are:
+the grid shows and edits the default order only), so edits compose ("skip 0-2, then reverse 5-9"), and
 stores the result in canonical form: an order that comes back to the identity is removed from the plan, so
 undoing an edit by hand gives back a plan equal to the untouched one.
 """
@@ -118,8 +119,9 @@ def restore(plan: Plan, layout: Layout, stack: str, first: int, last: int) -> Pl
 
 
 def clear(plan: Plan) -> Plan:
-    """Every stack runs unchanged; the plan's name, note, model, sampling and active steps are kept."""
-    return replace(plan, orders=())
+    """Every stack runs unchanged at every step (the default order and the step tables go); the plan's
+    name, note, model, sampling and active steps are kept."""
+    return replace(plan, orders=(), step_orders=())
 
 
 def annotate(plan: Plan, layout: Layout, stack: str) -> list[CellState]:

@@ -14,7 +14,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dit_explore.engine.core.layout import Layout, Stack
-from dit_explore.engine.core.plan import MAX_COUNT, Group, Order, Plan, PlanError, Sampling, format_order, parse_order, validate
+from dit_explore.engine.core.plan import (
+    MAX_COUNT,
+    Group,
+    Order,
+    Plan,
+    PlanError,
+    Sampling,
+    StepTable,
+    format_order,
+    parse_order,
+    validate,
+)
 from dit_explore.tui.editing import (
     CellState,
     annotate,
@@ -292,6 +303,17 @@ def test_clear_removes_every_order_and_keeps_the_rest() -> None:
         sampling=Sampling(prompt="a fox", seed=7, steps=4),
     )
     assert clear(Plan()) == Plan()
+
+
+def test_edits_change_the_default_order_and_clear_removes_the_step_tables() -> None:
+    tables = (StepTable((0, 1), (("single", parse_order("0-37")),)), StepTable((3,)))
+    plan = Plan(orders=(("single", parse_order("0-9, 29-37")),), name="per step", step_orders=tables)
+    edited = reverse(plan, FLUX, "double", 0, 18)
+    assert edited.orders == (("double", parse_order("18-0")), ("single", parse_order("0-9, 29-37")))
+    assert edited.step_orders == tables
+    skipped = skip(plan, FLUX, "single", 0, 9)  # on the default order: its 0-9 go, the tables keep theirs
+    assert skipped.order("single") == parse_order("29-37") and skipped.step_orders == tables
+    assert clear(edited) == Plan(name="per step")
 
 
 # -------------------------------------------------------------------------------------------- annotate

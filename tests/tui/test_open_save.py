@@ -4,6 +4,7 @@ line says "modified" after edits to a saved plan; ctrl+s never silently replaces
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from textual.pilot import Pilot
 from textual.widgets import Label, OptionList
 
 from dit_explore.engine.core import plan as plans
+from dit_explore.engine.core import protocol
 from dit_explore.engine.core.study import shipped_plans_dir
 from dit_explore.tui.app import ExplorerApp
 from dit_explore.tui.screens.dialogs import ConfirmDialog, OpenDialog
@@ -185,3 +187,78 @@ def test_ctrl_s_never_silently_overwrites_a_different_plan(tmp_path: Path) -> No
         assert plans.load(theirs).order("single") == (5, 6, 7)
 
     drive(app, scenario)
+
+
+# -------------------------------------------------------------------------------- per-step plans
+
+PER_STEP = """\
+version = 2
+model = "tiny-flux"
+name = "per step"
+[order]
+single = "0-1, 6-7"
+[[steps]]
+steps = "0"
+[steps.order]
+double = "3-0"
+[[steps]]
+steps = "2"
+[steps.order]
+[sampling]
+steps = 3
+"""
+
+
+def grid_text(app: ExplorerApp) -> list[str]:
+    grid = app.query_one(LayerGrid)
+    return [grid.render_line(y).text.rstrip() for y in range(grid.size.height)]
+
+
+def test_a_per_step_plan_opens_shows_its_default_order_and_runs_as_written(tmp_path: Path) -> None:
+    """ctrl+o on a plan with step tables: the grid shows the default order with a line saying the tables
+    run as written and edits change the default order; the plan line lists the tables; an edit keeps them;
+    the run request carries them; clear removes them (undoable)."""
+    (tmp_path / "plans").mkdir()
+    (tmp_path / "plans" / "per-step.plan.toml").write_text(PER_STEP)
+    runs: list[protocol.Run] = []
+    app = make_app(tmp_path, runs=runs)
+    opened = replace(plans.loads(PER_STEP), sampling=plans.Sampling())
+
+    async def scenario(pilot: Pilot[Any]) -> None:
+        await pilot.press("ctrl+o")
+        await until(pilot, lambda: isinstance(app.screen, OpenDialog))
+        files = app.screen.query_one("#files", OptionList)
+        assert str(files.options[1].prompt) == "per-step  per step"
+        files.highlighted = 1
+        await pilot.press("enter")
+        await until(pilot, lambda: not isinstance(app.screen, OpenDialog))
+        assert app.plan == opened
+        grid = app.query_one(LayerGrid)
+        note = ("default order shown · 2 step tables (steps 0, 2) run as written; edits change the default order")
+        assert grid.steps_note() == note
+        lines = grid_text(app)
+        assert lines[1] == note[: len(lines[1])] and lines[1].startswith("default order shown · 2 step tables")
+        assert lines[2].startswith("double  4 blocks · unchanged") and any(
+            line.startswith("single  8 blocks · edited") for line in lines)
+        bar = plan_bar(app)
+        assert "steps  0  double: 3-0\n" in bar and "steps  2  full model\n" in bar
+        assert "single  0-1, 6-7" in bar and "8 / 12 block executions per step (default order)" in bar
+
+        grid.select("single", 0, 0)
+        await pilot.press("s")  # edits the default order; the tables stay
+        assert app.plan.order("single") == (1, 6, 7) and app.plan.step_orders == opened.step_orders
+        assert "modified" in plan_bar(app)
+
+        await app.action_run()
+        await until(pilot, lambda: len(runs) == 1)
+        sent = plans.loads(runs[0].plan)
+        assert sent == replace(app.plan, sampling=plans.Sampling()) and len(sent.step_orders) == 2
+        assert runs[0].plan.startswith("version = 2\n") and runs[0].sampling.steps == 3
+
+        await pilot.press("c")  # clear: every block runs normally at every step
+        assert app.plan.orders == () and app.plan.step_orders == ()
+        assert not grid_text(app)[1].startswith("default order shown")
+        await pilot.press("u")
+        assert app.plan.step_orders == opened.step_orders
+
+    drive(app, scenario, hello=True)

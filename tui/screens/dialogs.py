@@ -122,7 +122,8 @@ def how_it_differs(path: Path, plan: plans.Plan) -> str | None:
     except plans.PlanError:
         return "a file that does not read as a plan"
     what = [words for differs, words in (
-        ((held.orders, held.active_steps) != (plan.orders, plan.active_steps), "other blocks"),
+        ((held.orders, held.active_steps, held.step_orders) != (plan.orders, plan.active_steps, plan.step_orders),
+         "other blocks"),
         (held.name != plan.name, f"the name {held.name!r}" if held.name else "no name"),
         (held.model != plan.model, f"the model {held.model}" if held.model else "no model"),
         (held.sampling != plan.sampling, "another prompt or sampling"),

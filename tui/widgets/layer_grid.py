@@ -26,7 +26,7 @@ from textual.widget import Widget
 
 from dit_explore.engine.core.importance import Importance
 from dit_explore.engine.core.layout import Layout
-from dit_explore.engine.core.plan import Group, Order, Plan
+from dit_explore.engine.core.plan import Group, Order, Plan, format_steps
 from dit_explore.tui.editing import CellState, annotate
 from dit_explore.tui.errors import funnel
 from dit_explore.tui.keys import APP_KEYS, EDIT_KEYS, EDITS_BY_ID, GRID_KEYS, Edit, bindings
@@ -90,7 +90,7 @@ class Span:
 
 @dataclass(frozen=True)
 class Row:
-    kind: str  # "status", "label", "cells", "blank", "legend", "order"
+    kind: str  # "status", "steps" (a plan's step tables), "label", "cells", "blank", "legend", "order"
     stack: int = -1
     start: int = 0  # first block of a cells row
 
@@ -268,7 +268,7 @@ class LayerGrid(Widget, can_focus=True):
     def _layout_rows(self, width: int) -> list[Row]:
         if width != self._rows_width:
             per_row = self._per_row(width)
-            rows: list[Row] = [Row("status")]
+            rows: list[Row] = [Row("status")] + ([Row("steps")] if self.plan.step_orders else [])
             for i, stack in enumerate(self.layout_info.stacks):
                 rows.append(Row("label", i))
                 rows += [Row("cells", i, start) for start in range(0, stack.blocks, per_row)]
@@ -363,6 +363,14 @@ class LayerGrid(Widget, can_focus=True):
         mode = "  VISUAL: moves extend, v ends" if self.visual else ""
         return f"selection {where} ({last - first + 1} block{'s' if last != first else ''}){mode}{shares}"
 
+    def steps_note(self) -> str:
+        """The line under the status of a plan with step tables: the grid shows and edits the default order,
+        the tables run as they are."""
+        tables = self.plan.step_orders
+        steps = ", ".join(format_steps(t.steps) for t in tables)
+        return (f"default order shown · {len(tables)} step table{'s' if len(tables) > 1 else ''} (steps {steps}) "
+                "run as written; edits change the default order")
+
     def action_select_group(self) -> None:
         """Select the similarity group under the cursor: "skip this middle group" is then one key away."""
         stack = self.stack_name
@@ -437,6 +445,8 @@ class LayerGrid(Widget, can_focus=True):
         if row.kind == "status":
             style = base + (Style(reverse=True, bold=True) if self.visual else Style(dim=True))
             return Strip([Segment(self.status_text(), style)])
+        if row.kind == "steps":
+            return Strip([Segment(self.steps_note(), base + Style(italic=True))])
         if row.kind == "legend":
             return Strip(self._legend_lines(self.content_size.width)[row.stack])
         if row.kind == "order":

@@ -1,5 +1,5 @@
 """The plan line: the plan's name (with where it was saved, and "modified" once it was edited since), each
-stack's canonical order, the predicted cost, and what makes the plan invalid."""
+stack's canonical (default) order, the plan's step tables, the predicted cost, and what makes the plan invalid."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ from dit_explore.engine.core import plan as plans
 from dit_explore.engine.core.layout import Layout
 from dit_explore.engine.core.sampling import executions_per_step
 
+SHOWN_TABLES = 3  # step tables listed, one line each; the rest are counted
+NO_BLOCK = '"" (no block runs)'
+
 
 def _blocks(plan: plans.Plan) -> tuple[object, ...]:
     """What "modified" compares: which blocks run, in which order, at which steps."""
-    return plan.orders, plan.active_steps
+    return plan.orders, plan.active_steps, plan.step_orders
 
 
 class PlanBar(Static):
@@ -63,11 +66,18 @@ class PlanBar(Static):
             order = plan.order(stack.name)
             shown = plans.format_order(order) if order is not None else f"0-{stack.last}"
             text.append(f"{stack.name:>7}  ", style="bold")
-            text.append(shown if shown else '"" (no block runs)', style="dim" if order is None else "")
+            text.append(shown if shown else NO_BLOCK, style="dim" if order is None else "")
             text.append("\n")
+        for table in plan.step_orders[:SHOWN_TABLES]:
+            orders = "; ".join(f"{name}: {plans.format_order(order) or NO_BLOCK}" for name, order in table.orders)
+            text.append(f"  steps  {plans.format_steps(table.steps)}  ", style="bold")
+            text.append((orders or "full model") + "\n", style="")
+        if len(plan.step_orders) > SHOWN_TABLES:
+            text.append(f"         … and {len(plan.step_orders) - SHOWN_TABLES} more step tables\n", style="dim")
         runs, full = executions_per_step(plan, layout)
         text.append("   cost  ", style="bold")
-        text.append(f"{runs} / {full} block executions per step", style="")
+        text.append(f"{runs} / {full} block executions per step" + (" (default order)" if plan.step_orders else ""),
+                    style="")
         if runs:
             text.append(f"  (predicted speedup {full / runs:.2f}×)", style="dim")
         if problem:
