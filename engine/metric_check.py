@@ -28,7 +28,7 @@ from typing import Any
 
 from dit_explore.engine.core import plan as plans
 
-METRICS = ("ssim", "psnr", "mad", "haarpsi")
+METRICS = ("ssim", "psnr", "mad", "haarpsi", "fsim")
 
 
 def random_plans(layout: Any, count: int, seed: int) -> list[tuple[str, plans.Plan]]:

@@ -51,7 +51,7 @@ MAX_IMAGES = 5000  # (plans + 1) × prompts × seeds
 MAX_SEED = 2**63 - 1
 FULL = "full model"
 CSV_FIELDS = ("plan", "plan_file", "prompt", "seed", "error", "identical", "psnr", "mad", "ssim", "ms_ssim",
-              "haarpsi", "all_correct", "size", "color", "shape", "position", "ms_per_step", "block_executions",
+              "haarpsi", "fsim", "all_correct", "size", "color", "shape", "position", "ms_per_step", "block_executions",
               "predicted_speedup", "measured_speedup", "image")
 
 
@@ -246,7 +246,7 @@ def summarize(rows: list[dict[str, Any]], labels: list[str]) -> list[dict[str, A
             "identical": sum(1 for r in ok if r.get("identical")),
             "psnr": _mean([r.get("psnr") for r in ok]), "mad": _mean([r.get("mad") for r in ok]),
             "ssim": _mean([r.get("ssim") for r in ok]), "ms_ssim": _mean([r.get("ms_ssim") for r in ok]),
-            "haarpsi": _mean([r.get("haarpsi") for r in ok]),
+            "haarpsi": _mean([r.get("haarpsi") for r in ok]), "fsim": _mean([r.get("fsim") for r in ok]),
             "all_correct": (sum(correct) / len(correct)) if correct else None,
             "ms_per_step": statistics.median(r["ms_per_step"] for r in ok) if ok else None,
             "measured_speedup": statistics.median(measured) if measured else None,

@@ -31,5 +31,5 @@ def test_agreement_is_spearman_with_mad_negated() -> None:
                                       accuracy)]
     rho = agreement(per_plan)
     assert rho["ssim"] == pytest.approx(1.0) and rho["psnr"] == pytest.approx(-1.0) and rho["mad"] == pytest.approx(1.0)
-    assert rho["haarpsi"] is None  # not measured in these rows
+    assert rho["haarpsi"] is None and rho["fsim"] is None  # not measured in these rows
     assert agreement(per_plan[:2])["ssim"] is None  # too few plans to rank

@@ -64,7 +64,7 @@ def test_haarpsi_is_piqs_on_the_images_and_falls_with_noise() -> None:
 
     import torch
 
-    from dit_explore.engine.metrics import haarpsi_function
+    from dit_explore.engine.metrics import piq_function
 
     rng = np.random.default_rng(1)
     base = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
@@ -76,7 +76,7 @@ def test_haarpsi_is_piqs_on_the_images_and_falls_with_noise() -> None:
         values.append(compare(Image.fromarray(noisy), image).haarpsi)
     assert values[0] > values[1] > values[2] > 0, values
     piq_haarpsi = importlib.import_module("piq.haarpsi").haarpsi
-    assert haarpsi_function() is piq_haarpsi
+    assert piq_function("haarpsi") is piq_haarpsi
     as_tensor = [torch.tensor(a.transpose(2, 0, 1)[None] / 255.0, dtype=torch.float64) for a in (noisy, base)]
     # (metrics.py divides by 255 in float32 before widening: agreement to float32 precision)
     assert values[2] == pytest.approx(float(piq_haarpsi(*as_tensor, data_range=1.0)), rel=1e-6)
@@ -89,13 +89,17 @@ def test_haarpsi_loads_where_importing_piq_fails() -> None:
     still loads, from piq's own module."""
     code = ("import sys; sys.modules['torchvision'] = None\n"
             "try:\n    import piq\nexcept ImportError:\n    print('plain import fails')\n"
-            "from dit_explore.engine.metrics import haarpsi_function\n"
-            "f = haarpsi_function(); print(f.__module__, f.__name__)")
+            "from dit_explore.engine.metrics import piq_function\n"
+            "f = piq_function('haarpsi'); print(f.__module__, f.__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.split("\n")[:2] == ["plain import fails", "piq.haarpsi haarpsi"], out
 
 
 def test_study_of_toy_flux_writes_what_its_images_say(tmp_path: Path) -> None:
+    import torch
+
+    from dit_explore.engine.metrics import piq_function
+
     out = tmp_path / "study"
     assert study_cli("toy-flux", "--prompt", CAPTION, "--steps", "4", "--device", "cpu", "--out", str(out)) == 0
     assert sorted(p.name for p in out.iterdir()) == ["contact_sheet.png", "images", "results.csv", "results.json",
@@ -118,6 +122,12 @@ def test_study_of_toy_flux_writes_what_its_images_say(tmp_path: Path) -> None:
             assert row["psnr"] == pytest.approx(psnr(image, full), rel=1e-6)
             assert row["mad"] == pytest.approx(float(np.abs(image.astype(int) - full.astype(int)).mean()), rel=1e-9)
             assert -1 < row["ssim"] < 1
+            for name in ("haarpsi", "fsim"):  # piq's value on the written pixels, widened to float64 here
+                function = piq_function(name)
+                assert function is not None
+                value = float(function(*(torch.tensor(a.transpose(2, 0, 1)[None] / 255.0) for a in (image, full)),
+                                       data_range=1.0))
+                assert row[name] == pytest.approx(value, rel=1e-6) and 0 < row[name] < 1
         hits = read_back(image).matches(ATTRIBUTES[index])
         assert row["all_correct"] == all(hits.values()) and row["shape"] == hits["shape"]
     # The CSV says what the JSON says.
@@ -126,6 +136,7 @@ def test_study_of_toy_flux_writes_what_its_images_say(tmp_path: Path) -> None:
     assert [t["plan"] for t in table] == labels
     for t, r in zip(table, rows):
         assert (t["psnr"] == "" and r["psnr"] is None) or float(t["psnr"]) == pytest.approx(r["psnr"])
+        assert [float(t[m]) for m in ("haarpsi", "fsim")] == pytest.approx([r["haarpsi"], r["fsim"]])
         assert int(t["block_executions"]) == r["block_executions"]
     summary = (out / "summary.md").read_text()
     skip = next(s for s in record["summary"] if s["plan"] == "single: skip middle 3-8")
