@@ -322,3 +322,16 @@ def test_a_png_carries_a_version_2_plan_and_replays_to_it(tmp_path: Path) -> Non
     png = tmp_path / "img.png"
     Image.new("RGB", (4, 4)).save(png, pnginfo=info)
     assert load(png) == SPEC_V2_PLAN
+
+
+def test_the_readmes_example_is_a_valid_flux_plan_that_reads_as_it_says() -> None:
+    from dit_explore.engine.core.catalog import MODELS
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("#### Orders per step"):]
+    example = section[section.index("```toml\n") + len("```toml\n"): section.index("```\n", section.index("```toml"))]
+    plan = loads(example)
+    validate(plan, MODELS["flux-schnell"].layout)
+    middle_skipped = list(range(10)) + list(range(29, 38))
+    single = [list(plan.resolved_at(FLUX, step)["single"]) for step in range(5)]
+    assert single == [list(range(38)), list(range(38)), middle_skipped, list(range(38)), middle_skipped]
