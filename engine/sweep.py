@@ -288,7 +288,7 @@ class Sweep:
     out: Path
     source: ModelSource
     generator: Any
-    every: list[SweepItem]  # the full model first
+    items: list[SweepItem]  # the plans; `every` puts the full model before them
     columns: list[tuple[str, int]]  # (prompt, seed)
     settings: Settings
     meta: dict[str, Any]
@@ -300,12 +300,14 @@ class Sweep:
     def __post_init__(self) -> None:
         from dit_explore.engine.core.sampling import block_runs
 
+        self.every = [SweepItem(FULL, FULL, None, plans.Plan()), *self.items]
         self.toy = is_toy(self.source.name)
         revision, dtype, source = self.meta["revision"], self.meta["dtype"], self.source
         self.keys = [[item_key(source.name, revision, dtype, item.plan, prompt, seed, self.settings)
                       for prompt, seed in self.columns] for item in self.every]
         self.executions = [block_runs(item.plan, source.layout, self.settings.steps).total for item in self.every]
         self.done = read_items_in(self.out)
+        self.before = len({k for line in self.keys for k in line} & set(self.done))  # distinct items done earlier
         self.ran = 0
         self.generate_seconds = 0.0  # inside generate_batch: text (cached), denoising, decode
         self.batch_seconds: list[tuple[int, float]] = []  # (images, wall seconds) of each batch run, in order
@@ -337,6 +339,11 @@ class Sweep:
     def refresh(self) -> None:
         """Read back every process's finished items (after the baselines of a multi-GPU sweep)."""
         self.done = read_items_in(self.out)
+
+    def run_all(self) -> None:
+        """Every item not done yet, in this process: the baselines, then the plans."""
+        self.run(self.baselines())
+        self.run(self.plans())
 
     def run(self, batches: list[Batch]) -> None:
         for batch in batches:
@@ -515,22 +522,19 @@ def sweep(req: headless.SweepRequest) -> int:
     batch = choose_batch(source, settings, loaded, len(columns), req.batch)
     meta["batch"] = batch
     _claim(req, meta)
-    job = Sweep(req.out, source, generator, [SweepItem(FULL, FULL, None, plans.Plan()), *items], columns, settings,
-                meta, batch)
+    job = Sweep(req.out, source, generator, items, columns, settings, meta, batch)
     started = time.perf_counter()
-    before = len({k for line in job.keys for k in line} & set(job.done))
 
     def progress(done: int, total: int, label: str) -> None:
         headless._say(f"[{done}/{total}] {label}  ({time.perf_counter() - started:.1f} s)")
 
     job.on_progress = progress
     headless._say(f"{len(job.every)} plans x {len(columns)} prompt/seed columns, batches of {batch}")
-    job.run(job.baselines())
-    job.run(job.plans())
-    return _report(job, before)
+    job.run_all()
+    return _report(job)
 
 
-def _report(job: Sweep, before: int, ran: int | None = None) -> int:
+def _report(job: Sweep, ran: int | None = None) -> int:
     """Write the results and say what was done (`ran`: items run now by every process; default this one's)."""
     job.finish()
     rows = job.rows()
@@ -538,7 +542,7 @@ def _report(job: Sweep, before: int, ran: int | None = None) -> int:
     now = job.ran if ran is None else ran
     headless._say(f"wrote {shown(job.out)}/ ({RESULTS_CSV}, {RESULTS_JSON}, {PLOT}"
                   f"{', ' + CONTACT_SHEET if len(job.every) <= SHEET_MAX_PLANS else ''}): {len(rows)} items"
-                  f"{f' ({distinct} distinct)' if distinct < len(rows) else ''}, {now} run now, {before} from before, "
+                  f"{f' ({distinct} distinct)' if distinct < len(rows) else ''}, {now} run now, {job.before} from before, "
                   f"{sum(1 for r in rows if r.get('error'))} failed; batches of {job.batch}")
     return 0
 
@@ -561,10 +565,9 @@ def in_engine(generator: Any, kind: str, prompt: str, seed: int, settings: Setti
         raise ValueError(f"{shown(out)}: not empty")
     (out / "images").mkdir(parents=True, exist_ok=True)
     write_atomic(out / SWEEP_JSON, (json.dumps(meta, indent=1) + "\n").encode())
-    job = Sweep(out, source, generator, [SweepItem(FULL, FULL, None, plans.Plan()), *items], [(prompt, seed)],
+    job = Sweep(out, source, generator, items, [(prompt, seed)],
                 settings, meta, 1, check=check, on_progress=on_progress)
-    job.run(job.baselines())
-    job.run(job.plans())
+    job.run_all()
     job.finish()
     return out
 

@@ -67,9 +67,7 @@ def plain_loop(loaded: Any, prompts: list[str], settings: Any) -> tuple[float, A
 
 
 def sweep_once(generator: Any, prompts: list[str], settings: Any, batch: int | None) -> dict[str, Any]:
-    from dit_explore.engine.core import plan as plans
-    from dit_explore.engine.study import FULL
-    from dit_explore.engine.sweep import Sweep, SweepItem, choose_batch, plan_sweep
+    from dit_explore.engine.sweep import Sweep, choose_batch, plan_sweep
 
     loaded = generator.loaded
     with tempfile.TemporaryDirectory() as folder:
@@ -79,10 +77,8 @@ def sweep_once(generator: Any, prompts: list[str], settings: Any, batch: int | N
         columns = [(prompt, 0) for prompt in prompts]  # seed 0, as the plain loop
         size = choose_batch(loaded.source, settings, loaded, len(columns), batch)
         start = time.perf_counter()
-        job = Sweep(out, loaded.source, generator, [SweepItem(FULL, FULL, None, plans.Plan()), *items], columns,
-                    settings, meta, size)
-        job.run(job.baselines())
-        job.run(job.plans())
+        job = Sweep(out, loaded.source, generator, items, columns, settings, meta, size)
+        job.run_all()
         ran = time.perf_counter() - start
         job.finish()
         total = time.perf_counter() - start

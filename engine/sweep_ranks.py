@@ -130,8 +130,7 @@ def _rank(req: headless.SweepRequest) -> int:
     import torch.distributed as dist
 
     from dit_explore.engine.generate import Generator
-    from dit_explore.engine.study import FULL
-    from dit_explore.engine.sweep import Sweep, SweepItem, _claim, _prepare, _report, choose_batch, plan_sweep, split_by_cost
+    from dit_explore.engine.sweep import Sweep, _claim, _prepare, _report, choose_batch, plan_sweep, split_by_cost
 
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
     cpu = req.options.device == "cpu" or not torch.cuda.is_available()
@@ -161,9 +160,8 @@ def _rank(req: headless.SweepRequest) -> int:
             shared = [(items, meta)]
         dist.broadcast_object_list(shared, src=0, group=waits)
         items, meta = shared[0]
-        job = Sweep(req.out, source, generator, [SweepItem(FULL, FULL, None, plans.Plan()), *items], columns,
+        job = Sweep(req.out, source, generator, items, columns,
                     settings, meta, meta["batch"], items_file=f"items.rank{rank}.jsonl")
-        before = len({k for line in job.keys for k in line} & set(job.done))
         dist.barrier(group=waits)
         began = time.perf_counter()
         busy = 0.0
@@ -190,7 +188,7 @@ def _rank(req: headless.SweepRequest) -> int:
 
             record = {"processes": world, "batch": job.batch, "sweep_seconds": wall, "ranks": gathered}
             write_atomic(req.out / RANKS_JSON, (json.dumps(record, indent=1) + "\n").encode())
-            _report(job, before, sum(g["items"] for g in gathered))
+            _report(job, sum(g["items"] for g in gathered))
             headless._say(f"{world} process{'es' if world > 1 else ''}: the sweep took {wall:.1f} s after loading "
                           f"(loads {', '.join(format(g['load_seconds'], '.1f') for g in gathered)} s)")
         dist.barrier(group=waits)
