@@ -23,6 +23,7 @@ Input is checked before the model loads: one line and exit code 2.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import statistics
@@ -197,17 +198,24 @@ def measure_item(generator: Any, item: StudyPlan, prompt: str, seed: int, settin
     assert result.image is not None
     timing = result.timing
     step = timing.warm_step or timing.transformer_total / max(len(timing.transformer_steps), 1)
-    image_row(row, result.image, folder, name, step * 1000, result.block_runs, full, toy, is_full)
+    image_row(row, result.image, folder, name, step * 1000, result.block_runs, full, toy, is_full,
+              device=metrics_device(generator))
     return row, result.image
 
 
+def metrics_device(generator: Any) -> Any:
+    """Where the metrics of `generator`'s images are computed: its device (None, the CPU, for a stand-in)."""
+    return getattr(getattr(generator, "loaded", None), "device", None)
+
+
 def image_row(row: dict[str, Any], image: Image.Image, folder: Path, name: str, ms: float, runs: Any,
-              full: tuple[Image.Image, float] | None, toy: bool, is_full: bool = False) -> None:
+              full: tuple[Image.Image, float] | None, toy: bool, is_full: bool = False, device: Any = None) -> None:
     """Complete `row` (its plan, prompt and seed) with one generated image: the image saved atomically as
     `folder/name`; the transformer's `ms` per step for this image and the block executions (`runs`); the
     metrics against `full` (the full model's image and ms per step; the full model itself, `is_full`, is
-    compared with itself; a plan whose full model failed gets no metrics); the toy scorer's reading of a
-    grammar caption."""
+    compared with itself; a plan whose full model failed gets no metrics), computed on `device` (the
+    generator's: a GPU measures its own images; default the CPU); the toy scorer's reading of a grammar
+    caption."""
     from dit_explore.engine.core.runs import write_atomic
     from dit_explore.engine.core.shapes import read_back
     from dit_explore.engine.eval import for_scoring
@@ -217,10 +225,10 @@ def image_row(row: dict[str, Any], image: Image.Image, folder: Path, name: str, 
     image.save(buffer, format="PNG")
     write_atomic(folder / name, buffer.getvalue())
     row.update({"ms_per_step": ms, "block_executions": runs.total, "predicted_speedup": runs.predicted_speedup,
-                "image": name})
+                "image": name, "sha256": hashlib.sha256(buffer.getvalue()).hexdigest()})
     reference = (image, ms) if is_full else full
     if reference is not None:
-        row.update({"measured_speedup": reference[1] / ms if ms else None, **compare(image, reference[0]).to_json()})
+        row.update({"measured_speedup": reference[1] / ms if ms else None, **compare(image, reference[0], device).to_json()})
     prompt = row["prompt"]
     if toy and prompt in CAPTIONS:
         hits = read_back(for_scoring(image)).matches(ATTRIBUTES[CAPTIONS.index(prompt)])

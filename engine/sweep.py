@@ -32,6 +32,7 @@ import json
 import os
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -226,6 +227,12 @@ def _claim(req: headless.SweepRequest, meta: dict[str, Any]) -> None:
     write_atomic(earlier, (json.dumps(meta, indent=1) + "\n").encode())
 
 
+def overlaps(device: Any) -> bool:
+    """Whether a sweep on `device` records a batch while the next generates: on a GPU, yes (the GPU
+    would wait for the CPU otherwise); on a CPU, no (both would compete for the same cores)."""
+    return getattr(device, "type", "cpu") != "cpu"
+
+
 @dataclass(frozen=True)
 class Batch:
     """One job of a sweep: a plan (its index in the sweep's plans, 0 = the full model) on some of the
@@ -296,6 +303,7 @@ class Sweep:
     check: Any = None  # raises to cancel (between block executions)
     on_progress: Any = None  # (items done, items in all, what was last done)
     items_file: str = ITEMS
+    overlap: bool | None = None  # record a batch while the next generates (default: on a GPU, not on a CPU)
 
     def __post_init__(self) -> None:
         from dit_explore.engine.core.sampling import block_runs
@@ -346,10 +354,53 @@ class Sweep:
         self.run(self.plans())
 
     def run(self, batches: list[Batch]) -> None:
-        for batch in batches:
-            started = time.perf_counter()
-            self._run(batch)
-            self.batch_seconds.append((len(batch.columns), time.perf_counter() - started))
+        """Run `batches` in order. Each batch's images are generated here; writing and measuring them
+        (`_record`) overlaps the next batch's generation on the GPU (`overlap`), in one recording thread,
+        so that the GPU never waits for PNG encoding, metrics or the items file. Every batch is recorded
+        before this returns, also when generating one raises (a cancel): finished items are never lost."""
+        overlap = self.overlap if self.overlap is not None else overlaps(self._device())
+        pending: tuple[Batch, Future[list[dict[str, Any]]], str | None] | None = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-record") as recorder:
+            try:
+                for batch in batches:
+                    started = time.perf_counter()
+                    made = self._generate(batch)
+                    if overlap:
+                        self._settle(pending)
+                        pending = (batch, recorder.submit(self._record, batch, *made), made[1])
+                    else:
+                        self._after(batch, self._record(batch, *made), made[1])
+                    self.batch_seconds.append((len(batch.columns), time.perf_counter() - started))
+            except BaseException:
+                self._settle(pending, quiet=True)
+                raise
+            self._settle(pending)
+
+    def _settle(self, pending: tuple[Batch, Future[list[dict[str, Any]]], str | None] | None, *,
+                quiet: bool = False) -> None:
+        """Wait for a batch's recording (its error, a full disk, is raised here unless `quiet`: another
+        error is on its way already)."""
+        if pending is None:
+            return
+        batch, future, error = pending
+        try:
+            rows = future.result()
+        except Exception:
+            if quiet:
+                return
+            raise
+        self._after(batch, rows, error)
+
+    def _after(self, batch: Batch, rows: list[dict[str, Any]], error: str | None) -> None:
+        if error is not None:
+            headless._say(f"{self.every[batch.plan].label}: {error}")
+        if self.on_progress is not None:
+            self.on_progress(len(self.done), self.total, self.every[batch.plan].label)
+
+    def _device(self) -> Any:
+        from dit_explore.engine.study import metrics_device
+
+        return metrics_device(self.generator)
 
     def _problem(self, r: int) -> str | None:
         if r not in self._valid:
@@ -368,41 +419,45 @@ class Sweep:
             self._fulls[c] = _full_of(self.out, row) if row else None
         return self._fulls[c]
 
-    def _run(self, batch: Batch) -> None:
+    def _generate(self, batch: Batch) -> tuple[Any, str | None]:
+        """The batch's images (None with the reason when its plan cannot run or its run failed)."""
         import torch
 
         from dit_explore.engine.generate import NonFiniteError
 
         item = self.every[batch.plan]
-        base: list[dict[str, Any]] = [
-            {"plan": item.label, "plan_file": None, "prompt": self.columns[c][0], "seed": self.columns[c][1],
-             "error": None, "batch": len(batch.columns)} for c in batch.columns]
         error = self._problem(batch.plan)
-        result = None
-        if error is None:
-            try:
-                result = self.generator.generate_batch([self.columns[c][0] for c in batch.columns],
-                                                       [self.columns[c][1] for c in batch.columns], self.settings,
-                                                       item.plan, check=self.check or (lambda: None))
-                self.generate_seconds += result.timing.total
-            except NonFiniteError as exc:
-                error = str(exc)
-            except torch.OutOfMemoryError:
-                torch.cuda.empty_cache()
-                error = f"out of memory (a batch of {len(batch.columns)})"
+        if error is not None:
+            return None, error
+        try:
+            result = self.generator.generate_batch([self.columns[c][0] for c in batch.columns],
+                                                   [self.columns[c][1] for c in batch.columns], self.settings,
+                                                   item.plan, check=self.check or (lambda: None))
+        except NonFiniteError as exc:
+            return None, str(exc)
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            return None, f"out of memory (a batch of {len(batch.columns)})"
+        self.generate_seconds += result.timing.total
+        return result, None
+
+    def _record(self, batch: Batch, result: Any, error: str | None) -> list[dict[str, Any]]:
+        """Write and measure the batch's images and append their rows (see `run`)."""
+        item = self.every[batch.plan]
         rows = []
-        for i, (c, row) in enumerate(zip(batch.columns, base)):
+        for i, c in enumerate(batch.columns):
             key = self.keys[batch.plan][c]
+            row: dict[str, Any] = {"plan": item.label, "plan_file": None, "prompt": self.columns[c][0],
+                                   "seed": self.columns[c][1], "error": None, "batch": len(batch.columns)}
             if error is not None:
                 row["error"] = error
             else:
-                assert result is not None
                 timing = result.timing
                 step = timing.warm_step or timing.transformer_total / max(len(timing.transformer_steps), 1)
                 try:
                     image_row(row, result.images[i], self.out, f"images/{key}.png", step * 1000 / len(batch.columns),
                               result.block_runs, None if batch.plan == 0 else self._full(c), self.toy,
-                              is_full=batch.plan == 0)
+                              is_full=batch.plan == 0, device=self._device())
                 except OSError as exc:
                     raise headless.UsageError(
                         f"--out {shown(self.out)}: cannot write: {exc.strerror or exc}; the {len(self.done)} items "
@@ -420,10 +475,7 @@ class Sweep:
         for row in rows:
             self.done[row["key"]] = row
         self.ran += len(rows)
-        if error is not None:
-            headless._say(f"{item.label}: {error}")
-        if self.on_progress is not None:
-            self.on_progress(len(self.done), self.total, item.label)
+        return rows
 
     def rows(self) -> list[dict[str, Any]]:
         """Every item's row, for each column in turn the plans in order (what the results and the sheet

@@ -111,6 +111,7 @@ def scaling_report(folders: list[Path]) -> dict[str, Any]:
     for run in runs:
         run["efficiency"] = (run["steady_throughput"] / (run["processes"] * single["steady_throughput"])
                              if single and single["steady_throughput"] and run["steady_throughput"] else None)
+        run["identical_to_single"] = same_images(Path(single["folder"]), Path(run["folder"])) if single else None
     prediction = []
     if single is not None:
         summary = json.loads((Path(single["folder"]) / "results.json").read_text(encoding="utf-8"))["summary"]
@@ -126,15 +127,32 @@ def scaling_report(folders: list[Path]) -> dict[str, Any]:
             "prediction_max_abs_error": errors[-1] if errors else None}
 
 
+def same_images(one: Path, other: Path) -> list[int]:
+    """[images of `other` byte-identical to `one`'s of the same item key, images of `other` with a key in
+    `one`]: whether several processes made the images one process makes. Compared by the rows' SHA-256
+    of the PNG, so the images themselves need not be kept (1024-pixel noise is 3 MB an image)."""
+    from dit_explore.engine.sweep import read_items_in
+
+    mine, theirs = read_items_in(one), read_items_in(other)
+    same = compared = 0
+    for key, row in theirs.items():
+        if row.get("sha256") and mine.get(key, {}).get("sha256"):
+            compared += 1
+            same += row["sha256"] == mine[key]["sha256"]
+    return [same, compared]
+
+
 def report_markdown(report: dict[str, Any]) -> str:
     lines = ["| processes | images | batch | wall after loading (s) | images/s | steady images/s | efficiency | "
-             "idle (max of processes) | loads (s) |", "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "idle (max of processes) | loads (s) | images identical to 1 process |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     for r in sorted(report["runs"], key=lambda r: r["processes"]):
         efficiency = "—" if r["efficiency"] is None else f"{r['efficiency']:.3f}"
         steady = "—" if r["steady_throughput"] is None else f"{r['steady_throughput']:.2f}"
         lines.append(f"| {r['processes']} | {r['images']} | {r['batch']} | {r['wall_seconds']:.1f} | {r['throughput']:.2f} | "
                      f"{steady} | {efficiency} | {max(r['idle']):.1%} | "
-                     f"{', '.join(format(x, '.1f') for x in r['load_seconds'])} |")
+                     f"{', '.join(format(x, '.1f') for x in r['load_seconds'])} | "
+                     f"{'—' if not r['identical_to_single'] else '{} of {}'.format(*r['identical_to_single'])} |")
     if report["prediction"]:
         lines += ["", f"Per-plan time per step against the prediction ({len(report['prediction'])} plans, 1 process): "
                   f"median |error| {report['prediction_median_abs_error']:.1%}, "
@@ -188,22 +206,29 @@ def main(argv: list[str] | None = None) -> int:
     difference = int(np.abs(np.asarray(plain_first, dtype=np.int16) - np.asarray(ours, dtype=np.int16)).max())
     print(f"the plain loop's first image against run's: largest difference {difference} levels", flush=True)
     sweep_once(generator, prompts[:2], settings, args.batch)
-    plains, sweeps = [], []
+    plains: list[float] = []
+    sweeps: list[dict[str, Any]] = []
+    images = len(prompts) * (1 + sum(s.blocks for s in source.layout.stacks))
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+    def record() -> dict[str, Any]:
+        plain, swept = statistics.median(plains), statistics.median(s["seconds"] for s in sweeps)
+        return {"model": source.name, "device": device_name, "prompts": len(prompts), "steps": args.steps,
+                "images": images, "repeats": len(plains), "first_image_difference": difference,
+                "plain_seconds": plains, "sweep": sweeps, "plain_median": plain, "sweep_median": swept,
+                "speedup": plain / swept}
+
     for r in range(args.repeats):
         plains.append(plain_loop(loaded, prompts, settings)[0])
         sweeps.append(sweep_once(generator, prompts, settings, args.batch))
         print(f"repeat {r + 1}: plain loop {plains[-1]:.2f} s, sweep {sweeps[-1]['seconds']:.2f} s "
               f"(generation {sweeps[-1]['generate_seconds']:.2f} s, batches of {sweeps[-1]['batch']})", flush=True)
-    plain, swept = statistics.median(plains), statistics.median(s["seconds"] for s in sweeps)
-    images = len(prompts) * (1 + sum(s.blocks for s in source.layout.stacks))
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    record = {"model": source.name, "device": device_name, "prompts": len(prompts), "steps": args.steps,
-              "images": images, "repeats": args.repeats, "first_image_difference": difference, "plain_seconds": plains,
-              "sweep": sweeps, "plain_median": plain, "sweep_median": swept, "speedup": plain / swept}
+        if args.json is not None:  # after every repeat: a run cut short keeps the repeats it finished
+            args.json.write_text(json.dumps(record(), indent=1) + "\n", encoding="utf-8")
+    done = record()
     print(f"{source.name} skip-each x {len(prompts)} prompts x {args.steps} steps ({images} images) on {device_name}: "
-          f"plain loop {plain:.2f} s, sweep {swept:.2f} s (medians of {args.repeats}): {plain / swept:.1f}x")
-    if args.json is not None:
-        args.json.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+          f"plain loop {done['plain_median']:.2f} s, sweep {done['sweep_median']:.2f} s (medians of {args.repeats}): "
+          f"{done['speedup']:.1f}x")
     return 0
 
 

@@ -3,6 +3,7 @@ a refused plan recorded while the sweep goes on, and bad input."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -209,11 +210,15 @@ def test_a_batch_of_one_is_the_single_image_and_a_batch_starts_from_each_seeds_n
     assert three.block_runs.total == 3 * 3 + 4 * 3  # per image: 3 single + 4 double blocks, 3 steps
 
 
+@pytest.mark.parametrize("overlap", [False, True])
 def test_a_full_disk_mid_sweep_is_one_line_and_keeps_every_finished_item(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        overlap: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Also when batches are recorded in the recording thread while the next generates (as on a GPU)."""
     import errno
 
     from dit_explore.engine import sweep as sweeps
+
+    monkeypatch.setattr(sweeps, "overlaps", lambda device: overlap)
 
     real, calls = sweeps._append, []
 
@@ -259,6 +264,10 @@ def test_the_scaling_report_by_hand(tmp_path: Path) -> None:
                    {"plan": "skip 0", "ms_per_step": 9.9, "block_executions": 36},  # predicted 9.0: +10%
                    {"plan": "skip 1", "ms_per_step": 8.55, "block_executions": 36}]  # -5%
         (out / "results.json").write_text(json.dumps({"summary": summary}))
+        # Two items' images: the 2-process folder's second differs from the 1-process folder's.
+        digest = {"a": "11", "b": "22" if name == "one" else "33"}
+        (out / "items.rank0.jsonl").write_text("".join(json.dumps({"key": k, "sha256": digest[k]}) + "\n"
+                                                       for k in ("a", "b")))
         return out
 
     one = folder("one", [{"items": 40, "generate_seconds": 19.0, "load_seconds": 2.0, "batches": [[4, 4.0], [4, 2.0]]}],
@@ -274,5 +283,67 @@ def test_the_scaling_report_by_hand(tmp_path: Path) -> None:
     assert report["prediction_max_abs_error"] == pytest.approx(0.1)
     assert report["prediction_median_abs_error"] == pytest.approx(0.075)
     text = report_markdown(report)
-    assert "| 2 | 40 | 4 | 11.0 | 3.64 | 5.33 | 1.185 | 10.0% | 2.5, 2.6 |" in text  # idle: the larger, 1 - 9.9 / 11
+    assert runs[2]["identical_to_single"] == [1, 2] and runs[1]["identical_to_single"] == [2, 2]
+    assert "| 2 | 40 | 4 | 11.0 | 3.64 | 5.33 | 1.185 | 10.0% | 2.5, 2.6 | 1 of 2 |" in text  # idle: 1 - 9.9 / 11
     assert "median |error| 7.5%, largest 10.0%" in text
+
+
+def test_recording_overlaps_the_next_batch_and_gives_the_same_items(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """With overlap (a GPU's default, forced here on the CPU), batch k is written and measured in the
+    recording thread while batch k+1 generates: the first plan's recording waits until the second plan
+    has started generating, which could never happen if recording ran inline (the baselines are recorded
+    before any plan runs: the plans read them). The items are the inline
+    sweep's, and a cancel while a batch generates still records every batch generated before it."""
+    import threading
+
+    from dit_explore.engine import sweep as sweeps
+
+    args = ["tiny-flux", "skip-each", "--steps", "2", "--prompt", "p", "--device", "cpu"]
+    assert sweep_cli(*args, "--out", str(tmp_path / "inline")) == 0
+    inline = json.loads((tmp_path / "inline" / "results.json").read_text())["rows"]
+
+    second_started, threads, waited = threading.Event(), set(), []
+    real_generate, real_record = sweeps.Sweep._generate, sweeps.Sweep._record
+    generated: list[int] = []
+
+    def generate(self: sweeps.Sweep, batch: sweeps.Batch) -> object:
+        generated.append(batch.plan)
+        if len(generated) == 3:  # the baseline, the first plan, the second plan
+            second_started.set()
+        return real_generate(self, batch)
+
+    def record(self: sweeps.Sweep, batch: sweeps.Batch, result: object, error: object) -> object:
+        threads.add(threading.current_thread().name)
+        if batch.plan == 1:
+            waited.append(second_started.wait(timeout=60))
+        return real_record(self, batch, result, error)
+
+    monkeypatch.setattr(sweeps, "overlaps", lambda device: True)
+    monkeypatch.setattr(sweeps.Sweep, "_generate", generate)
+    monkeypatch.setattr(sweeps.Sweep, "_record", record)
+    assert sweep_cli(*args, "--out", str(tmp_path / "overlapped")) == 0
+    assert waited == [True] and all(name.startswith("sweep-record") for name in threads), (waited, threads)
+    rows = json.loads((tmp_path / "overlapped" / "results.json").read_text())["rows"]
+    assert [r["key"] for r in rows] == [r["key"] for r in inline]
+    for a, b in zip(rows, inline):
+        assert (a["mad"], a["ssim"], a["psnr"]) == (b["mad"], b["ssim"], b["psnr"])
+        png = (tmp_path / "overlapped" / a["image"]).read_bytes()
+        assert png == (tmp_path / "inline" / b["image"]).read_bytes()
+        assert a["sha256"] == b["sha256"] == hashlib.sha256(png).hexdigest()  # the row names its image's bytes
+
+    # A cancel raised while the fourth batch generates: the three before it are all recorded.
+    generated.clear()
+
+    def cancelling(self: sweeps.Sweep, batch: sweeps.Batch) -> object:
+        generated.append(batch.plan)
+        if len(generated) == 4:
+            raise KeyboardInterrupt
+        return real_generate(self, batch)
+
+    monkeypatch.setattr(sweeps.Sweep, "_generate", cancelling)
+    monkeypatch.setattr(sweeps.Sweep, "_record", real_record)
+    out = tmp_path / "cancelled"
+    assert sweep_cli(*args, "--out", str(out)) != 0
+    lines = [json.loads(line) for line in (out / ITEMS).read_text().splitlines()]
+    assert len(lines) == 3 and all((out / row["image"]).is_file() for row in lines)
