@@ -321,6 +321,8 @@ class Sweep:
         self.batch_seconds: list[tuple[int, float]] = []  # (images, wall seconds) of each batch run, in order
         self._valid: dict[int, str | None] = {}
         self._fulls: dict[int, tuple[Image.Image, float] | None] = {}
+        self._stream: Any = None  # the recording stream, on a CUDA device
+        self._warmed = False
 
     @property
     def total(self) -> int:
@@ -359,6 +361,8 @@ class Sweep:
         so that the GPU never waits for PNG encoding, metrics or the items file. Every batch is recorded
         before this returns, also when generating one raises (a cancel): finished items are never lost."""
         overlap = self.overlap if self.overlap is not None else overlaps(self._device())
+        if overlap and batches:
+            self._warm_metrics()
         pending: tuple[Batch, Future[list[dict[str, Any]]], str | None] | None = None
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-record") as recorder:
             try:
@@ -402,6 +406,35 @@ class Sweep:
 
         return metrics_device(self.generator)
 
+    def _recording(self) -> Any:
+        """Where recording runs its GPU work: a stream of its own on a CUDA device, so that the metrics
+        neither wait behind the generation queued on the default stream (each of their reads would) nor
+        land inside the generation's timed steps; a no-op elsewhere."""
+        import contextlib
+
+        import torch
+
+        device = self._device()
+        if getattr(device, "type", None) != "cuda":
+            return contextlib.nullcontext()
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(device)
+        return torch.cuda.stream(self._stream)
+
+    def _warm_metrics(self) -> None:
+        """Compare two images of the sweep's size once before the first batch on a GPU: the metrics' first
+        call allocates and plans their FFTs, work that would otherwise stall the batch it overlaps."""
+        if self._warmed or getattr(self._device(), "type", None) != "cuda":
+            return
+        import numpy as np
+
+        from dit_explore.engine.metrics import compare
+
+        noise = np.random.default_rng(0).integers(0, 256, (2, self.settings.height, self.settings.width, 3), np.uint8)
+        with self._recording():
+            compare(Image.fromarray(noise[0]), Image.fromarray(noise[1]), self._device())
+        self._warmed = True
+
     def _problem(self, r: int) -> str | None:
         if r not in self._valid:
             item = self.every[r]
@@ -442,7 +475,12 @@ class Sweep:
         return result, None
 
     def _record(self, batch: Batch, result: Any, error: str | None) -> list[dict[str, Any]]:
-        """Write and measure the batch's images and append their rows (see `run`)."""
+        """Write and measure the batch's images and append their rows (see `run`), GPU work on the recording
+        stream (`_recording`)."""
+        with self._recording():
+            return self._record_rows(batch, result, error)
+
+    def _record_rows(self, batch: Batch, result: Any, error: str | None) -> list[dict[str, Any]]:
         item = self.every[batch.plan]
         rows = []
         for i, c in enumerate(batch.columns):

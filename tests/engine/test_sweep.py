@@ -347,3 +347,21 @@ def test_recording_overlaps_the_next_batch_and_gives_the_same_items(tmp_path: Pa
     assert sweep_cli(*args, "--out", str(out)) != 0
     lines = [json.loads(line) for line in (out / ITEMS).read_text().splitlines()]
     assert len(lines) == 3 and all((out / row["image"]).is_file() for row in lines)
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_recording_on_its_own_stream_gives_the_inline_items(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA (overlap on, metrics on the recording stream, warmed first) the rows are those of a sweep
+    recorded inline on the default stream: the same images, the same metrics to 1e-9."""
+    from dit_explore.engine import sweep as sweeps
+
+    args = ["toy-flux", "skip-each", "--steps", "4", "--prompt", "a small red circle at the top", "--device", "cuda"]
+    assert sweep_cli(*args, "--out", str(tmp_path / "overlapped")) == 0
+    monkeypatch.setattr(sweeps, "overlaps", lambda device: False)
+    assert sweep_cli(*args, "--out", str(tmp_path / "inline")) == 0
+    rows, inline = (json.loads((tmp_path / name / "results.json").read_text())["rows"] for name in ("overlapped", "inline"))
+    assert [r["sha256"] for r in rows] == [r["sha256"] for r in inline]
+    for a, b in zip(rows, inline):
+        for metric in ("ssim", "psnr", "haarpsi", "fsim", "mad"):
+            assert (a[metric] is None and b[metric] is None) or a[metric] == pytest.approx(b[metric], abs=1e-9)
