@@ -8,6 +8,8 @@ and the app decides.
 
 from __future__ import annotations
 
+import functools
+
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -28,7 +30,7 @@ from textual.widgets._toast import ToastHolder, ToastRack
 from textual.worker import Worker, WorkerState
 
 from dit_explore.engine.core import plan as plans
-from dit_explore.engine.core.catalog import default_prompt, unseen_words
+from dit_explore.engine.core.catalog import default_prompt, unseen_words, vocabulary
 from dit_explore.engine.core.importance import Importance, read_importance
 from dit_explore.engine.core.layout import Layout
 from dit_explore.engine.core.protocol import Status
@@ -140,7 +142,8 @@ class ExplorerApp(App[int]):
                     yield LayerGrid(self.layout_info, self.plan, id="grid")
                 yield PlanBar(id="plan-bar")
                 yield SamplingForm(self.plan.sampling.prompt or default_prompt(self.source.name), settings,
-                                   self._sampling_problems, id="form")
+                                   self._sampling_problems, known=vocabulary(self.source.name),
+                                   unseen=functools.partial(unseen_words, self.source.name), id="form")
             with Vertical(id="right"):  # the images view
                 yield ImagePane(self.graphics, id="images")
                 yield StatusPanel(id="status")

@@ -261,16 +261,27 @@ def analysis_prompts(model: str, general: tuple[str, ...]) -> tuple[str, ...]:
     return TOY_ANALYSIS_PROMPTS if is_toy(model) else general
 
 
+def vocabulary(model: str) -> str | None:
+    """For a toy model, the grammar and words it knows, as one line; None for any other model (their
+    vocabularies are open)."""
+    if not is_toy(model):
+        return None
+    from dit_explore.engine.core.shapes import COLORS, POSITIONS, SHAPES, SIZES
+
+    return (f"'a {{size}} {{color}} {{shape}} at the {{position}}' with size {'/'.join(SIZES)}, color "
+            f"{'/'.join(COLORS)}, shape {'/'.join(SHAPES)}, position {'/'.join(POSITIONS)}")
+
+
 def unseen_words(model: str, prompt: str) -> str | None:
     """For a toy model, one line naming the words of `prompt` it never saw in training, and the grammar it
     knows; None when it saw them all, or for any other model (their vocabularies are open)."""
-    if not is_toy(model):
+    known = vocabulary(model)
+    if known is None:
         return None
-    from dit_explore.engine.core.shapes import COLORS, POSITIONS, SHAPES, SIZES, unknown_words
+    from dit_explore.engine.core.shapes import unknown_words
 
     unknown = unknown_words(prompt)
     if not unknown:
         return None
     return (f"{model} never saw {', '.join(repr(w) for w in unknown[:8])}{' …' if len(unknown) > 8 else ''}: it "
-            f"draws 'a {{size}} {{color}} {{shape}} at the {{position}}' with size {'/'.join(SIZES)}, color "
-            f"{'/'.join(COLORS)}, shape {'/'.join(SHAPES)}, position {'/'.join(POSITIONS)}")
+            f"draws {known}")

@@ -1,4 +1,5 @@
-"""Prompt and sampling settings: prompt, seed, steps, width × height, guidance."""
+"""Prompt and sampling settings: prompt, seed, steps, width × height, guidance; for a model with a closed
+vocabulary (the toys), the words it knows while the prompt is edited."""
 
 from __future__ import annotations
 
@@ -65,17 +66,34 @@ class SamplingForm(Vertical):
     SamplingForm #problems.-shown {
         display: block;
     }
+    SamplingForm #vocabulary {
+        height: auto;
+        color: $text-muted;
+        display: none;
+    }
+    SamplingForm #vocabulary.-shown {
+        display: block;
+    }
+    SamplingForm #vocabulary.-unseen {
+        color: $warning;
+    }
     """
 
     class Submitted(Message):
         """Enter in any field: run."""
 
     def __init__(self, prompt: str, settings: Settings, check: Callable[[Sampling], dict[str, str]], *,
+                 known: str | None = None, unseen: Callable[[str], str | None] | None = None,
                  id: str | None = None) -> None:
+        """`known`: the model's whole vocabulary as one line (None: open); `unseen`: the line naming the words
+        of a prompt the model never saw (None when it saw them all). While the prompt is edited, the form
+        shows the second if there is one, else the first."""
         super().__init__(id=id)
         self._prompt = prompt
         self._settings = settings
         self._check = check
+        self._known = known
+        self._unseen = unseen
 
     def compose(self) -> ComposeResult:
         # Compact inputs: one line, no border, so the text and the cursor are always visible, focused,
@@ -90,6 +108,7 @@ class SamplingForm(Vertical):
                             select_on_focus=False, valid_empty=True,
                             classes="number" if key != "guidance" else "")
         yield Static("", id="problems")
+        yield Static("", id="vocabulary")
 
     def on_mount(self) -> None:
         self._mark(self.problems())
@@ -141,6 +160,23 @@ class SamplingForm(Vertical):
 
     def on_input_changed(self, event: Input.Changed) -> None:
         self._mark(self.problems())
+        self._show_vocabulary()
+
+    def on_descendant_focus(self) -> None:
+        self._show_vocabulary()
+
+    def on_descendant_blur(self) -> None:
+        self._show_vocabulary()
+
+    def _show_vocabulary(self) -> None:
+        field = self.query_one("#prompt", Input)
+        shown = self.query_one("#vocabulary", Static)
+        unseen = self._unseen(field.value) if self._unseen is not None else None
+        line = unseen or (f"knows {self._known}" if self._known else None)
+        editing = field.has_focus and line is not None
+        shown.update(Text(line or ""))
+        shown.set_class(editing, "-shown")
+        shown.set_class(unseen is not None, "-unseen")
 
     def _mark(self, problems: dict[str, str]) -> None:
         for key in _NUMBERS:
