@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from dit_explore.engine.core.families import BlockIO, StackSpec, family
+from dit_explore.engine.core.families import BlockIO, BlockLayoutError, StackSpec, family
 from dit_explore.engine.core.layout import Layout
-from dit_explore.engine.core.plan import Group, Order, Plan, format_unit
+from dit_explore.engine.core.plan import CacheKey, Cached, Group, Order, Plan, cache_keys, cache_slots, format_unit
 
 Check = Callable[[], None]  # raises (e.g. Cancelled) to stop between block executions
 
@@ -137,6 +137,87 @@ def _fused_mean(count: int) -> Callable[[list[torch.Tensor]], torch.Tensor]:
     return torch.compile(mean, fullgraph=True, dynamic=False)
 
 
+class Residuals:
+    """The residuals of a run's cached spans: for each (stack, bounds, occurrence), the last two steps on
+    which the span was computed and what it added to each stream (output minus input, float32). The
+    step being run is set by `AppliedPlan.at_step`."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.kept: dict[CacheKey, list[tuple[int, list[torch.Tensor]]]] = {}
+
+    def record(self, key: CacheKey, residuals: list[torch.Tensor]) -> None:
+        history = self.kept.setdefault(key, [])
+        if history and history[-1][0] == self.step:  # computed twice in one step (a batch split): the last
+            history.pop()
+        history.append((self.step, residuals))
+        del history[:-2]
+
+    def contribution(self, key: CacheKey, mode: str, where: str) -> list[torch.Tensor]:
+        """What the span adds at this step: the last residual (`reuse`), or its first-order extrapolation
+        from the last two (`forecast`; with one computed step, the last residual)."""
+        history = self.kept.get(key)
+        if not history:
+            raise RuntimeError(f"{where}: nothing to reuse at step {self.step} (no earlier step computed it)")
+        step, last = history[-1]
+        if mode == "reuse" or len(history) == 1:
+            return last
+        before_step, before = history[0]
+        ahead = (self.step - step) / (step - before_step)
+        return [r + (r - b) * ahead for r, b in zip(last, before)]
+
+
+class CachedSpan(StandIn):
+    """A span of blocks run as one unit whose residual is kept: `record` always computes it and keeps the
+    residual; `reuse` / `forecast` compute it on the run's first step (and whenever nothing was kept),
+    else add the kept residual, or its forecast, to the input streams without running a block."""
+
+    def __init__(self, blocks: list[nn.Module], key: CacheKey, mode: str, residuals: Residuals, io: BlockIO,
+                 where: str, check: Check = _no_check) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.key = key
+        self.mode = mode
+        self.residuals = residuals
+        self.io = io
+        self.where = where
+        self._check = check
+
+    def standing_for(self) -> nn.Module | None:
+        return self.blocks[0] if len(self.blocks) else None
+
+    def _inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[torch.Tensor]:
+        out = []
+        for name in self.io.outputs:
+            if name in kwargs:
+                out.append(kwargs[name])
+            else:
+                position = self.io.inputs.index(name)
+                if position >= len(args):
+                    raise BlockLayoutError(f"{self.where}: the block was called without {name}")
+                out.append(args[position])
+        return out
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        inputs = self._inputs(args, kwargs)
+        computes = self.mode == "record" or self.residuals.step == 0 or self.key not in self.residuals.kept
+        if not computes:
+            added = self.residuals.contribution(self.key, self.mode, self.where)
+            return self._pack([(x.float() + r).to(x.dtype) for x, r in zip(inputs, added)])
+        out: Any = None
+        for i, block in enumerate(self.blocks):
+            if i:
+                self._check()
+                args, kwargs = self.io.feed_back(args, kwargs, out, self.where)
+            out = block(*args, **kwargs)
+        streams = self.io.streams(out, self.where)
+        self.residuals.record(self.key, [streams[name].float() - x.float() for name, x in zip(self.io.outputs, inputs)])
+        return out
+
+    def _pack(self, parts: list[torch.Tensor]) -> Any:
+        return parts[0] if len(self.io.outputs) == 1 else tuple(parts)
+
+
 class PlanList(nn.ModuleList):
     """A block list that calls `check` before handing out each block, so a cancel lands between blocks."""
 
@@ -154,16 +235,34 @@ Wrap = Callable[[str, int, nn.Module], nn.Module]  # (stack, block index, block)
 
 
 def build_list(blocks: nn.ModuleList, order: Order, spec: StackSpec, check: Check = _no_check,
-               wrap: Wrap | None = None) -> PlanList:
+               wrap: Wrap | None = None, keys: frozenset[CacheKey] = frozenset(),
+               residuals: Residuals | None = None) -> PlanList:
     """The ModuleList of one stack under `order`. `wrap`, if given, stands in for each plain block
-    (the similarity analysis records outputs that way, without hooks on compiled blocks)."""
+    (the similarity analysis records outputs that way, without hooks on compiled blocks). `keys` are the
+    plan's cached spans: each cached span of the order, and each plain run of a cached span's blocks
+    (which records its residual), becomes one `CachedSpan` sharing `residuals`."""
+    slots = {at: (width, key) for at, width, key in cache_slots(spec.name, order, keys)} if keys else {}
     modules: list[nn.Module] = []
-    for unit in order:
+    i = 0
+    while i < len(order):
+        unit = order[i]
+        if i in slots:
+            width, key = slots[i]
+            assert residuals is not None
+            mode = unit.mode if isinstance(unit, Cached) else "record"
+            members = range(key[1], key[2] + 1)
+            where = f"{spec.name} {format_unit(unit) if isinstance(unit, Cached) else f'{key[1]}-{key[2]}'}"
+            modules.append(CachedSpan([wrap(spec.name, b, blocks[b]) if wrap else blocks[b] for b in members],
+                                      key, mode, residuals, spec.io, where, check))
+            i += width
+            continue
         if isinstance(unit, Group):
             where = f"{spec.name} group [{format_unit(unit)}]"
             modules.append(ParallelGroup([blocks[m] for m in unit.members], unit.loops, spec.io, where, check))
         else:
+            assert isinstance(unit, int)
             modules.append(wrap(spec.name, unit, blocks[unit]) if wrap else blocks[unit])
+        i += 1
     return PlanList(modules, check)
 
 
@@ -184,8 +283,11 @@ class AppliedPlan:
         self._built: dict[tuple[Order, ...], dict[str, PlanList]] = {}  # by each stack's order, in layout order
         self._variants: dict[tuple[bool, int | None], dict[str, PlanList]] = {}  # by Plan.variant_at
         self._current: dict[str, PlanList] | None = None
+        self._keys = cache_keys(plan)
+        self.residuals = Residuals()
 
     def at_step(self, step: int) -> None:
+        self.residuals.step = step
         variant = self._plan.variant_at(step)
         lists = self._variants.get(variant)
         if lists is None:
@@ -195,7 +297,7 @@ class AppliedPlan:
             if lists is None:  # two variants may run the same orders (a table as the default, the full model)
                 declared = family(self._layout.family)
                 lists = {s.attr: build_list(self._originals[s.attr], orders[s.name], declared.stack(s.name),
-                                            self._check, self._wrap)
+                                            self._check, self._wrap, self._keys, self.residuals)
                          for s in self._layout.stacks}
                 self._built[key] = lists
             self._variants[variant] = lists

@@ -98,9 +98,11 @@ def _load(source: ModelSource, options: ModelOptions) -> Any:
         raise UsageError(str(exc)) from None
 
 
-def check_memory(source: ModelSource, settings: Settings, options: ModelOptions, *, analysis: bool = False) -> None:
+def check_memory(source: ModelSource, settings: Settings, options: ModelOptions, *, analysis: bool = False,
+                 cached_spans: int = 0) -> None:
     """Refuse, before anything is loaded, a request that cannot fit in this device's memory: one line
-    with what it needs and the largest size that fits (engine/core/memory.py)."""
+    with what it needs and the largest size that fits (engine/core/memory.py); `cached_spans`: the
+    plan's, whose residuals are kept through the run."""
     from dit_explore.engine.core.memory import DEVICE_KINDS, check_request
     from dit_explore.engine.models import free_memory, pick_device, pick_dtype
 
@@ -115,7 +117,7 @@ def check_memory(source: ModelSource, settings: Settings, options: ModelOptions,
     problem = check_request(source, settings.width, settings.height, available, where=where,
                             guidance=settings.guidance, dtype=dtype, device_kind=device.type,
                             max_sequence_length=settings.max_sequence_length,
-                            random_weights=options.random_weights, analysis=analysis)
+                            random_weights=options.random_weights, analysis=analysis, cached_spans=cached_spans)
     if problem is not None:
         raise UsageError(problem)
 
@@ -159,7 +161,7 @@ def run_command(req: RunRequest) -> int:
         plans.validate_steps(plan, settings.steps, source=req.plan or "plan")
     except (plans.PlanError, ModelError) as exc:
         raise UsageError(str(exc)) from None
-    check_memory(source, settings, req.options)
+    check_memory(source, settings, req.options, cached_spans=len(plans.cache_keys(plan)))
     from dit_explore.engine.core.runs import OutputError, RunWriter
 
     # The destination is claimed before the model loads: the staging folder (with its owner marker) is

@@ -325,12 +325,14 @@ class Engine:
             plans.validate_steps(plan, settings.steps, where)
         except (plans.PlanError, ModelError) as exc:
             raise RequestError(str(exc).replace("\n", "; ")) from None
-        problem = self.memory_problem(settings, analysis=kind == "analyze", when_idle=True)  # a sweep: as a run
+        problem = self.memory_problem(settings, analysis=kind == "analyze", when_idle=True,  # a sweep: as a run
+                                      cached_spans=len(plans.cache_keys(plan)))
         if problem is not None:
             raise MemoryRefusal(f"{kind}: {problem}")
         return settings
 
-    def memory_problem(self, settings: Settings, analysis: bool, when_idle: bool = False) -> str | None:
+    def memory_problem(self, settings: Settings, analysis: bool, when_idle: bool = False,
+                       cached_spans: int = 0) -> str | None:
         """Why the request cannot fit in what the device has free (one line), or None. Known only once the
         model is loaded (until then every job is checked when it starts); `when_idle`: only while no job
         runs, as a running job holds memory that the new request will have once it is superseded."""
@@ -348,7 +350,7 @@ class Engine:
         return check_request(loaded.source, settings.width, settings.height, available, loaded=True, where=where,
                              guidance=settings.guidance, dtype=dtype_name(loaded.dtype), device_kind=loaded.device.type,
                              max_sequence_length=settings.max_sequence_length, random_weights=loaded.random_weights,
-                             analysis=analysis)
+                             analysis=analysis, cached_spans=cached_spans)
 
     def parse_analyze(self, request: protocol.Analyze) -> Job:
         from dit_explore.engine.core.catalog import analysis_prompts
@@ -481,7 +483,7 @@ class Engine:
         live = None
         count = 0
         try:
-            problem = self.memory_problem(job.settings, job.analysis)
+            problem = self.memory_problem(job.settings, job.analysis, cached_spans=len(plans.cache_keys(job.plan)))
             if problem is not None:
                 raise MemoryRefusal(f"{job.kind}: {problem}")
             if job.analysis:

@@ -277,7 +277,7 @@ class ExplorerApp(App[int]):
         problem = check_request(self.source, settings.width, settings.height, ready.available, loaded=True,
                                 where=where, guidance=settings.guidance, dtype=ready.dtype, device_kind=kind,
                                 max_sequence_length=settings.max_sequence_length,
-                                random_weights=ready.random_weights)
+                                random_weights=ready.random_weights, cached_spans=len(plans.cache_keys(self.plan)))
         return {**problems, "width": problem} if problem else problems
 
     def _problem(self, plan: plans.Plan) -> str | None:

@@ -18,6 +18,7 @@ from dit_explore.engine.core.layout import Layout, Stack
 from dit_explore.engine.core.plan import (
     MAX_COUNT,
     MAX_EXECUTIONS,
+    Cached,
     Group,
     Order,
     Plan,
@@ -38,15 +39,16 @@ class CellState:
     runs: int  # plain executions of the block per pass
     groups: tuple[int, ...]  # loop counts of the parallel groups that contain it (usually 0 or 1 entries)
     reversed: bool  # it sits inside a descending run of plain blocks (… 12, 11, 10 …)
+    cached: tuple[str, ...] = ()  # the modes of the cached spans that hold it ("reuse", "forecast")
 
     @property
     def skipped(self) -> bool:
-        return self.runs == 0 and not self.groups
+        return self.runs == 0 and not self.groups and not self.cached
 
     def label(self) -> str:
         """A marker of at most 3 characters; when several apply, the one that changes the most wins
-        (skipped > parallel > repeated > reversed). A block in several groups shows its loops summed:
-        that is how often it runs inside groups."""
+        (skipped > parallel > repeated > reversed > cached: ↻ reused, ↗ forecast). A block in several
+        groups shows its loops summed: that is how often it runs inside groups."""
         if self.skipped:
             return "–"
         if self.groups:
@@ -54,7 +56,11 @@ class CellState:
             return "∥" if loops == 1 else f"∥{min(loops, _LABEL_CAP)}"
         if self.runs > 1:
             return f"×{min(self.runs, _LABEL_CAP)}"
-        return "↺" if self.reversed else ""
+        if self.reversed:
+            return "↺"
+        if self.cached:
+            return "↗" if "forecast" in self.cached and self.runs == 0 else "↻" if self.runs == 0 else ""
+        return ""
 
 
 # ------------------------------------------------------------------------------------------ operations
@@ -118,6 +124,15 @@ def restore(plan: Plan, layout: Layout, stack: str, first: int, last: int) -> Pl
     return _replace_range(plan, layout, stack, first, last, list(range(first, last + 1)))
 
 
+def cache(plan: Plan, layout: Layout, stack: str, first: int, last: int, mode: str) -> Plan:
+    """Run the range as one cached span ("4-11@reuse"): computed on the first step (and on any step whose
+    order runs it plainly), its residual reused (`reuse`) or extrapolated (`forecast`) on the others."""
+    first, last = _selection(layout, stack, first, last)
+    if mode not in ("reuse", "forecast"):
+        raise ValueError(f"mode must be reuse or forecast, got {mode!r}")
+    return _replace_range(plan, layout, stack, first, last, [Cached(first, last, mode)])
+
+
 def clear(plan: Plan) -> Plan:
     """Every stack runs unchanged at every step (the default order and the step tables go); the plan's
     name, note, model, sampling and active steps are kept."""
@@ -132,17 +147,22 @@ def annotate(plan: Plan, layout: Layout, stack: str) -> list[CellState]:
     runs = [0] * blocks
     groups: list[list[int]] = [[] for _ in range(blocks)]
     descending = [False] * blocks
+    cached: list[list[str]] = [[] for _ in range(blocks)]
     for i, unit in enumerate(units):
         if isinstance(unit, Group):
             for member in unit.members:
                 groups[member].append(unit.loops)
+            continue
+        if isinstance(unit, Cached):
+            for member in unit.blocks:
+                cached[member].append(unit.mode)
             continue
         runs[unit] += 1
         prev = units[i - 1] if i > 0 else None
         after = units[i + 1] if i + 1 < len(units) else None
         if (isinstance(prev, int) and prev == unit + 1) or (isinstance(after, int) and after == unit - 1):
             descending[unit] = True
-    return [CellState(runs[b], tuple(groups[b]), descending[b]) for b in range(blocks)]
+    return [CellState(runs[b], tuple(groups[b]), descending[b], tuple(cached[b])) for b in range(blocks)]
 
 
 # ------------------------------------------------------------------------------------------- internals
@@ -175,13 +195,15 @@ def _without(units: Order, first: int, last: int) -> tuple[list[Unit], int | Non
     kept: list[Unit] = []
     at: int | None = None
     for unit in units:
-        members = (unit,) if isinstance(unit, int) else unit.members
+        members = (unit,) if isinstance(unit, int) else unit.blocks if isinstance(unit, Cached) else unit.members
         rest = tuple(m for m in members if not first <= m <= last)
         if len(rest) == len(members):
             kept.append(unit)
             continue
         remnant: list[Unit] = []
-        if isinstance(unit, Group) and len(rest) >= 2:
+        if isinstance(unit, Cached):  # a cached span cut by the range: what is left of it runs plainly
+            remnant = list(rest)
+        elif isinstance(unit, Group) and len(rest) >= 2:
             remnant = [Group(rest, unit.loops)]
         elif isinstance(unit, Group) and rest:
             remnant = [rest[0]] * unit.loops
@@ -192,7 +214,7 @@ def _without(units: Order, first: int, last: int) -> tuple[list[Unit], int | Non
 
 
 def _smallest(unit: Unit) -> int:
-    return unit if isinstance(unit, int) else unit.members[0]
+    return unit if isinstance(unit, int) else unit.first if isinstance(unit, Cached) else unit.members[0]
 
 
 def _replace_range(plan: Plan, layout: Layout, stack: str, first: int, last: int, new: list[Unit]) -> Plan:

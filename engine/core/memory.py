@@ -364,6 +364,7 @@ def estimate(
     random_weights: bool = False,
     analysis: bool = False,
     weights_bytes: int | None = None,
+    cached_spans: int = 0,
 ) -> MemoryEstimate:
     """The predicted peak of generating one `width` x `height` image of `source` (batch 1).
 
@@ -372,7 +373,9 @@ def estimate(
     "cuda". `steps` does not change the peak (nothing grows with the step count) and is accepted so
     that callers can pass a request as it is. `random_weights`: no text encoders (real-size aliases built
     from their configs); `analysis`: the similarity analysis (no decode; its block buffer instead);
-    `weights_bytes`: the loaded model's own parameter bytes, when known.
+    `weights_bytes`: the loaded model's own parameter bytes, when known; `cached_spans`: the plan's cached
+    spans (`@reuse`, `@forecast`), each keeping the residuals of its last two computed steps, every stream,
+    in float32, for the whole denoising.
     """
     del steps
     if device_kind not in COSTS:
@@ -421,6 +424,8 @@ def estimate(
     held = batch * n_text * joint * size + 8 * batch * latents * size  # embeddings; latents, noise, scheduler
     held += 2 * tokens * head_dim * 4 if spec.rope else 0  # cos and sin, float32
     parts["latents and embeddings"] = held
+    parts["residual caches"] = cached_spans * 2 * tokens * d * batch * 4
+    held += parts["residual caches"]
     phases: dict[str, int] = {"text encoding": encode, "denoising": parts["block activations"] + held}
     # The heap-sized share of each phase (see DeviceCosts): text encoding's tensors are small; a block's
     # widest tensor is its 4x MLP activation.
@@ -453,7 +458,8 @@ def estimate(
 
     def resized(w: int, h: int) -> MemoryEstimate:
         return estimate(source, w, h, None, guidance, dtype, device_kind, max_sequence_length=max_sequence_length,
-                        random_weights=random_weights, analysis=analysis, weights_bytes=weights_bytes)
+                        random_weights=random_weights, analysis=analysis, weights_bytes=weights_bytes,
+                        cached_spans=cached_spans)
 
     return MemoryEstimate(source.name, width, height, device_kind, dtype, weights, costs.context, costs.runtime, allocator,
                           phases, parts, resized, cumulative)

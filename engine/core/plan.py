@@ -76,8 +76,29 @@ class Group:
     loops: int = 1
 
 
-Unit = int | Group  # one entry of an order: a block index or a parallel group
+CACHE_MODES = ("reuse", "forecast")
+
+
+@dataclass(frozen=True)
+class Cached:
+    """A span of blocks, first..last ascending, whose contribution is taken from earlier steps instead of
+    being computed: `reuse` adds the residual (output minus input, per stream) of the last step on which
+    this span occurrence was computed; `forecast` extrapolates it to first order from the last two such
+    steps (one only: reuse). The run's first step always computes it, and so does any step whose order
+    runs the same blocks plainly (that records the residual)."""
+
+    first: int
+    last: int
+    mode: str  # one of CACHE_MODES
+
+    @property
+    def blocks(self) -> tuple[int, ...]:
+        return tuple(range(self.first, self.last + 1))
+
+
+Unit = int | Group | Cached  # one entry of an order: a block index, a parallel group, a cached span
 Order = tuple[Unit, ...]
+CacheKey = tuple[str, int, int, int]  # (stack, first, last, occurrence): one cached span's residuals
 
 
 @dataclass(frozen=True)
@@ -188,17 +209,66 @@ def identity_order(blocks: int) -> Order:
     return tuple(range(blocks))
 
 
-def executions(order: Order) -> int:
-    """Block executions one pass over `order` costs."""
-    return sum(1 if isinstance(u, int) else len(u.members) * u.loops for u in order)
+def executions(order: Order, computing: bool = False) -> int:
+    """Block executions one pass over `order` costs: a cached span costs nothing, unless `computing` (the
+    run's first step, where it computes)."""
+    return sum(1 if isinstance(u, int) else (len(u.blocks) if computing else 0) if isinstance(u, Cached)
+               else len(u.members) * u.loops for u in order)
 
 
 def blocks_in(order: Order) -> Iterator[int]:
     for unit in order:
         if isinstance(unit, int):
             yield unit
+        elif isinstance(unit, Cached):
+            yield from unit.blocks
         else:
             yield from unit.members
+
+
+def has_cached(plan: Plan) -> bool:
+    """Whether any order of `plan` has a cached span (such a plan is written as version 2)."""
+    return any(isinstance(u, Cached) for orders in (plan.orders, *(t.orders for t in plan.step_orders))
+               for _, order in orders for u in order)
+
+
+def cache_slots(stack: str, order: Order, keys: frozenset[CacheKey] | None = None) -> list[tuple[int, int, CacheKey]]:
+    """Where `order` holds the cached spans of `stack`, as (position of the first unit, units spanned, key).
+    A cached span is one unit; with `keys` (the plan's cached spans), so is each plain run of exactly a
+    key's blocks, ascending (it computes that span on its step, recording its residual). The k-th
+    occurrence in the order of a span's bounds, cached or plain, is occurrence k of that key."""
+    spans = sorted({(k[1], k[2]) for k in keys or () if k[0] == stack}, key=lambda b: b[0] - b[1])  # longest first
+    seen: dict[tuple[int, int], int] = {}
+    out: list[tuple[int, int, CacheKey]] = []
+    i = 0
+    while i < len(order):
+        unit = order[i]
+        width, bounds = 1, None
+        if isinstance(unit, Cached):
+            bounds = (unit.first, unit.last)
+        elif isinstance(unit, int):
+            for first, last in spans:
+                n = last - first + 1
+                if unit == first and tuple(order[i:i + n]) == tuple(range(first, last + 1)):
+                    width, bounds = n, (first, last)
+                    break
+        if bounds is not None:
+            k = seen.get(bounds, 0)
+            seen[bounds] = k + 1
+            key = (stack, bounds[0], bounds[1], k)
+            if keys is None or key in keys or isinstance(unit, Cached):
+                out.append((i, width, key))
+        i += width
+    return out
+
+
+def cache_keys(plan: Plan) -> frozenset[CacheKey]:
+    """The cached spans of every order of `plan`."""
+    keys: set[CacheKey] = set()
+    for orders in (plan.orders, *(t.orders for t in plan.step_orders)):
+        for stack, order in orders:
+            keys.update(key for at, _, key in cache_slots(stack, order) if isinstance(order[at], Cached))
+    return frozenset(keys)
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -210,8 +280,8 @@ class _Token(NamedTuple):
     column: int  # 1-based, in the string as written
 
 
-# ASCII digits, punctuation, whitespace (as str.isspace() has it), anything else
-_TOKEN = re.compile(r"([0-9]+)|([-,*\[\]x])|(\s+)|(.)", re.DOTALL)
+# ASCII digits, punctuation (and "@word", a cached span's mode), whitespace (as str.isspace() has it), anything else
+_TOKEN = re.compile(r"([0-9]+)|(@[A-Za-z]{0,16}|[-,*\[\]x])|(\s+)|(.)", re.DOTALL)
 
 
 def _tokenize(text: str, where: str) -> Iterator[_Token]:
@@ -223,7 +293,8 @@ def _tokenize(text: str, where: str) -> Iterator[_Token]:
         if kind == 4:
             raise PlanError([f"{where}: syntax error at '{shown(match.group())}' (column {match.start() + 1}): "
                              "unexpected character"])
-        yield _Token("int" if kind == 1 else match.group(), match.group(), match.start() + 1)
+        text = match.group()
+        yield _Token("int" if kind == 1 else "@" if text[0] == "@" else text, text, match.start() + 1)
 
 
 class _Parser:
@@ -319,6 +390,9 @@ class _Parser:
             first, last, start = self.bounds()
             length = abs(last - first) + 1
             self.spend(length, start)
+            mode = self.accept("@")
+            if mode is not None:
+                return [self.cached(first, last, start, mode)]
             star = self.accept("*")
             if star is not None:
                 token = self.peek()
@@ -332,7 +406,10 @@ class _Parser:
         seen: set[int] = set()
         while True:
             at = self.peek()
-            for b in self.span():  # each member paid for once here, its further loops below
+            span = self.span()
+            if (mode := self.peek()) is not None and mode.kind == "@":
+                raise self.error(f"{mode.text} cannot be inside a parallel group (a cached span is plain blocks)")
+            for b in span:  # each member paid for once here, its further loops below
                 if b in seen:
                     raise self.error(f"block {b} appears twice in a parallel group", at)
                 seen.add(b)
@@ -349,6 +426,19 @@ class _Parser:
         if len(members) == 1:  # the average of one block is that block
             return [members[0]] * loops
         return [Group(tuple(sorted(members)), loops)]
+
+
+    def cached(self, first: int, last: int, start: _Token, mode: _Token) -> Cached:
+        """The rest of `first-last@mode`: a known mode, an ascending span, not repeated."""
+        name = mode.text[1:]
+        if name not in CACHE_MODES:
+            raise self.error(f"unknown mode '{shown(mode.text)}' (a span is marked @reuse or @forecast)", mode)
+        if last < first:
+            raise self.error(f"@{name} needs an ascending span (a reversed span is computed, not cached)", start)
+        star = self.peek()
+        if star is not None and star.kind == "*":
+            raise self.error(f"a @{name} span cannot be repeated (each pass would need residuals of its own)", star)
+        return Cached(first, last, name)
 
 
 def _span(first: int, last: int) -> list[int]:
@@ -418,6 +508,8 @@ def span_text(first: int, last: int) -> str:
 def format_unit(unit: Unit) -> str:
     if isinstance(unit, int):
         return str(unit)
+    if isinstance(unit, Cached):
+        return f"{span_text(unit.first, unit.last)}@{unit.mode}"
     members = ",".join(span_text(a, b) for a, b in _runs(list(unit.members)))
     return f"[{members}]" + (f"x{unit.loops}" if unit.loops > 1 else "")
 
@@ -451,7 +543,7 @@ def format_order(order: Order) -> str:
     i = 0
     while i < len(order):
         unit = order[i]
-        if isinstance(unit, Group):
+        if not isinstance(unit, int):
             tokens.append(format_unit(unit))
             i += 1
             continue
@@ -464,7 +556,7 @@ def format_order(order: Order) -> str:
     k = 0
     while k < len(tokens):
         n = 1
-        repeatable = tokens[k][0] != "[" and "*" not in tokens[k]
+        repeatable = tokens[k][0] != "[" and "*" not in tokens[k] and "@" not in tokens[k]
         while repeatable and k + n < len(tokens) and tokens[k + n] == tokens[k] and n < MAX_COUNT:
             n += 1
         out.append(tokens[k] + (f"*{n}" if n > 1 else ""))
@@ -503,8 +595,33 @@ def validate(plan: Plan, layout: Layout, source: str = "plan") -> None:
         problems += [line + at for line in _order_problems(table.orders, layout, f"{source}: steps[{i}].order")]
     if plan.active_steps is not None and plan.step_orders:
         problems.append(f"{source}: active_steps: {_BOTH}")
+    problems += _cache_bound_problems(plan, source)
     if problems:
         raise PlanError(problems)
+
+
+def _cache_bound_problems(plan: Plan, source: str) -> list[str]:
+    """Cached spans of one stack must not overlap with other bounds, in one order or across the plan's
+    orders: a span's residuals are kept per (stack, bounds, occurrence), and a step that ran other bounds
+    would hand over residuals of other blocks."""
+    where_of: dict[tuple[str, int, int], str] = {}
+    named = [("order", plan.orders), *((f"steps[{i}].order", t.orders) for i, t in enumerate(plan.step_orders))]
+    problems: list[str] = []
+    for key, orders in named:
+        for stack, order in orders:
+            for unit in order:
+                if not isinstance(unit, Cached):
+                    continue
+                here = f"{key}.{shown(stack)}"
+                for (other_stack, first, last), there in where_of.items():
+                    if other_stack == stack and (first, last) != (unit.first, unit.last) and \
+                            first <= unit.last and unit.first <= last:
+                        problems.append(f"{source}: {here}: '{format_unit(unit)}' overlaps "
+                                        f"'{span_text(first, last)}@…' of {there} with other bounds (a cached "
+                                        "span keeps its bounds in every order of a plan)")
+                        break
+                where_of.setdefault((stack, unit.first, unit.last), here)
+    return problems
 
 
 def _order_problems(orders: tuple[tuple[str, Order], ...], layout: Layout, key: str) -> list[str]:
@@ -534,6 +651,9 @@ def _check_pre_only_last(order: Order, last: int, where: str) -> list[str]:
     for unit in order:
         if isinstance(unit, Group) and last in unit.members:
             problems.append(f"{where}: {why}, not inside a parallel group, at '{format_unit(unit)}'")
+    for unit in order:
+        if isinstance(unit, Cached) and unit.last == last:
+            problems.append(f"{where}: {why}, not cached, at '{format_unit(unit)}'")
     positions = [i for i, u in enumerate(order) if u == last]
     if len(positions) > 1:
         problems.append(f"{where}: {why}, not repeated, at '{last}'")
@@ -552,8 +672,56 @@ def validate_steps(plan: Plan, steps: int, source: str = "plan") -> None:
         if bad:
             problems.append(f"{source}: {key}: step out of range at '{shown(format_steps(bad))}' "
                             f"(this run has {steps} steps: 0-{steps - 1})")
+    if not problems:
+        problems = _nothing_to_reuse(plan, steps, source)
     if problems:
         raise PlanError(problems)
+
+
+def _nothing_to_reuse(plan: Plan, steps: int, source: str) -> list[str]:
+    """A cached span after the first step needs an earlier step that computed it: the first step (which
+    computes every cached span it runs) or a step running its blocks plainly. Checked step by step in a
+    run of `steps` steps, without the model's layout: a stack a step's orders do not name runs unchanged,
+    which computes every span of it."""
+    keys = cache_keys(plan)
+    if not keys:
+        return []
+    computed: set[CacheKey] = set()
+    problems: list[str] = []
+    reported: set[CacheKey] = set()
+    for step in range(steps):
+        orders, named = _orders_named_at(plan, step)
+        for stack in {k[0] for k in keys}:
+            order = orders.get(stack)
+            if order is None:  # the stack runs unchanged: every span of it computes, occurrence 0
+                computed.update(k for k in keys if k[0] == stack and k[3] == 0)
+                continue
+            for at, _, key in cache_slots(stack, order, keys):
+                if not isinstance(order[at], Cached) or step == 0:
+                    computed.add(key)
+                elif key not in computed and key not in reported:
+                    reported.add(key)
+                    problems.append(f"{source}: {named[stack]}.{shown(stack)}: step {step}: '{format_unit(order[at])}' "
+                                    f"has nothing to reuse: no earlier step computes blocks "
+                                    f"{span_text(key[1], key[2])} (the first step always computes)")
+    return problems
+
+
+def _orders_named_at(plan: Plan, step: int) -> tuple[dict[str, Order], dict[str, str]]:
+    """The orders `plan` names for step `step` (stacks it leaves alone are absent) and, for each, the key
+    that gave it (`order`, `steps[i].order`)."""
+    if not plan.applies_at(step):
+        return {}, {}
+    at = plan.table_at(step)
+    orders = dict(plan.orders)
+    named = {name: "order" for name in orders}
+    if at is not None:
+        table = plan.step_orders[at]
+        if not table.orders:
+            return {}, {}
+        orders.update(table.orders)
+        named.update({name: f"steps[{at}].order" for name, _ in table.orders})
+    return orders, named
 
 
 # ----------------------------------------------------------------------------------------------- files
@@ -640,6 +808,12 @@ def from_mapping(data: Mapping[str, Any], source: str) -> Plan:
     step_orders = _step_tables_from(data, version, source, left, problems)
     if step_orders and "active_steps" in data:
         problems.append(f"{source}: active_steps: {_BOTH}")
+    if type(version) is int and version == 1:
+        for stack, order in orders:
+            cached = next((u for u in order if isinstance(u, Cached)), None)
+            if cached is not None:
+                problems.append(f"{source}: order.{shown(stack)}: '{format_unit(cached)}': @reuse and @forecast "
+                                "need version = 2 (this file says version = 1)")
 
     sampling = Sampling()
     raw_sampling = data.get("sampling", {})
@@ -795,10 +969,12 @@ def _toml_value(value: Any) -> str:
 
 def dumps(plan: Plan, comment: str | None = None) -> str:
     """The `.plan.toml` text of a plan, orders in canonical form. `comment` lines go on top as `# ...`.
-    Version 1 unless the plan has step tables (version 2, each as a [[steps]] table after [order])."""
+    Version 1 unless the plan has step tables (each as a [[steps]] table after [order]) or cached spans:
+    version 2."""
     printable = "".join(ch if ch.isprintable() or ch == "\n" else " " for ch in comment or "")
     lines = [f"# {line}".rstrip() for line in printable.splitlines()]
-    lines.append(f"version = {2 if plan.step_orders else 1}")  # a plan without step tables reads as before
+    # A plan without step tables or cached spans reads as before.
+    lines.append(f"version = {2 if plan.step_orders or has_cached(plan) else 1}")
     for key in ("model", "name", "note"):
         if getattr(plan, key) is not None:
             lines.append(f"{key} = {_toml_value(getattr(plan, key))}")

@@ -114,14 +114,16 @@ class BlockRuns:
 
 def block_runs(plan: Plan, layout: Layout, steps: int) -> BlockRuns:
     """What `plan` costs over `steps` denoising steps, per step and stack (active_steps and step tables
-    respected: each step counts the orders it runs)."""
+    respected: each step counts the orders it runs; a cached span counts its blocks on the first step,
+    where it computes, and nothing after)."""
     full = {s.name: s.blocks for s in layout.stacks}
-    counts: dict[tuple[bool, int | None], dict[str, int]] = {}  # each variant's orders counted once
+    counts: dict[tuple[tuple[bool, int | None], bool], dict[str, int]] = {}  # each variant counted once
     for step in range(steps):
-        variant = plan.variant_at(step)
-        if variant not in counts:
-            counts[variant] = {name: executions(order) for name, order in plan.resolved_at(layout, step).items()}
-    per_step = tuple(dict(counts[plan.variant_at(step)]) for step in range(steps))
+        key = (plan.variant_at(step), step == 0)
+        if key not in counts:
+            counts[key] = {name: executions(order, computing=step == 0)
+                           for name, order in plan.resolved_at(layout, step).items()}
+    per_step = tuple(dict(counts[(plan.variant_at(step), step == 0)]) for step in range(steps))
     return BlockRuns(full_per_step=full, per_step=per_step, total=sum(sum(s.values()) for s in per_step),
                      full_total=sum(full.values()) * steps)
 

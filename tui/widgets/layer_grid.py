@@ -26,7 +26,7 @@ from textual.widget import Widget
 
 from dit_explore.engine.core.importance import Importance
 from dit_explore.engine.core.layout import Layout
-from dit_explore.engine.core.plan import Group, Order, Plan, format_steps
+from dit_explore.engine.core.plan import Cached, Group, Order, Plan, format_steps
 from dit_explore.tui.editing import CellState, annotate
 from dit_explore.tui.errors import funnel
 from dit_explore.tui.keys import APP_KEYS, EDIT_KEYS, EDITS_BY_ID, GRID_KEYS, Edit, bindings
@@ -564,10 +564,10 @@ class LayerGrid(Widget, can_focus=True):
             lines += stack_lines
         return lines
 
-    def _spans(self, stack: str, runs: list[tuple[int | Group, int]]) -> list[tuple[int | Group | Span, int]]:
+    def _spans(self, stack: str, runs: list[tuple[int | Group | Cached, int]]) -> list[tuple[int | Group | Cached | Span, int]]:
         """Stretches of three or more blocks run once each, one after the next (up or down) and in one
         group, as one span: a 38-block stack reads as "0 1–9 10–28 29–37", not as 38 numbers."""
-        out: list[tuple[int | Group | Span, int]] = []
+        out: list[tuple[int | Group | Cached | Span, int]] = []
         i = 0
         while i < len(runs):
             unit, count = runs[i]
@@ -594,7 +594,7 @@ class LayerGrid(Widget, can_focus=True):
                 i += 1
         return out
 
-    def _order_piece(self, stack: str, unit: int | Group | Span, count: int) -> list[Segment]:
+    def _order_piece(self, stack: str, unit: int | Group | Cached | Span, count: int) -> list[Segment]:
         def chip(block: int, text: str | None = None) -> Segment:
             _, var = self.group_of(stack, block)
             return Segment(text or f"{block}", Style(color=self._var("cell-text", "#000000"),
@@ -606,6 +606,9 @@ class LayerGrid(Widget, can_focus=True):
             return [chip(unit.first, f"{unit.first}–{unit.last}")]
         if isinstance(unit, int):
             return [chip(unit), Segment(times, base)]
+        if isinstance(unit, Cached):  # computed on the first step, then reused (↻) or forecast (↗)
+            span = f"{unit.first}" if unit.first == unit.last else f"{unit.first}–{unit.last}"
+            return [chip(unit.first, span), Segment(("↻" if unit.mode == "reuse" else "↗") + unit.mode + times, base)]
         members: list[Segment] = [Segment("[", base)]
         for i, member in enumerate(unit.members):
             members += [Segment(" ", base)] if i else []
@@ -676,9 +679,9 @@ def _words_to(text: str, width: int) -> list[str]:
     return lines
 
 
-def _runs_of(order: Order) -> list[tuple[int | Group, int]]:
+def _runs_of(order: Order) -> list[tuple[int | Group | Cached, int]]:
     """Back-to-back repeats of one unit, counted: (12, 12, 12, 5) -> [(12, 3), (5, 1)]."""
-    runs: list[tuple[int | Group, int]] = []
+    runs: list[tuple[int | Group | Cached, int]] = []
     for unit in order:
         if runs and runs[-1][0] == unit:
             runs[-1] = (unit, runs[-1][1] + 1)
