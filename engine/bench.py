@@ -95,13 +95,16 @@ def block_flops(loaded: Loaded, inputs: StepInputs) -> tuple[float, dict[tuple[s
 
 
 def plan_flops(plan: plans.Plan, loaded: Loaded, total: float, per_block: dict[tuple[str, int], float]) -> float:
-    """FLOPs of a step under `plan`: the non-block work plus each block execution the plan asks for."""
+    """FLOPs of a step under `plan`: the non-block work plus each block execution the plan asks for (a
+    cached span's steps after the first run no block: nothing, its residual's addition aside)."""
     outside = total - sum(per_block.values())
     work = outside
     for name, order in plan.resolved(loaded.layout).items():
         for unit in order:
             if isinstance(unit, int):
                 work += per_block[(name, unit)]
+            elif isinstance(unit, plans.Cached):
+                continue
             else:
                 work += unit.loops * sum(per_block[(name, m)] for m in unit.members)
     return work

@@ -24,7 +24,7 @@ from torch import nn
 
 from dit_explore.engine.core.families import BlockIO, BlockLayoutError, StackSpec, family
 from dit_explore.engine.core.layout import Layout
-from dit_explore.engine.core.plan import CacheKey, Cached, Group, Order, Plan, cache_keys, cache_slots, format_unit
+from dit_explore.engine.core.plan import Cached, CacheKey, Group, Order, Plan, cache_keys, cache_slots, format_unit
 
 Check = Callable[[], None]  # raises (e.g. Cancelled) to stop between block executions
 

@@ -9,7 +9,6 @@ and the app decides.
 from __future__ import annotations
 
 import functools
-
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
