@@ -237,7 +237,9 @@ def cache_slots(stack: str, order: Order, keys: frozenset[CacheKey] | None = Non
     A cached span is one unit; with `keys` (the plan's cached spans), so is each plain run of exactly a
     key's blocks, ascending (it computes that span on its step, recording its residual). The k-th
     occurrence in the order of a span's bounds, cached or plain, is occurrence k of that key."""
-    spans = sorted({(k[1], k[2]) for k in keys or () if k[0] == stack}, key=lambda b: b[0] - b[1])  # longest first
+    starts: dict[int, list[tuple[int, int]]] = {}  # first block -> the keys' bounds starting there, longest first
+    for first, last in sorted({(k[1], k[2]) for k in keys or () if k[0] == stack}, key=lambda b: b[0] - b[1]):
+        starts.setdefault(first, []).append((first, last))
     seen: dict[tuple[int, int], int] = {}
     out: list[tuple[int, int, CacheKey]] = []
     i = 0
@@ -247,9 +249,9 @@ def cache_slots(stack: str, order: Order, keys: frozenset[CacheKey] | None = Non
         if isinstance(unit, Cached):
             bounds = (unit.first, unit.last)
         elif isinstance(unit, int):
-            for first, last in spans:
+            for first, last in starts.get(unit, ()):
                 n = last - first + 1
-                if unit == first and tuple(order[i:i + n]) == tuple(range(first, last + 1)):
+                if i + n <= len(order) and all(order[i + j] == first + j for j in range(n)):
                     width, bounds = n, (first, last)
                     break
         if bounds is not None:
@@ -603,24 +605,29 @@ def validate(plan: Plan, layout: Layout, source: str = "plan") -> None:
 def _cache_bound_problems(plan: Plan, source: str) -> list[str]:
     """Cached spans of one stack must not overlap with other bounds, in one order or across the plan's
     orders: a span's residuals are kept per (stack, bounds, occurrence), and a step that ran other bounds
-    would hand over residuals of other blocks."""
-    where_of: dict[tuple[str, int, int], str] = {}
+    would hand over residuals of other blocks. One line a stack, naming the later of two such spans (in
+    the plan's order: [order], then steps[0], steps[1] ...) and the earlier; a sort, not all pairs."""
+    seen: dict[str, dict[tuple[int, int], tuple[int, str, Cached]]] = {}  # stack -> bounds -> first place
     named = [("order", plan.orders), *((f"steps[{i}].order", t.orders) for i, t in enumerate(plan.step_orders))]
-    problems: list[str] = []
+    place = 0
     for key, orders in named:
         for stack, order in orders:
             for unit in order:
-                if not isinstance(unit, Cached):
-                    continue
-                here = f"{key}.{shown(stack)}"
-                for (other_stack, first, last), there in where_of.items():
-                    if other_stack == stack and (first, last) != (unit.first, unit.last) and \
-                            first <= unit.last and unit.first <= last:
-                        problems.append(f"{source}: {here}: '{format_unit(unit)}' overlaps "
-                                        f"'{span_text(first, last)}@…' of {there} with other bounds (a cached "
-                                        "span keeps its bounds in every order of a plan)")
-                        break
-                where_of.setdefault((stack, unit.first, unit.last), here)
+                if isinstance(unit, Cached):
+                    seen.setdefault(stack, {}).setdefault((unit.first, unit.last), (place, f"{key}.{shown(stack)}", unit))
+                    place += 1
+    problems: list[str] = []
+    for spans in seen.values():
+        reach: tuple[int, int] | None = None  # the bounds reaching furthest so far
+        for bounds in sorted(spans):
+            if reach is not None and bounds[0] <= reach[1]:
+                one, other = sorted((spans[bounds], spans[reach]), key=lambda found: found[0])
+                problems.append(f"{source}: {other[1]}: '{format_unit(other[2])}' overlaps "
+                                f"'{span_text(one[2].first, one[2].last)}@…' of {one[1]} with other bounds (a cached "
+                                "span keeps its bounds in every order of a plan)")
+                break
+            if reach is None or bounds[1] > reach[1]:
+                reach = bounds
     return problems
 
 
@@ -681,29 +688,44 @@ def validate_steps(plan: Plan, steps: int, source: str = "plan") -> None:
 def _nothing_to_reuse(plan: Plan, steps: int, source: str) -> list[str]:
     """A cached span after the first step needs an earlier step that computed it: the first step (which
     computes every cached span it runs) or a step running its blocks plainly. Checked step by step in a
-    run of `steps` steps, without the model's layout: a stack a step's orders do not name runs unchanged,
-    which computes every span of it."""
+    run of `steps` steps, without the model's layout (a stack a step's orders do not name runs
+    unchanged, which computes every span of it); each distinct set of orders is read once."""
     keys = cache_keys(plan)
     if not keys:
         return []
+    stacks = sorted({k[0] for k in keys})
+    read: dict[tuple[bool, int | None], tuple[set[CacheKey], list[tuple[CacheKey, str, str]]]] = {}
     computed: set[CacheKey] = set()
     problems: list[str] = []
     reported: set[CacheKey] = set()
     for step in range(steps):
-        orders, named = _orders_named_at(plan, step)
-        for stack in {k[0] for k in keys}:
-            order = orders.get(stack)
-            if order is None:  # the stack runs unchanged: every span of it computes, occurrence 0
-                computed.update(k for k in keys if k[0] == stack and k[3] == 0)
-                continue
-            for at, _, key in cache_slots(stack, order, keys):
-                if not isinstance(order[at], Cached) or step == 0:
-                    computed.add(key)
-                elif key not in computed and key not in reported:
-                    reported.add(key)
-                    problems.append(f"{source}: {named[stack]}.{shown(stack)}: step {step}: '{format_unit(order[at])}' "
-                                    f"has nothing to reuse: no earlier step computes blocks "
-                                    f"{span_text(key[1], key[2])} (the first step always computes)")
+        variant = plan.variant_at(step)
+        if variant not in read:
+            orders, named = _orders_named_at(plan, step)
+            computes: set[CacheKey] = set()
+            cached: list[tuple[CacheKey, str, str]] = []  # (key, where, the span as written)
+            for stack in stacks:
+                order = orders.get(stack)
+                if order is None:  # the stack runs unchanged: every span of it computes, occurrence 0
+                    computes.update(k for k in keys if k[0] == stack and k[3] == 0)
+                    continue
+                for at, _, key in cache_slots(stack, order, keys):
+                    if isinstance(order[at], Cached):
+                        cached.append((key, f"{named[stack]}.{shown(stack)}", format_unit(order[at])))
+                    else:
+                        computes.add(key)
+            read[variant] = (computes, cached)
+        computes, cached = read[variant]
+        for key, where, written in cached:
+            if step == 0:
+                computed.add(key)
+            elif key not in computed and key not in reported:
+                reported.add(key)
+                problems.append(f"{source}: {where}: step {step}: '{written}' has nothing to reuse: no earlier step "
+                                f"computes blocks {span_text(key[1], key[2])} (the first step always computes)")
+        computed |= computes
+        if len(problems) >= MAX_PROBLEMS:
+            break
     return problems
 
 

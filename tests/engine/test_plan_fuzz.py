@@ -67,9 +67,12 @@ _huge = st.one_of(st.integers(0, 10**15).map(str), st.integers(1, 6000).map(lamb
 _digits = st.one_of(st.integers(0, 40).map(str), st.integers(0, 40).map(str), _huge)  # mostly a real block
 _small = st.one_of(st.integers(1, 5).map(str), st.integers(1, 5).map(str), _huge)
 _span = st.builds(lambda a, b: a if b is None else f"{a}-{b}", _digits, st.one_of(st.none(), _digits))
+_mode = st.one_of(st.sampled_from(["@reuse", "@forecast", "@reuse", "@", "@x", "@REUSE"]),
+                  st.text("@abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=40))
 _item = st.one_of(
     _span,
     st.builds(lambda s, n: f"{s}*{n}", _span, _small),
+    st.builds(lambda s, m, n: f"{s}{m}" + ("" if n is None else f"*{n}"), _span, _mode, st.one_of(st.none(), _small)),
     st.builds(lambda spans, n: f"[{','.join(spans)}]" + ("" if n is None else f"x{n}"),
               st.lists(_span, min_size=1, max_size=4), st.one_of(st.none(), _small)),
 )
@@ -295,6 +298,11 @@ ESC_RAW = "version = 1\nname = 5 # \x1b]0;pwned\x07\n"  # raw control characters
 @example(plan_bench.largest_valid_step_plan())  # the largest valid version-2 plan: accepted
 @example('version = 2\n[[steps]]\nsteps = "0"\n[steps.order]\n[[steps]]\nsteps = "0"\n[steps.order]\n')  # overlap
 @example('version = 1\n[[steps]]\nsteps = "0"\n[steps.order]\n')  # tables in a version-1 plan
+@example('version = 2\n[order]\nsingle = "0-9999@reuse"\n')  # a cached span over the execution budget
+@example('version = 2\n[order]\nsingle = "' + "0-37@forecast, " * 300 + '0"\n')  # 300 occurrences of one span
+@example('version = 2\n[order]\nsingle = "4-11' + "@reuse" * 1000 + '"\n')  # mode after mode
+@example('version = 2\n[order]\nsingle = "4@' + "r" * 100_000 + '"\n')  # a 100 000-letter mode
+@example('version = 2\n[order]\nsingle = "0-3, 4-11@reuse"\n[[steps]]\nsteps = "0"\n[steps.order]\nsingle = "0-3"\n')
 @example("")
 def test_any_plan_file_is_a_plan_or_one_plan_error(text: str) -> None:
     check_plan_text(text)
