@@ -273,7 +273,7 @@ class AppliedPlan:
     first time a step needs them, and reused at every later step that runs the same orders."""
 
     def __init__(self, transformer: nn.Module, originals: Mapping[str, nn.ModuleList], plan: Plan, layout: Layout,
-                 check: Check, wrap: Wrap | None = None) -> None:
+                 check: Check, wrap: Wrap | None = None, residuals: Residuals | None = None) -> None:
         self._transformer = transformer
         self._originals = originals
         self._plan = plan
@@ -284,7 +284,7 @@ class AppliedPlan:
         self._variants: dict[tuple[bool, int | None], dict[str, PlanList]] = {}  # by Plan.variant_at
         self._current: dict[str, PlanList] | None = None
         self._keys = cache_keys(plan)
-        self.residuals = Residuals()
+        self.residuals = residuals if residuals is not None else Residuals()
 
     def at_step(self, step: int) -> None:
         self.residuals.step = step
@@ -310,15 +310,16 @@ class AppliedPlan:
 
 @contextmanager
 def applied(transformer: nn.Module, layout: Layout, plan: Plan, check: Check = _no_check,
-            wrap: Wrap | None = None) -> Iterator[AppliedPlan]:
+            wrap: Wrap | None = None, residuals: Residuals | None = None) -> Iterator[AppliedPlan]:
     """Run the body with `plan` applied at step 0; the original block lists are back afterwards, whatever
-    happens inside (exception, cancel, out-of-memory)."""
+    happens inside (exception, cancel, out-of-memory). `residuals`: the cached spans' residuals to start
+    from (default: none yet), shared by several applications of one plan (the engine's timing)."""
     originals = {s.attr: getattr(transformer, s.attr) for s in layout.stacks}
     for attr, blocks in originals.items():
         if not isinstance(blocks, nn.ModuleList) or isinstance(blocks, PlanList):
             raise RuntimeError(f"{attr} is not the model's own block list; was a plan left applied?")
     try:
-        handle = AppliedPlan(transformer, originals, plan, layout, check, wrap)
+        handle = AppliedPlan(transformer, originals, plan, layout, check, wrap, residuals)
         handle.at_step(0)
         yield handle
     finally:

@@ -144,22 +144,36 @@ def side_by_side(transformer: torch.nn.Module, layout: Layout, plan: Plan, input
     the same conditions: the measured speedup is then a ratio of warm medians, never a cold run against a
     warm one. At least `calls` pairs, and more (up to `max_calls`) until `min_seconds` have been spent:
     a cheap call (a tiny model on a busy CPU) is timed often enough for its median to mean something.
-    One more full-model call, with a clock around each block, gives each block's share."""
-    from dit_explore.engine.executor import applied
+    One more full-model call, with a clock around each block, gives each block's share. A plan with cached
+    spans is timed as it runs after the first step: its warm-up call computes and records them, the timed
+    calls reuse (or forecast) them (engine/core/sampling.py `step_variants` times the first step apart)."""
+    from dit_explore.engine.core.plan import has_cached
+    from dit_explore.engine.executor import Residuals, applied
 
     timer = Timer(device)
     plan_s: list[float] = []
     full_s: list[float] = []
-    with torch.inference_mode():
-        for variant in (plan, Plan()):  # warm both once (allocator, kernels)
-            with applied(transformer, layout, variant, check):
+    kept = Residuals()  # the plan's cached spans, recorded by the warm-up call
+    later = 1 if has_cached(plan) else 0  # the step the timed calls run as
+
+    def run(variant: Plan, step: int, out: list[float] | None) -> None:
+        """One call of the transformer under `variant` at `step`; timed into `out` (the plan's lists are
+        put in before the clock starts)."""
+        with applied(transformer, layout, variant, check, residuals=kept if variant is plan else None) as handle:
+            handle.at_step(step)
+            if out is None:
                 inputs(transformer)
+            else:
+                out.append(timer.ms(lambda: inputs(transformer), 1) / 1000.0)
+
+    with torch.inference_mode():
+        for variant in (plan, Plan()):  # warm both once (allocator, kernels; the plan's residuals)
+            run(variant, 0, None)
         spent = 0.0
         while len(plan_s) < calls or (spent < min_seconds and len(plan_s) < max_calls):
             for variant, out in ((plan, plan_s), (Plan(), full_s)):
                 check()
-                with applied(transformer, layout, variant, check):
-                    out.append(timer.ms(lambda: inputs(transformer), 1) / 1000.0)
+                run(variant, later if variant is plan else 0, out)
                 spent += out[-1]
         marks: list[tuple[tuple[str, int], Any, Any]] = []
 

@@ -226,6 +226,11 @@ def blocks_in(order: Order) -> Iterator[int]:
             yield from unit.members
 
 
+def computing(order: Order) -> Order:
+    """`order` with its cached spans run plainly: what it computes on the run's first step."""
+    return tuple(u for unit in order for u in (unit.blocks if isinstance(unit, Cached) else (unit,)))
+
+
 def has_cached(plan: Plan) -> bool:
     """Whether any order of `plan` has a cached span (such a plan is written as version 2)."""
     return any(isinstance(u, Cached) for orders in (plan.orders, *(t.orders for t in plan.step_orders))

@@ -11,7 +11,16 @@ from typing import Any
 
 from dit_explore.engine.core.families import Defaults
 from dit_explore.engine.core.layout import Layout
-from dit_explore.engine.core.plan import MAX_PROMPT, Plan, PlanError, Sampling, check_sampling, executions
+from dit_explore.engine.core.plan import (
+    MAX_PROMPT,
+    Plan,
+    PlanError,
+    Sampling,
+    check_sampling,
+    computing,
+    executions,
+    has_cached,
+)
 from dit_explore.engine.core.resolve import ModelSource
 
 MAX_PROMPTS = 1000  # prompts in one request or prompts file
@@ -131,14 +140,20 @@ def block_runs(plan: Plan, layout: Layout, steps: int) -> BlockRuns:
 def step_variants(plan: Plan, layout: Layout, steps: int) -> tuple[tuple[Plan, int], ...]:
     """The distinct sets of orders a run of `steps` steps goes through, in order of their first step: each
     as a plan of one default order (no step tables, no active_steps), with the number of steps that run
-    it. What the engine times, one set at a time, to measure a per-step plan against the full model."""
+    it. What the engine times, one set at a time, to measure a per-step plan against the full model. The
+    first step of a plan with cached spans is a set of its own, with those spans computed (as they are
+    there); on the other steps they are reused."""
     found: list[Plan] = []
     counts: list[int] = []
-    where: dict[tuple[bool, int | None], int] = {}  # variant -> its position in `found`
+    where: dict[tuple[tuple[bool, int | None], bool], int] = {}  # (variant, first step) -> position in `found`
+    first_computes = has_cached(plan)
     for step in range(steps):
-        variant = plan.variant_at(step)
+        variant = (plan.variant_at(step), first_computes and step == 0)
         if variant not in where:
-            one = Plan(orders=tuple(sorted(plan.resolved_at(layout, step).items())))
+            orders = plan.resolved_at(layout, step)
+            if variant[1]:
+                orders = {name: computing(order) for name, order in orders.items()}
+            one = Plan(orders=tuple(sorted(orders.items())))
             if one not in found:  # two variants may run the same orders (the full model, say)
                 found.append(one)
                 counts.append(0)
