@@ -160,8 +160,10 @@ def _run(req: headless.StudyRequest, source: ModelSource, studied: list[StudyPla
                       f"({time.perf_counter() - started:.1f} s)")
     record = run_record(loaded, plans.Plan(), None, prompts, settings)
     record.pop("plan", None)
+    # Each plan's default orders, and its whole text (step tables, active steps, cached spans: what ran).
     record.update({"seeds": seeds, "plans": [{"label": i.label, "file": i.file, "orders":
-                                              {s: plans.format_order(o) for s, o in i.plan.orders}} for i in every],
+                                              {s: plans.format_order(o) for s, o in i.plan.orders},
+                                              "text": plans.dumps(i.plan)} for i in every],
                    "metrics": "against the full model's image of the same prompt and seed (engine/metrics.py)",
                    "rows": rows, "summary": summarize(rows, [i.label for i in every])})
     try:

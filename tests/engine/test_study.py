@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dit_explore.engine.core import plan as plans
 from dit_explore.engine.core.shapes import ATTRIBUTES, CAPTIONS, read_back
 from dit_explore.engine.metrics import compare
 from dit_explore.tui.cli import main
@@ -150,13 +151,19 @@ def test_study_of_plan_files_on_a_random_tiny_model(tmp_path: Path) -> None:
     plans_dir = tmp_path / "plans"
     plans_dir.mkdir()
     (plans_dir / "a.plan.toml").write_text('version = 1\nname = "skip 2-5"\n[order]\nsingle = "0-1, 6-7"\n')
-    (plans_dir / "b.plan.toml").write_text('version = 1\n[order]\nsingle = "7-0"\n')
+    # A version-2 plan: step 1 runs the full model, the others reuse single 1-7 after step 0.
+    (plans_dir / "b.plan.toml").write_text('version = 2\n[order]\nsingle = "0, 1-7@reuse"\n'
+                                           '[[steps]]\nsteps = "1"\n[steps.order]\n')
     out = tmp_path / "study"
     code = study_cli("tiny-flux", "--plans", str(plans_dir / "a.plan.toml"), str(plans_dir / "b.plan.toml"),
                      "--prompt", "one", "--prompt", "two", "--seeds", "3", "4", "--steps", "2", "--device", "cpu",
                      "--out", str(out))
     assert code == 0
-    rows = json.loads((out / "results.json").read_text())["rows"]
+    record = json.loads((out / "results.json").read_text())
+    rows = record["rows"]
+    written = plans.loads(record["plans"][2]["text"])  # the whole plan that ran, its step table included
+    from_file = plans.load(plans_dir / "b.plan.toml")
+    assert (written.orders, written.step_orders) == (from_file.orders, from_file.step_orders)
     assert [(r["plan"], r["prompt"], r["seed"]) for r in rows] == [
         (plan, prompt, seed) for prompt in ("one", "two") for seed in (3, 4) for plan in ("full model", "skip 2-5", "b")]
     assert all(r["all_correct"] is None for r in rows if "all_correct" in r) and "all_correct" not in rows[0]
