@@ -17,6 +17,7 @@ from dit_explore.engine.core.catalog import MODELS, analysis_prompts, default_pr
 from dit_explore.engine.core.families import all_families
 from dit_explore.engine.core.resolve import ModelError, ModelSource, resolve
 from dit_explore.engine.core.sampling import Settings, check_prompts, resolve_settings
+from dit_explore.engine.core.text import shown
 
 MAX_PROMPTS_BYTES = 1 << 20  # a --prompts file: a thousand prompts of a thousand characters
 
@@ -132,6 +133,37 @@ class RunRequest:
     sampling: plans.Sampling = plans.Sampling()
     options: ModelOptions = ModelOptions()
     overwrite: bool = False
+    cache: str | None = None  # "first-block:T": diffusers' FirstBlockCache (engine/cache_trace.py)
+    trace_plan: str | None = None  # where the cache's trace goes, as a static plan
+
+
+def _check_cache(req: RunRequest, source: ModelSource, prompts: list[str]) -> float | None:
+    """The cache threshold of `--cache`, after the checks that need no model (one line each)."""
+    if req.cache is None:
+        if req.trace_plan is not None:
+            raise UsageError("--trace-plan needs --cache (it saves what a dynamic cache decided)")
+        return None
+    from dit_explore.engine.cache_trace import parse_cache, supported
+
+    try:
+        threshold = parse_cache(req.cache)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    why = supported(source.family)
+    if why is not None:
+        raise UsageError(f"--cache: {source.name} is a {source.family} model; {why}")
+    if req.plan is not None:
+        raise UsageError("--cache runs the full model under diffusers' cache: it cannot be combined with --plan "
+                         "(replay a trace with --plan instead)")
+    if req.trace_plan is not None:
+        if len(prompts) != 1:
+            raise UsageError(f"--trace-plan saves one run's decisions: give one prompt (got {len(prompts)})")
+        target = Path(req.trace_plan)
+        if target.exists() and not req.overwrite:
+            raise UsageError(f"--trace-plan {shown(target)}: exists (choose another name, or --overwrite)")
+        if not target.parent.is_dir():
+            raise UsageError(f"--trace-plan {shown(target)}: {shown(target.parent)} is not a folder")
+    return threshold
 
 
 def run_command(req: RunRequest) -> int:
@@ -161,6 +193,7 @@ def run_command(req: RunRequest) -> int:
         plans.validate_steps(plan, settings.steps, source=req.plan or "plan")
     except (plans.PlanError, ModelError) as exc:
         raise UsageError(str(exc)) from None
+    _check_cache(req, source, prompts)
     check_memory(source, settings, req.options, cached_spans=len(plans.cache_keys(plan)))
     from dit_explore.engine.core.runs import OutputError, RunWriter
 
@@ -190,6 +223,8 @@ def _generate_all(req: RunRequest, source: ModelSource, plan: plans.Plan, prompt
     generator = Generator(loaded, on_warning=lambda message: _say(f"warning: {message}"))
     started = time.perf_counter()
     results: list[Any] = []
+    threshold = _check_cache(req, source, prompts)
+    traced: dict[str, Any] = {}  # the cache's record and the trace plan, once the run is done
 
     def record() -> dict[str, Any]:
         out = run_record(loaded, plan, req.plan, prompts, settings)
@@ -201,11 +236,17 @@ def _generate_all(req: RunRequest, source: ModelSource, plan: plans.Plan, prompt
             "per_image": [to_json(r.timing) for r in results],
         }
         out["block_runs"] = to_json(results[0].block_runs) if results else None
+        if traced:
+            out["cache"] = traced["record"]
+            out["block_runs"] = to_json(traced["runs"])  # what ran, not what the full model would have
         return out
 
     for i, prompt in enumerate(prompts):
         try:
-            result = generator.generate(prompt, settings, plan)
+            if threshold is None:
+                result = generator.generate(prompt, settings, plan)
+            else:
+                result = _cached_run(generator, prompt, settings, threshold, req, traced)
         except NonFiniteError as exc:  # a guidance far too large, a float16 overflow: one line
             raise UsageError(str(exc)) from None
         assert result.image is not None  # decoded: generate's default
@@ -234,7 +275,39 @@ def _generate_all(req: RunRequest, source: ModelSource, plan: plans.Plan, prompt
             from None
     _say(f"wrote {shown(req.out if out == writer.out else out)}/ ({len(results)} image{'s' if len(results) != 1 else ''} "
          "and run.json)")
+    if req.trace_plan is not None and traced:
+        try:
+            plans.save(traced["plan"], req.trace_plan, comment=traced["comment"])
+        except OSError as exc:
+            raise UsageError(f"--trace-plan {shown(req.trace_plan)}: cannot write: {exc.strerror or exc} "
+                             f"(the run is in {shown(out)})") from None
+        _say(f"wrote {shown(req.trace_plan)} (replay: dit-explore run {source.name} --plan {shown(req.trace_plan)})")
     return 0
+
+
+def _cached_run(generator: Any, prompt: str, settings: Settings, threshold: float, req: RunRequest,
+                traced: dict[str, Any]) -> Any:
+    """One image under diffusers' FirstBlockCache, its trace turned into a static plan (engine/cache_trace.py)."""
+    from dit_explore.engine.cache_trace import first_block_cache, trace_plan
+    from dit_explore.engine.core.sampling import block_runs
+
+    loaded = generator.loaded
+    with first_block_cache(loaded.transformer, loaded.layout, threshold) as trace:
+        result = generator.generate(prompt, settings, plans.Plan(), on_step=trace.on_step)
+    steps = settings.steps
+    name = f"first-block cache {threshold:g} trace"
+    note = (f"The steps on which diffusers' FirstBlockCache (threshold {threshold:g}) ran every block of "
+            f"{loaded.source.name}, for {prompt!r} (seed {settings.seed}, {steps} steps, {settings.width}x"
+            f"{settings.height}); the others reuse the rest of the model's residual.")
+    plan = trace_plan(loaded.layout, trace.computed, steps, name=name, note=note[:plans.MAX_NOTE])
+    runs = block_runs(plan, loaded.layout, steps)
+    skipped = runs.full_total - runs.total
+    traced.update(plan=plan, runs=runs, comment="written by dit-explore run --cache --trace-plan", record={
+        "kind": "first-block", "threshold": threshold, "computed_steps": trace.computed,
+        "block_executions": runs.total, "skipped_fraction": skipped / runs.full_total})
+    _say(f"first-block cache {threshold:g}: every block ran on {len(trace.computed)} of {steps} steps; "
+         f"{skipped} of {runs.full_total} block executions skipped ({skipped / runs.full_total:.1%})")
+    return result
 
 
 def models_command() -> int:

@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(run)
     run.add_argument("--out", metavar="DIR", required=True, type=Path, help="output directory (created atomically)")
     run.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
+    run.add_argument("--cache", metavar="first-block:T", help="run the full model under diffusers' FirstBlockCache "
+                     "with threshold T (flux family): it decides on each step whether the blocks after the first run")
+    run.add_argument("--trace-plan", metavar="FILE", help="with --cache and one prompt: save the steps the cache "
+                     "computed as a static plan (replay it with --plan)")
 
     sub.add_parser("models", prog="dit-explore models", help="list the models dit-explore knows by name",
                    description="List model aliases with their block stacks.")
@@ -329,7 +333,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         return headless.run_command(headless.RunRequest(
             model=args.model, out=args.out, plan=args.plan, prompts=tuple(args.prompt or ()),
-            prompts_file=args.prompts, sampling=sampling, options=options, overwrite=args.overwrite))
+            prompts_file=args.prompts, sampling=sampling, options=options, overwrite=args.overwrite,
+            cache=args.cache, trace_plan=args.trace_plan))
     if args.command == "analyze":
         return headless.analyze_command(headless.AnalyzeRequest(
             model=args.model, out=args.out, prompts=tuple(args.prompt or ()), prompts_file=args.prompts,
