@@ -524,6 +524,21 @@ class ExplorerApp(App[int]):
 
         return isinstance(self.screen, HeatmapScreen)
 
+    def action_steps(self) -> None:
+        """The step x block map of the plan, at the form's step count (the model's default while the
+        form's steps cannot run); its edits land on the plan and its undo history."""
+        from dit_explore.tui.screens.steps import StepsScreen
+
+        if isinstance(self.screen, StepsScreen):
+            self.pop_screen()
+            return
+        try:
+            steps = resolve_settings(self.source.defaults, self.query_one(SamplingForm).sampling()).steps
+        except ValueError:
+            steps = resolve_settings(self.source.defaults, self.plan.sampling).steps
+        self.push_screen(StepsScreen(self.layout_info, steps, lambda: self.plan, self.set_plan, self.action_undo,
+                                     self.action_redo))
+
     def action_heatmap(self) -> None:
         from dit_explore.tui.screens.heatmap import HeatmapScreen
 

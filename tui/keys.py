@@ -86,6 +86,9 @@ APP_KEYS = (
     Key("edit-prompt", "e", "edit_prompt", "prompt", "edit the prompt (enter runs, escape returns to the grid)"),
     Key("analyze", "a", "analyze", "analyze", "analyze block similarity for the current prompt (groups recolor the grid)"),
     Key("heatmap", "t", "heatmap", "heatmap", "show or hide the similarity matrices with their groups"),
+    # "T" for time: rows are the denoising steps ("t" is the heatmap).
+    Key("steps", "T", "steps", "steps",
+        "the plan over time: a step x block map; the edit keys act on a range of steps there (T closes)", show=False),
     Key("save", "ctrl+s", "save", "save", "save the plan to the plans folder"),
     Key("open", "ctrl+o", "open", "open", "open a plan file, a PNG written by dit-explore, or a sweep's folder"),
     # The importance sweep and what it shows; "i" for importance ("s" skips), capitals for the views of it.

@@ -74,3 +74,39 @@ def test_a_cached_span_on_later_steps_and_bad_ranges() -> None:
     with pytest.raises(ValueError, match="steps must be in 0-19"):
         edit_steps(Plan(), FLUX, [20], 20, editing.skip, "single", 0, 0)
     assert edit_steps(Plan(), FLUX, [], 20, editing.skip, "single", 0, 0) == Plan()
+
+
+def test_the_step_view_edits_a_range_of_steps_in_the_app(tmp_path: object) -> None:
+    """T opens the map at the form's step count; moves and shift+moves select single 4-11 on steps 10-19;
+    s skips them there only (a [[steps]] table), u undoes through the app's history, T closes."""
+    from pathlib import Path
+    from typing import Any
+
+    from textual.pilot import Pilot
+
+    from dit_explore.tui.screens.steps import StepMap, StepsScreen
+    from tests.tui.pilot import drive, offline_app
+
+    app = offline_app(Path(str(tmp_path)), model="toy-flux")
+
+    async def scenario(pilot: Pilot[Any]) -> None:
+        await pilot.press("T")
+        await pilot.pause()
+        assert isinstance(app.screen, StepsScreen)
+        view = app.screen.query_one(StepMap)
+        assert view.steps == 20 and len(view.rows) == 20
+        await pilot.press(*["j"] * 10, *["l"] * 10, *["L"] * 7, *["J"] * 9)
+        assert view.selection == ("single", 4, 11, range(10, 20))
+        await pilot.press("s")
+        await pilot.pause()
+        assert app.plan.orders == () and app.plan.step_orders == (
+            StepTable(tuple(range(10, 20)), (("single", parse_order("0-3")),)),)
+        assert view.rows[12]["single"][4:] == ["skip"] * 8 and view.rows[9]["single"] == ["run"] * 12
+        await pilot.press("u")
+        await pilot.pause()
+        assert app.plan == Plan() and view.rows[12]["single"] == ["run"] * 12
+        await pilot.press("T")
+        await pilot.pause()
+        assert not isinstance(app.screen, StepsScreen)
+
+    drive(app, scenario, hello=True)
