@@ -30,6 +30,7 @@ from dit_explore.engine.core.layout import Layout
 from dit_explore.engine.core.plan import Plan, format_steps, span_text
 from dit_explore.tui.keys import EDIT_KEYS, EDITS_BY_ID, GRID_KEYS, Edit, bindings
 from dit_explore.tui.steps import step_map
+from dit_explore.tui.widgets.layer_grid import anchor_after
 
 GLYPHS = {"run": "█", "skip": "·", "repeat": "×", "parallel": "∥", "reverse": "↺", "reuse": "↻", "forecast": "↗"}
 LEGEND = "█ runs  · skipped  × repeated  ∥ parallel  ↺ reversed  ↻ reused  ↗ forecast"
@@ -104,11 +105,7 @@ class StepMap(Widget, can_focus=True):
         return stack, min(blocks), max(blocks), range(min(a.step, c.step), max(a.step, c.step) + 1)
 
     def action_move(self, dx: int, dy: int, extend: bool = False) -> None:
-        extend = extend or self.visual
-        if extend and self.selection_anchor is None:
-            self.selection_anchor = self.cursor
-        elif not extend:
-            self.selection_anchor = None
+        self.selection_anchor = anchor_after(self.selection_anchor, self.cursor, extend or self.visual)
         self.cursor = Cell(min(max(self.cursor.step + dy, 0), self.steps - 1),
                            min(max(self.cursor.column + dx, 0), len(self.columns) - 1))
         self.refresh()

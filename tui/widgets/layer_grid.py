@@ -14,6 +14,7 @@ a few strips, not a re-layout.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from rich.color import Color
 from rich.segment import Segment
@@ -37,6 +38,7 @@ CELL = 7  # "F12×3" plus padding: glyph, index, marker, gap
 ORDER_LINES = 3  # lines of the execution-order strip per stack, at most
 LEGEND = "×N repeated  ∥ parallel  ∥K looped K times  ↺ reversed  – skipped"
 EIGHTHS = " ▏▎▍▌▋▊▉█"
+T = TypeVar("T")
 
 
 def bar(fraction: float, width: int) -> str:
@@ -307,11 +309,7 @@ class LayerGrid(Widget, can_focus=True):
     # --------------------------------------------------------------------------------- actions
 
     def action_move(self, dx: int, dy: int, extend: bool = False) -> None:
-        extend = extend or self.visual
-        if extend and self.selection_anchor is None:
-            self.selection_anchor = self.cursor
-        elif not extend:
-            self.selection_anchor = None
+        self.selection_anchor = anchor_after(self.selection_anchor, self.cursor, extend or self.visual)
         stacks = self.layout_info.stacks
         s, b = self.cursor.stack, self.cursor.block
         per_row = self._per_row(self.content_size.width or 80)
@@ -677,6 +675,14 @@ def _words_to(text: str, width: int) -> list[str]:
         else:
             lines.append(word[:width])
     return lines
+
+
+def anchor_after(anchor: T | None, cursor: T, extend: bool) -> T | None:
+    """Where a selection is anchored after a move (the grid's and the step map's): a move that extends
+    keeps the anchor, or drops one at the cursor before it moves; any other move ends the selection."""
+    if not extend:
+        return None
+    return cursor if anchor is None else anchor
 
 
 def _runs_of(order: Order) -> list[tuple[int | Group | Cached, int]]:
