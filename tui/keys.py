@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from textual.binding import Binding
 
@@ -73,6 +74,13 @@ EDITS = (
     Edit("looped-parallel", "x", "Looped parallel", "loop", "looped parallel: the parallel group runs N times (asks N)",
          editing.parallel, asks_loops=True),
     Edit("restore", "d", "Restore", "restore", "restore the selected blocks to normal", editing.restore),
+    # Cached spans ("4-11@reuse", "4-11@forecast"): "c" clears the plan, so reuse takes "C" (cache); "f" forecasts.
+    Edit("reuse", "C", "Reuse (cache)", "reuse",
+         "cache the selection: computed on the first step, its residual reused on the others (4-11@reuse)",
+         partial(editing.cache, mode="reuse")),
+    Edit("forecast", "f", "Forecast (cache)", "forecast",
+         "cache the selection: computed on the first step, its residual extrapolated from the last two "
+         "computed steps on the others (4-11@forecast)", partial(editing.cache, mode="forecast")),
 )
 EDITS_BY_ID = {edit.id: edit for edit in EDITS}
 EDIT_KEYS = tuple(edit.key for edit in EDITS)
@@ -125,7 +133,7 @@ IDS = {k.id for k in ALL_KEYS}
 # run, help and quit at every width (they fit at 80 columns); keys not named here follow.
 FOOTER_ORDER = ("run", "help", "quit", "view-images", "view-plan", "skip", "edit-prompt", "undo", "cancel",
                 "history", "parallel", "looped-parallel", "reverse", "middle-repeat", "restore", "grid.visual",
-                "grid.group", "redo", "clear", "analyze", "heatmap", "save", "open")
+                "grid.group", "redo", "clear", "analyze", "heatmap", "save", "open", "reuse", "forecast")
 FOOTER_ALWAYS = ("run", "help", "quit")
 
 

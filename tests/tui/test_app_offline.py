@@ -91,7 +91,8 @@ def test_an_emptied_field_falls_back_to_the_models_default_not_an_opened_plans(t
 
 
 def test_every_edit_is_one_registry_row_and_a_bindable_id() -> None:
-    assert [e.id for e in EDITS] == ["skip", "middle-repeat", "reverse", "parallel", "looped-parallel", "restore"]
+    assert [e.id for e in EDITS] == ["skip", "middle-repeat", "reverse", "parallel", "looped-parallel", "restore",
+                                    "reuse", "forecast"]
     assert {k.id for k in EDIT_KEYS} <= IDS
     assert [k.action for k in EDIT_KEYS] == [f"edit('{e.id}')" for e in EDITS]
     assert [e.id for e in EDITS if e.asks_loops] == ["looped-parallel"]

@@ -18,6 +18,9 @@ Each stack's order:  0-9, [10-28]x3, 29-37
   3-7     blocks 3 to 7          28-10   blocks 28 down to 10 (reversed)
   15*19   block 15, 19 times     [10-28] parallel: same input, outputs averaged
   [a-b]xK parallel, looped K times (the average is fed back in)
+  a-b@reuse     cached span: run on the first step (and where an order runs it plainly);
+                elsewhere its residual from the last computed step is added instead (↻)
+  a-b@forecast  as reuse, the residual extrapolated from the last two computed steps (↗)
 Cells:  letter = similarity group (F first, 1-4 middle, L last; D/S = stack until analyzed)
 Importance (i runs the sweep, I toggles): each cell shaded by what leaving that block out costs
   (PSNR against the full model: black = nothing, pale yellow = the sweep's costliest block; a bar the

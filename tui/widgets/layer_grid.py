@@ -36,7 +36,10 @@ from dit_explore.tui.widgets.image_pane import colormap
 
 CELL = 7  # "F12×3" plus padding: glyph, index, marker, gap
 ORDER_LINES = 3  # lines of the execution-order strip per stack, at most
-LEGEND = "×N repeated  ∥ parallel  ∥K looped K times  ↺ reversed  – skipped"
+# The cell markers: one line of 78 characters, the grid's width at 80 columns (narrower, it wraps between
+# entries: the order's markers, then the cached spans'). "∥K loops": a parallel group looped K times.
+LEGEND_LINES = ("×N repeated  ∥ parallel  ∥K loops  ↺ reversed  – skipped", "↻ reused  ↗ forecast")
+LEGEND = "  ".join(LEGEND_LINES)
 EIGHTHS = " ▏▎▍▌▋▊▉█"
 T = TypeVar("T")
 
@@ -662,8 +665,25 @@ class LayerGrid(Widget, can_focus=True):
                 used = 0
             lines[-1] += piece
             used += size
-        lines.append([Segment(LEGEND, base + Style(dim=True))])
+        lines += [[Segment(line, base + Style(dim=True))] for line in _entries_to(LEGEND_LINES, width)]
         return lines
+
+
+def _entries_to(lines: tuple[str, ...], width: int) -> list[str]:
+    """The marker legend in as few lines of at most `width` characters as its entries (separated by two
+    spaces) allow: one line where all fit, else each of `lines` on its own, wrapped between entries."""
+    if len("  ".join(lines)) <= width:
+        return ["  ".join(lines)]
+    out: list[str] = []
+    for line in lines:
+        row: list[str] = []
+        for entry in line.split("  "):
+            if row and len("  ".join([*row, entry])) > width:
+                out.append("  ".join(row))
+                row = []
+            row.append(entry)
+        out.append("  ".join(row))
+    return out
 
 
 def _words_to(text: str, width: int) -> list[str]:
