@@ -208,7 +208,10 @@ def _without(units: Order, first: int, last: int) -> tuple[list[Unit], int | Non
         elif isinstance(unit, Group) and rest:
             remnant = [rest[0]] * unit.loops
         if at is None:
-            at = len(kept) + (len(remnant) if rest and rest[0] < first else 0)
+            if isinstance(unit, Cached):  # the new units go where the cut was: after the blocks below it
+                at = len(kept) + sum(1 for b in rest if b < first)
+            else:
+                at = len(kept) + (len(remnant) if rest and rest[0] < first else 0)
         kept.extend(remnant)
     return kept, at
 

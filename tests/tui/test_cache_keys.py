@@ -120,9 +120,8 @@ def test_restore_and_recache() -> None:
         editing.cache(Plan(), TOY, "single", 4, 11, mode="later")
 
 
-@pytest.mark.xfail(reason="editing._without puts the insertion point after the whole remnant of a cut cached "
-                          "span, so the new units land after its upper blocks ('0-5, 8-11, 6-7')")
 def test_an_edit_inside_a_cached_span_stays_in_place() -> None:
+    """The new units go where the cut was (before the fix: '0-5, 8-11, 6-7')."""
     reused = editing.cache(Plan(), TOY, "single", 4, 11, mode="reuse")
     assert editing.restore(reused, TOY, "single", 6, 7) == Plan()
     inner = editing.cache(reused, TOY, "single", 6, 8, mode="forecast")  # a span inside another splits it
