@@ -88,7 +88,7 @@ def test_rebound_reuse_key(tmp_path: Path) -> None:
     drive(app, scenario, hello=True)
     config = tmp_path / "config.toml"
     config.write_text('[keys]\nreuse = "c"\n')
-    with pytest.raises(ConfigError, match="keys.reuse: 'c' is also the key of clear"):
+    with pytest.raises(ConfigError, match=r"keys\.reuse: 'c' is also the key of clear"):
         load_config(config)
 
 
