@@ -55,6 +55,11 @@ class StandIn(nn.Module):
             return getattr(block, name)
 
 
+def _pack(io: BlockIO, parts: list[torch.Tensor]) -> Any:
+    """Output streams as a block of `io` returns them: one tensor, or a tuple in declared order."""
+    return parts[0] if len(io.outputs) == 1 else tuple(parts)
+
+
 class ParallelGroup(StandIn):
     """Members get the same input; each output stream is averaged over members; `loops` times over.
 
@@ -94,8 +99,6 @@ class ParallelGroup(StandIn):
             streams = self.io.streams(member(*args, **kwargs), f"{self.where} member {i}")
             yield [streams[name] for name in self.io.outputs]
 
-    def _pack(self, parts: list[torch.Tensor]) -> Any:
-        return parts[0] if len(self.io.outputs) == 1 else tuple(parts)
 
     def _average(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self.fused:
@@ -111,7 +114,7 @@ class ParallelGroup(StandIn):
                     s.add_(p)
         assert sums is not None
         n = len(self.members)
-        return self._pack([s.div_(n).to(dtype) for s, dtype in zip(sums, dtypes)])
+        return _pack(self.io, [s.div_(n).to(dtype) for s, dtype in zip(sums, dtypes)])
 
     def _average_fused(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """With compiled blocks the elementwise averaging above costs a noticeable share of a group (each
@@ -119,7 +122,7 @@ class ParallelGroup(StandIn):
         compiled kernel (float32 inside, same result). It compiles once per group size."""
         outs = list(self._outputs(args, kwargs))
         mean = _fused_mean(len(outs))
-        return self._pack([mean([o[k] for o in outs]) for k in range(len(self.io.outputs))])
+        return _pack(self.io, [mean([o[k] for o in outs]) for k in range(len(self.io.outputs))])
 
     @property
     def fused(self) -> bool:
@@ -203,7 +206,7 @@ class CachedSpan(StandIn):
         computes = self.mode == "record" or self.residuals.step == 0 or self.key not in self.residuals.kept
         if not computes:
             added = self.residuals.contribution(self.key, self.mode, self.where)
-            return self._pack([(x.float() + r).to(x.dtype) for x, r in zip(inputs, added)])
+            return _pack(self.io, [(x.float() + r).to(x.dtype) for x, r in zip(inputs, added)])
         out: Any = None
         for i, block in enumerate(self.blocks):
             if i:
@@ -214,8 +217,6 @@ class CachedSpan(StandIn):
         self.residuals.record(self.key, [streams[name].float() - x.float() for name, x in zip(self.io.outputs, inputs)])
         return out
 
-    def _pack(self, parts: list[torch.Tensor]) -> Any:
-        return parts[0] if len(self.io.outputs) == 1 else tuple(parts)
 
 
 class PlanList(nn.ModuleList):

@@ -193,7 +193,7 @@ def run_command(req: RunRequest) -> int:
         plans.validate_steps(plan, settings.steps, source=req.plan or "plan")
     except (plans.PlanError, ModelError) as exc:
         raise UsageError(str(exc)) from None
-    _check_cache(req, source, prompts)
+    threshold = _check_cache(req, source, prompts)
     check_memory(source, settings, req.options, cached_spans=len(plans.cache_keys(plan)))
     from dit_explore.engine.core.runs import OutputError, RunWriter
 
@@ -204,13 +204,15 @@ def run_command(req: RunRequest) -> int:
     except OutputError as exc:
         raise UsageError(str(exc)) from None
     try:
-        return _generate_all(req, source, plan, prompts, settings, writer)
+        return _generate_all(req, source, plan, prompts, settings, writer, threshold)
     finally:
         writer.abort()  # nothing once committed or kept elsewhere; else (an error, an interrupt) all of it
 
 
 def _generate_all(req: RunRequest, source: ModelSource, plan: plans.Plan, prompts: list[str], settings: Settings,
-                  writer: Any) -> int:
+                  writer: Any, threshold: float | None = None) -> int:
+    """Load, generate every prompt, commit the run; under diffusers' FirstBlockCache when `threshold`
+    (checked by `_check_cache`) is given."""
     from dit_explore.engine.core.protocol import Status, to_json
     from dit_explore.engine.core.runs import OutputError, image_plan
     from dit_explore.engine.core.text import shown
@@ -223,7 +225,6 @@ def _generate_all(req: RunRequest, source: ModelSource, plan: plans.Plan, prompt
     generator = Generator(loaded, on_warning=lambda message: _say(f"warning: {message}"))
     started = time.perf_counter()
     results: list[Any] = []
-    threshold = _check_cache(req, source, prompts)
     traced: dict[str, Any] = {}  # the cache's record and the trace plan, once the run is done
 
     def record() -> dict[str, Any]:
