@@ -82,8 +82,10 @@ def sweep_once(generator: Any, prompts: list[str], settings: Any, batch: int | N
         ran = time.perf_counter() - start
         job.finish()
         total = time.perf_counter() - start
+    per_batch = [seconds for _, seconds in job.batch_seconds]
     return {"seconds": total, "run_seconds": ran, "generate_seconds": job.generate_seconds, "batch": size,
-            "images": job.ran}
+            "images": job.ran, "batches": len(per_batch),
+            "batch_seconds_median": statistics.median(per_batch) if per_batch else None}
 
 
 def scaling_report(folders: list[Path]) -> dict[str, Any]:
@@ -168,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--compile", action="store_true", help="compile the blocks (regional torch.compile) for "
+                        "both the plain loop and the sweep; compilation happens in the warm-up, outside the timings")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--report", type=Path, nargs="+", metavar="DIR", help="instead of a benchmark: the scaling "
                         "report of `dit-explore sweep ... --gpus N` folders of the same work (one of them --gpus 1)")
@@ -190,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
     source = resolve(args.model)
     device = pick_device(args.device)
-    loaded = load(source, device, pick_dtype(None, device))
+    loaded = load(source, device, pick_dtype(None, device), compile=args.compile)
     generator = Generator(loaded)
     step = max(1, len(CAPTIONS) // args.prompts)
     prompts = (list(CAPTIONS[::step][:args.prompts]) if args.model.startswith("toy-")
@@ -205,7 +209,14 @@ def main(argv: list[str] | None = None) -> int:
     ours = generator.generate(prompts[0], type(settings)(**{**settings.__dict__, "seed": 0}), Plan()).image
     difference = int(np.abs(np.asarray(plain_first, dtype=np.int16) - np.asarray(ours, dtype=np.int16)).max())
     print(f"the plain loop's first image against run's: largest difference {difference} levels", flush=True)
-    sweep_once(generator, prompts[:2], settings, args.batch)
+    warm = sweep_once(generator, prompts, settings, args.batch)  # every batch size the timed sweeps form
+    size = warm["batch"]
+    alone = []  # one batch of the full model by itself: what a batch costs with nothing beside it
+    for _ in range(3):
+        started = time.perf_counter()
+        generator.generate_batch(prompts[:size], [0] * size, settings, Plan())
+        alone.append(time.perf_counter() - started)
+    print(f"warm-up sweep {warm['seconds']:.2f} s; one batch of {size} alone: {statistics.median(alone):.3f} s", flush=True)
     plains: list[float] = []
     sweeps: list[dict[str, Any]] = []
     images = len(prompts) * (1 + sum(s.blocks for s in source.layout.stacks))
@@ -215,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         plain, swept = statistics.median(plains), statistics.median(s["seconds"] for s in sweeps)
         return {"model": source.name, "device": device_name, "prompts": len(prompts), "steps": args.steps,
                 "images": images, "repeats": len(plains), "first_image_difference": difference,
+                "compiled": args.compile, "warm_up_sweep_seconds": warm["seconds"],
+                "batch_alone_seconds": statistics.median(alone),
                 "plain_seconds": plains, "sweep": sweeps, "plain_median": plain, "sweep_median": swept,
                 "speedup": plain / swept}
 
@@ -222,11 +235,13 @@ def main(argv: list[str] | None = None) -> int:
         plains.append(plain_loop(loaded, prompts, settings)[0])
         sweeps.append(sweep_once(generator, prompts, settings, args.batch))
         print(f"repeat {r + 1}: plain loop {plains[-1]:.2f} s, sweep {sweeps[-1]['seconds']:.2f} s "
-              f"(generation {sweeps[-1]['generate_seconds']:.2f} s, batches of {sweeps[-1]['batch']})", flush=True)
+              f"(generation {sweeps[-1]['generate_seconds']:.2f} s, {sweeps[-1]['batches']} batches of "
+              f"{sweeps[-1]['batch']}, median {sweeps[-1]['batch_seconds_median']:.3f} s each)", flush=True)
         if args.json is not None:  # after every repeat: a run cut short keeps the repeats it finished
             args.json.write_text(json.dumps(record(), indent=1) + "\n", encoding="utf-8")
     done = record()
-    print(f"{source.name} skip-each x {len(prompts)} prompts x {args.steps} steps ({images} images) on {device_name}: "
+    print(f"{source.name} skip-each x {len(prompts)} prompts x {args.steps} steps ({images} images) on {device_name}"
+          f"{', compiled blocks' if args.compile else ''}: "
           f"plain loop {done['plain_median']:.2f} s, sweep {done['sweep_median']:.2f} s (medians of {args.repeats}): "
           f"{done['speedup']:.1f}x")
     return 0

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -236,28 +235,32 @@ NOTHING = Reading(None, None, None, None)
 
 
 def _largest_blob(mask: np.ndarray) -> np.ndarray:
-    """The largest 8-connected component of a boolean mask, as a boolean mask (breadth-first search over
-    the mask's pixels only, so its cost follows the mask, not the image)."""
+    """The largest 8-connected component of a boolean mask, as a boolean mask; of equally large ones, the
+    one whose first pixel comes first in raster order. Vectorized: every masked pixel starts labelled with
+    its own flat index, then repeatedly takes the smallest label in its 3x3 neighbourhood within the mask and
+    jumps to its label's label, until nothing changes; every pixel then holds the smallest index of its
+    component. (A breadth-first search in Python took 14 ms on a 64-pixel toy image, and the sweep reads
+    back every image it makes.)"""
     h, w = mask.shape
-    label = np.zeros(mask.shape, dtype=np.int32)
-    best, best_size, current = 0, 0, 0
-    for start in zip(*np.nonzero(mask)):
-        if label[start]:
-            continue
-        current += 1
-        label[start] = current
-        queue, count = deque([start]), 0
-        while queue:
-            y, x = queue.popleft()
-            count += 1
-            for ny in (y - 1, y, y + 1):
-                for nx in (x - 1, x, x + 1):
-                    if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not label[ny, nx]:
-                        label[ny, nx] = current
-                        queue.append((ny, nx))
-        if count > best_size:
-            best, best_size = current, count
-    return label == best if best else np.zeros_like(mask)
+    if not mask.any():
+        return np.zeros_like(mask)
+    outside = h * w
+    label = np.where(mask, np.arange(outside).reshape(h, w), outside)
+    while True:
+        padded = np.pad(label, 1, constant_values=outside)
+        least = label.copy()
+        for dy in range(3):
+            for dx in range(3):
+                np.minimum(least, padded[dy:dy + h, dx:dx + w], out=least)
+        least[~mask] = outside
+        flat = least.ravel()
+        inside = flat < outside
+        flat[inside] = flat[flat[inside]]  # a label's label is in the same component and no larger
+        if np.array_equal(least, label):
+            break
+        label = least
+    counts = np.bincount(label[mask])
+    return label == int(np.argmax(counts))
 
 
 def _dilate(mask: np.ndarray, steps: int) -> np.ndarray:

@@ -200,3 +200,50 @@ def test_scores_report_counts_accuracy_and_chance() -> None:
 
 def test_the_grammar_is_the_product_of_the_vocabularies() -> None:
     assert tuple(Attributes(*combo) for combo in itertools.product(SIZES, COLORS, SHAPES, POSITIONS)) == ATTRIBUTES
+
+
+def _largest_by_search(mask: np.ndarray) -> np.ndarray:
+    """The reference: a breadth-first search from each unlabelled pixel in raster order, keeping the first
+    of the largest components (what the scorer did before its labelling was vectorized)."""
+    from collections import deque
+
+    h, w = mask.shape
+    label = np.zeros(mask.shape, dtype=np.int32)
+    best = best_size = current = 0
+    for start in zip(*np.nonzero(mask)):
+        if label[start]:
+            continue
+        current += 1
+        label[start] = current
+        queue, count = deque([start]), 0
+        while queue:
+            y, x = queue.popleft()
+            count += 1
+            for ny, nx in itertools.product((y - 1, y, y + 1), (x - 1, x, x + 1)):
+                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not label[ny, nx]:
+                    label[ny, nx] = current
+                    queue.append((ny, nx))
+        if count > best_size:
+            best, best_size = current, count
+    return label == best if best else np.zeros_like(mask)
+
+
+def test_the_largest_blob_is_the_searchs_on_random_masks_and_a_serpentine() -> None:
+    from dit_explore.engine.core.shapes import _largest_blob
+
+    rng = np.random.default_rng(7)
+    for _ in range(400):
+        h, w = (int(v) for v in rng.integers(1, 30, 2))
+        mask = rng.random((h, w)) < rng.random()
+        assert np.array_equal(_largest_blob(mask), _largest_by_search(mask))
+    serpentine = np.zeros((33, 33), dtype=bool)  # one long path: the slowest case for label propagation
+    serpentine[::4] = True
+    serpentine[1::8, -1] = serpentine[2::8, -1] = serpentine[3::8, -1] = True
+    serpentine[5::8, 0] = serpentine[6::8, 0] = serpentine[7::8, 0] = True
+    serpentine[20:23, 10:13] = True
+    assert np.array_equal(_largest_blob(serpentine), _largest_by_search(serpentine))
+    assert _largest_blob(serpentine).sum() == serpentine.sum()  # the square touches row 20: one component
+    two = np.zeros((6, 9), dtype=bool)
+    two[1:3, 1:3] = two[1:3, 5:7] = True  # equally large: the first in raster order wins
+    assert np.array_equal(_largest_blob(two), two & (np.arange(9) < 4))
+    assert not _largest_blob(np.zeros((4, 4), dtype=bool)).any()
