@@ -95,40 +95,70 @@ def piq_function(name: str) -> Callable[..., torch.Tensor] | None:
     return cast(Callable[..., torch.Tensor], getattr(module, name))
 
 
-def _tensor(image: Image.Image, device: torch.device | str | None = None) -> torch.Tensor:
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).to(device=device, dtype=torch.float64)
+def _tensor(images: np.ndarray, device: torch.device | str | None = None) -> torch.Tensor:
+    """[N, H, W, 3] uint8 -> [N, 3, H, W] float64 in [0, 1] on `device` (through float32, as always)."""
+    array = images.astype(np.float32) / 255.0
+    return torch.from_numpy(array).permute(0, 3, 1, 2).to(device=device, dtype=torch.float64)
 
 
 def compare(image: Image.Image, reference: Image.Image, device: torch.device | str | None = None) -> Comparison:
     """`image` against `reference` (the same size: a ValueError otherwise), computed on `device` (default
     the CPU)."""
+    return compare_many([(image, reference)], device)[0]
+
+
+def compare_many(pairs: list[tuple[Image.Image, Image.Image]], device: torch.device | str | None = None,
+                 ) -> list[Comparison]:
+    """Each (image, reference) pair compared, as `compare` does, with each metric computed once over the
+    whole batch of pairs (per-image values, `reduction="none"`): a sweep measures a batch of small images
+    in a few dozen kernel launches instead of a few hundred per image. Pairs of different sizes are grouped
+    by size; every pair's sides must match (a ValueError otherwise)."""
+    for image, reference in pairs:
+        if image.size != reference.size:
+            raise ValueError(f"images of different sizes: {image.size} and {reference.size}")
+    out: list[Comparison | None] = [None] * len(pairs)
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, (image, _) in enumerate(pairs):
+        by_size.setdefault(image.size, []).append(i)
+    for size, where in by_size.items():
+        for i, comparison in zip(where, _compare_same_size([pairs[i] for i in where], size, device)):
+            out[i] = comparison
+    return [c for c in out if c is not None]
+
+
+def _compare_same_size(pairs: list[tuple[Image.Image, Image.Image]], size: tuple[int, int],
+                       device: torch.device | str | None) -> list[Comparison]:
     from torchmetrics.functional.image import (
         multiscale_structural_similarity_index_measure,
         peak_signal_noise_ratio,
         structural_similarity_index_measure,
     )
 
-    if image.size != reference.size:
-        raise ValueError(f"images of different sizes: {image.size} and {reference.size}")
-    a, b = np.asarray(image.convert("RGB")), np.asarray(reference.convert("RGB"))
-    identical = bool(np.array_equal(a, b))
-    mad = float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
-    x, y = _tensor(image, device), _tensor(reference, device)
-    value = structural_similarity_index_measure(x, y, data_range=1.0)
-    assert isinstance(value, torch.Tensor)  # (not the tuple it returns with return_full_image)
-    ssim = float(value)
-    psnr = None if identical else float(peak_signal_noise_ratio(x, y, data_range=1.0))
-    ms_ssim = None
-    if min(image.size) >= MS_SSIM_MIN_SIDE:
-        ms_ssim = float(multiscale_structural_similarity_index_measure(x, y, data_range=1.0))
+    a = np.stack([np.asarray(image.convert("RGB")) for image, _ in pairs])
+    b = np.stack([np.asarray(reference.convert("RGB")) for _, reference in pairs])
+    identical = [bool(np.array_equal(x, y)) for x, y in zip(a, b)]
+    mad = np.abs(a.astype(np.int16) - b.astype(np.int16)).mean(axis=(1, 2, 3))
+    x, y = _tensor(a, device), _tensor(b, device)
 
-    def perceptual(name: str, min_side: int) -> float | None:
+    def values(tensor: torch.Tensor | tuple[torch.Tensor, ...]) -> list[float]:
+        assert isinstance(tensor, torch.Tensor)  # (not the tuple SSIM returns with return_full_image)
+        return [float(v) for v in tensor.reshape(-1).cpu()]
+
+    ssim = values(structural_similarity_index_measure(x, y, data_range=1.0, reduction="none"))
+    psnr = values(peak_signal_noise_ratio(x, y, data_range=1.0, reduction="none", dim=(1, 2, 3)))
+    ms_ssim: list[float | None] = [None] * len(pairs)
+    if min(size) >= MS_SSIM_MIN_SIDE:
+        ms_ssim = list(values(multiscale_structural_similarity_index_measure(x, y, data_range=1.0, reduction="none")))
+
+    def perceptual(name: str, min_side: int) -> list[float | None]:
         function = piq_function(name)
-        if function is None or min(image.size) < min_side:
-            return None
-        value = 1.0 if identical else float(function(x, y, data_range=1.0))
-        return value if math.isfinite(value) else None
+        if function is None or min(size) < min_side:
+            return [None] * len(pairs)
+        if all(identical):
+            return [1.0] * len(pairs)
+        found = values(function(x, y, data_range=1.0, reduction="none"))
+        return [1.0 if same else (v if math.isfinite(v) else None) for same, v in zip(identical, found)]
 
-    return Comparison(identical, psnr, mad, ssim, ms_ssim, haarpsi=perceptual("haarpsi", HAARPSI_MIN_SIDE),
-                      fsim=perceptual("fsim", FSIM_MIN_SIDE))
+    haarpsi, fsim = perceptual("haarpsi", HAARPSI_MIN_SIDE), perceptual("fsim", FSIM_MIN_SIDE)
+    return [Comparison(identical[i], None if identical[i] else psnr[i], float(mad[i]), ssim[i], ms_ssim[i],
+                       haarpsi=haarpsi[i], fsim=fsim[i]) for i in range(len(pairs))]

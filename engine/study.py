@@ -218,23 +218,35 @@ def image_row(row: dict[str, Any], image: Image.Image, folder: Path, name: str, 
     compared with itself; a plan whose full model failed gets no metrics), computed on `device` (the
     generator's: a GPU measures its own images; default the CPU); the toy scorer's reading of a grammar
     caption."""
+    image_rows([row], [image], folder, [name], ms, runs, [full], toy, is_full, device)
+
+
+def image_rows(rows: list[dict[str, Any]], images: list[Image.Image], folder: Path, names: list[str], ms: float,
+               runs: Any, fulls: list[tuple[Image.Image, float] | None], toy: bool, is_full: bool = False,
+               device: Any = None) -> None:
+    """`image_row` for the images of one batch (one plan), their metrics computed together (`compare_many`)."""
     from dit_explore.engine.core.runs import write_atomic
     from dit_explore.engine.core.shapes import read_back
     from dit_explore.engine.eval import for_scoring
-    from dit_explore.engine.metrics import compare
+    from dit_explore.engine.metrics import compare_many
 
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    write_atomic(folder / name, buffer.getvalue())
-    row.update({"ms_per_step": ms, "block_executions": runs.total, "predicted_speedup": runs.predicted_speedup,
-                "image": name, "sha256": hashlib.sha256(buffer.getvalue()).hexdigest()})
-    reference = (image, ms) if is_full else full
-    if reference is not None:
-        row.update({"measured_speedup": reference[1] / ms if ms else None, **compare(image, reference[0], device).to_json()})
-    prompt = row["prompt"]
-    if toy and prompt in CAPTIONS:
-        hits = read_back(for_scoring(image)).matches(ATTRIBUTES[CAPTIONS.index(prompt)])
-        row.update({**hits, "all_correct": all(hits.values())})
+    for row, image, name in zip(rows, images, names):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        write_atomic(folder / name, buffer.getvalue())
+        row.update({"ms_per_step": ms, "block_executions": runs.total, "predicted_speedup": runs.predicted_speedup,
+                    "image": name, "sha256": hashlib.sha256(buffer.getvalue()).hexdigest()})
+    references = [(image, ms) if is_full else full for image, full in zip(images, fulls)]
+    measured = [i for i, reference in enumerate(references) if reference is not None]
+    comparisons = compare_many([(images[i], references[i][0]) for i in measured], device)  # type: ignore[index]
+    for i, comparison in zip(measured, comparisons):
+        reference_ms = references[i][1]  # type: ignore[index]
+        rows[i].update({"measured_speedup": reference_ms / ms if ms else None, **comparison.to_json()})
+    for row, image in zip(rows, images):
+        prompt = row["prompt"]
+        if toy and prompt in CAPTIONS:
+            hits = read_back(for_scoring(image)).matches(ATTRIBUTES[CAPTIONS.index(prompt)])
+            row.update({**hits, "all_correct": all(hits.values())})
 
 
 def _mean(values: list[Any]) -> float | None:

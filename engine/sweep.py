@@ -51,7 +51,7 @@ from dit_explore.engine.study import (
     RESULTS_CSV,
     RESULTS_JSON,
     check_seeds,
-    image_row,
+    image_rows,
     results_sheet,
     summarize,
     to_csv,
@@ -482,28 +482,27 @@ class Sweep:
 
     def _record_rows(self, batch: Batch, result: Any, error: str | None) -> list[dict[str, Any]]:
         item = self.every[batch.plan]
-        rows = []
-        for i, c in enumerate(batch.columns):
-            key = self.keys[batch.plan][c]
-            row: dict[str, Any] = {"plan": item.label, "plan_file": None, "prompt": self.columns[c][0],
-                                   "seed": self.columns[c][1], "error": None, "batch": len(batch.columns)}
-            if error is not None:
-                row["error"] = error
-            else:
-                timing = result.timing
-                step = timing.warm_step or timing.transformer_total / max(len(timing.transformer_steps), 1)
-                try:
-                    image_row(row, result.images[i], self.out, f"images/{key}.png", step * 1000 / len(batch.columns),
-                              result.block_runs, None if batch.plan == 0 else self._full(c), self.toy,
-                              is_full=batch.plan == 0, device=self._device())
-                except OSError as exc:
-                    raise headless.UsageError(
-                        f"--out {shown(self.out)}: cannot write: {exc.strerror or exc}; the {len(self.done)} items "
-                        "finished are kept, --resume continues") from None
-                if batch.plan == 0:
-                    self._fulls[c] = (result.images[i], row["ms_per_step"])
-            row.update({"key": key, "series": item.series, "x": item.x})
-            rows.append(row)
+        rows: list[dict[str, Any]] = []
+        for c in batch.columns:
+            rows.append({"plan": item.label, "plan_file": None, "prompt": self.columns[c][0],
+                         "seed": self.columns[c][1], "error": error, "batch": len(batch.columns)})
+        if error is None:
+            timing = result.timing
+            step = timing.warm_step or timing.transformer_total / max(len(timing.transformer_steps), 1)
+            try:
+                image_rows(rows, result.images, self.out, [f"images/{self.keys[batch.plan][c]}.png" for c in batch.columns],
+                           step * 1000 / len(batch.columns), result.block_runs,
+                           [None if batch.plan == 0 else self._full(c) for c in batch.columns], self.toy,
+                           is_full=batch.plan == 0, device=self._device())
+            except OSError as exc:
+                raise headless.UsageError(
+                    f"--out {shown(self.out)}: cannot write: {exc.strerror or exc}; the {len(self.done)} items "
+                    "finished are kept, --resume continues") from None
+            if batch.plan == 0:
+                for i, c in enumerate(batch.columns):
+                    self._fulls[c] = (result.images[i], rows[i]["ms_per_step"])
+        for row, c in zip(rows, batch.columns):
+            row.update({"key": self.keys[batch.plan][c], "series": item.series, "x": item.x})
         try:
             _append(self.out / self.items_file, rows)
         except OSError as exc:

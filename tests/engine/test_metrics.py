@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dit_explore.engine.metrics import compare, piq_function
+from dit_explore.engine.metrics import compare, compare_many, piq_function
 
 
 def noisy(base: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
@@ -51,6 +51,33 @@ def test_identical_images_are_1_and_the_json_stays_json() -> None:
         json.dumps(found.to_json(), allow_nan=False)
     grey = compare(Image.new("RGB", (64, 64), (10, 10, 10)), Image.new("RGB", (64, 64), (0, 0, 0)))
     assert grey.haarpsi is not None and 0 < grey.haarpsi < 1 and grey.fsim is not None and 0 < grey.fsim < 1
+
+
+def test_a_batch_of_pairs_gives_each_pairs_own_comparison() -> None:
+    """compare_many computes each metric once over the batch (reduction "none"): every pair's values are
+    the ones it gets alone, also beside an identical pair (PSNR None, HaarPSI and FSIM 1), an all-black
+    identical pair (whose HaarPSI alone is 0/0), pairs of another size in the same call, and with MS-SSIM
+    at 192 pixels; sizes that differ within a pair are refused."""
+    rng = np.random.default_rng(5)
+    base = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    large = rng.integers(0, 256, (192, 192, 3), dtype=np.uint8)
+    black = Image.new("RGB", (64, 64))
+    pairs = [(Image.fromarray(noisy(base, s, rng)), Image.fromarray(base)) for s in (4, 30)]
+    pairs += [(Image.fromarray(base), Image.fromarray(base)), (black, black)]
+    pairs += [(Image.fromarray(noisy(large, 10, rng)), Image.fromarray(large)), (Image.fromarray(noisy(base, 80, rng)),
+                                                                               Image.fromarray(base))]
+    together = compare_many(pairs)
+    alone = [compare(a, b) for a, b in pairs]
+    assert len(together) == len(pairs)
+    for got, want in zip(together, alone):
+        for field, value in want.to_json().items():
+            assert (got.to_json()[field] is None) == (value is None), field
+            if value is not None:
+                assert got.to_json()[field] == pytest.approx(value, rel=1e-9, abs=1e-12), field
+    assert together[2].psnr is None and together[3].haarpsi == 1.0 and together[4].ms_ssim is not None
+    assert together[1].psnr is not None and together[0].psnr > together[1].psnr > together[5].psnr  # type: ignore[operator]
+    with pytest.raises(ValueError, match="different sizes"):
+        compare_many([pairs[0], (Image.fromarray(base), Image.fromarray(large))])
 
 
 def test_the_loader_where_importing_piq_raises_runtime_error(tmp_path: Path) -> None:
