@@ -30,7 +30,7 @@ from textual.worker import Worker, WorkerState
 
 from dit_explore.engine.core import plan as plans
 from dit_explore.engine.core.catalog import default_prompt, unseen_words, vocabulary
-from dit_explore.engine.core.importance import Importance, read_importance
+from dit_explore.engine.core.importance import Importance, read_importance, sweep_figures
 from dit_explore.engine.core.layout import Layout
 from dit_explore.engine.core.protocol import Status
 from dit_explore.engine.core.resolve import ModelSource
@@ -485,14 +485,26 @@ class ExplorerApp(App[int]):
 
     @work(group="sweep", exclusive=True, exit_on_error=False)
     async def _load_sweep(self, folder: Path) -> None:
-        """A sweep folder's importance onto the grid, its figures into the image pane; a folder that
-        is not a skip-each sweep of this model is one line."""
+        """A sweep folder's importance onto the grid, its figures into the image pane. Another kind of
+        sweep, or another model's, gives its figures alone (P shows them) and says why there is no
+        overlay; a folder that holds no finished sweep is one line."""
         import asyncio
 
         try:
             importance = await asyncio.to_thread(read_importance, folder, self.source.name, self.layout_info)
         except ValueError as exc:
-            self.notify(str(exc), title="cannot show the sweep", severity="error", timeout=12)
+            try:
+                what, figures = await asyncio.to_thread(sweep_figures, folder)
+            except ValueError:
+                self.notify(str(exc), title="cannot show the sweep", severity="error", timeout=12)
+                return
+            if not figures:
+                self.notify(f"{exc} (and it has no plot or contact sheet)", title="cannot show the sweep",
+                            severity="error", timeout=12)
+                return
+            self.query_one(ImagePane).set_sweep(figures)
+            self.notify(f"{what}: P shows its {' and '.join(t for t, _ in figures)}; no importance overlay "
+                        f"(it reads skip-each sweeps of {self.source.name})", title="sweep", timeout=10)
             return
         self._show_importance(importance)
 

@@ -172,6 +172,17 @@ def read_importance(folder: Path, model: str, layout: Layout, metric: str = DEFA
                       len(seeds) if isinstance(seeds, list) else 1, stacks)
 
 
+def sweep_figures(folder: Path) -> tuple[str, list[tuple[str, Path]]]:
+    """Any finished sweep's figures, whatever its kind or model: a one-line description of the sweep
+    ("a skip-middle-n sweep of toy-flux") and its (title, file) figures that exist, plot first. A folder
+    that holds no finished sweep is the ValueError `read_importance` gives."""
+    where = shown(folder, 120)
+    record = _read(folder, where)
+    figures = [(title, path) for title, path in (("plot", _file(folder / PLOT)),
+                                                 ("contact sheet", _file(folder / CONTACT_SHEET))) if path is not None]
+    return f"a {shown(record.get('kind'), 40)} sweep of {shown(record.get('model'), 60)}", figures
+
+
 def _read(folder: Path, where: str) -> dict[str, Any]:
     if not folder.is_dir():
         raise ValueError(f"{where}: not a folder")

@@ -2,7 +2,8 @@
 sends a skip-each sweep of the form's prompt, its progress shows in the status and escape cancels it; when
 it is done the grid shades each block by its cost (the costliest block at the top of the scale), `I`
 gives the group colors back and `P` shows the sweep's plot and contact sheet in the image pane, shaped as
-they are. A folder of another model is one line, never a crash."""
+they are. Another model's or another kind's sweep shows its figures without an overlay; a folder
+without a sweep is one line, never a crash."""
 
 from __future__ import annotations
 
@@ -147,15 +148,37 @@ def test_a_sweeps_progress_shows_in_the_status_and_escape_cancels_it(tmp_path: P
     drive(app, scenario, hello=True)
 
 
-def test_a_folder_of_another_model_is_one_line(tmp_path: Path) -> None:
+def test_another_models_or_kinds_sweep_gives_its_figures_without_an_overlay(tmp_path: Path) -> None:
+    """Any sweep's plot and contact sheet open in the image pane; the overlay reads skip-each sweeps of
+    this model only, and says so in one line. A folder with no sweep (or a sweep without figures) is one
+    line, never a crash."""
     app = offline_app(tmp_path)
     other = sweep_folder(tmp_path, "toy-flux", "toy")
+    middle = write_sweep(tmp_path / "middle", "tiny-flux", TINY, PSNR, kind="skip-middle-n")
+    bare = write_sweep(tmp_path / "bare", "tiny-flux", TINY, PSNR, kind="repeat-middle-n")
+    for figure in ("plot.png", "contact_sheet.png"):
+        (bare / figure).unlink()
 
     async def scenario(pilot: Pilot[Any]) -> None:
-        app._open(str(other))  # what the open dialog returns for a typed path
-        await until(pilot, lambda: any("not of tiny-flux" in m for m in notices(app)))
-        (said,) = [m for m in notices(app) if "not of tiny-flux" in m]
-        assert said.endswith(f"{other}: a sweep of toy-flux, not of tiny-flux") and "\n" not in said
+        pane = app.query_one(ImagePane)
+        for folder, what in ((other, "a skip-each sweep of toy-flux"), (middle, "a skip-middle-n sweep of tiny-flux")):
+            app._open(str(folder))  # what the open dialog returns for a typed path
+            await until(pilot, lambda what=what: any(what in m for m in notices(app)))
+            (said,) = [m for m in notices(app) if what in m]
+            assert said == (f"[b]sweep:[/b] {what}: P shows its plot and contact sheet; no importance overlay "
+                            "(it reads skip-each sweeps of tiny-flux)")
+            assert app.query_one(LayerGrid).importance is None
+            await pilot.press("P")
+            for _ in range(3):
+                await pilot.pause()
+            assert pane.showing_figure is not None and pane.showing_figure.path == folder / "plot.png"
+            await pilot.press("P", "P")  # the contact sheet, then the images again
+            await pilot.pause()
+        app._open(str(bare))
+        await until(pilot, lambda: any("no plot or contact sheet" in m for m in notices(app)))
+        (said,) = [m for m in notices(app) if "no plot or contact sheet" in m]
+        assert said.endswith(f"{bare}: a repeat-middle-n sweep; the importance overlay reads skip-each sweeps "
+                        "(and it has no plot or contact sheet)") and "\n" not in said
         app._open(str(tmp_path))  # no sweep at all
         await until(pilot, lambda: any("not a sweep folder" in m for m in notices(app)))
         assert app.query_one(LayerGrid).importance is None and app.is_running
