@@ -71,6 +71,7 @@ def evaluate(req: headless.EvalRequest) -> int:
     try:
         source.check_size(settings.width, settings.height)
         plans.validate_steps(plan, settings.steps, source=req.plan or "plan")
+        plans.validate_guidance(plan, source.layout, settings.guidance, source=req.plan or "plan")
     except (plans.PlanError, ModelError) as exc:
         raise headless.UsageError(str(exc)) from None
     if settings.seed + indices[-1] > MAX_SEED:

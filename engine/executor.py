@@ -292,16 +292,36 @@ class AppliedPlan:
         variant = self._plan.variant_at(step)
         lists = self._variants.get(variant)
         if lists is None:
-            orders = self._plan.resolved_at(self._layout, step)
-            key = tuple(orders[s.name] for s in self._layout.stacks)
-            lists = self._built.get(key)
-            if lists is None:  # two variants may run the same orders (a table as the default, the full model)
-                declared = family(self._layout.family)
-                lists = {s.attr: build_list(self._originals[s.attr], orders[s.name], declared.stack(s.name),
-                                            self._check, self._wrap, self._keys, self.residuals)
-                         for s in self._layout.stacks}
-                self._built[key] = lists
+            lists = self._lists(self._plan.resolved_at(self._layout, step))
             self._variants[variant] = lists
+        self._put(lists)
+
+    @contextmanager
+    def running(self, orders: Mapping[str, Order]) -> Iterator[None]:
+        """Within the body the block lists run `orders` (every stack's), then the step's lists again:
+        one pass of a guidance-branch plan (engine/branches.py)."""
+        before = self._current
+        self._put(self._lists(orders))
+        try:
+            yield
+        finally:
+            if before is not None:
+                self._put(before)
+
+    def _lists(self, orders: Mapping[str, Order]) -> dict[str, PlanList]:
+        """The block lists of `orders`, built the first time (two variants may run the same orders: a table
+        as the default, the full model)."""
+        key = tuple(orders[s.name] for s in self._layout.stacks)
+        lists = self._built.get(key)
+        if lists is None:
+            declared = family(self._layout.family)
+            lists = {s.attr: build_list(self._originals[s.attr], orders[s.name], declared.stack(s.name),
+                                        self._check, self._wrap, self._keys, self.residuals)
+                     for s in self._layout.stacks}
+            self._built[key] = lists
+        return lists
+
+    def _put(self, lists: dict[str, PlanList]) -> None:
         if lists is self._current:
             return
         for attr, module_list in lists.items():

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = list(range(0, len(CAPTIONS), stride))[:args.captions]
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
-    def draw(index: int, plan: Any, threshold: float | None = None) -> tuple[Any, float, int]:
+    def draw(index: int, plan: Any, threshold: float | None = None) -> tuple[Any, float, float]:
         settings = replace(base, seed=index)
         if threshold is None:
             result = generator.generate(CAPTIONS[index], settings, plan)

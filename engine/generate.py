@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from dit_explore.engine.core.plan import Plan, dumps, format_order, format_steps
+from dit_explore.engine.branches import branched
+from dit_explore.engine.core.plan import Plan, dumps, format_order, format_steps, validate_guidance
 from dit_explore.engine.core.runs import versions
 from dit_explore.engine.core.sampling import BlockRuns, Settings, Timing, block_runs
 from dit_explore.engine.executor import Check, Wrap, applied
@@ -325,6 +326,7 @@ class Generator:
         arguments of the last transformer call. With `seeds`, the embeddings are a batch and image i's
         noise comes from a generator seeded with seeds[i]; else one image, seeded with the settings' seed."""
         transformer = self.loaded.transformer
+        validate_guidance(plan, self.loaded.layout, settings.guidance)
         intervals = Intervals(self.loaded.device)
         step = [0]
         finite: list[torch.Tensor] = []
@@ -340,7 +342,9 @@ class Generator:
             transformer.register_forward_hook(lambda _m, _a, _o: intervals.stop()),
         ]
         try:
-            with applied(transformer, self.loaded.layout, plan, check, wrap) as handle:
+            with applied(transformer, self.loaded.layout, plan, check, wrap) as handle, \
+                    branched(transformer, self.pipe.scheduler, self.loaded.layout, plan, handle, step,
+                             self.loaded.family.guidance_halves or ("uncond", "cond")):
 
                 def on_step_end(_pipe: Any, index: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
                     step[0] = index + 1

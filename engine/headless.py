@@ -191,6 +191,7 @@ def run_command(req: RunRequest) -> int:
     try:
         source.check_size(settings.width, settings.height)
         plans.validate_steps(plan, settings.steps, source=req.plan or "plan")
+        plans.validate_guidance(plan, source.layout, settings.guidance, source=req.plan or "plan")
     except (plans.PlanError, ModelError) as exc:
         raise UsageError(str(exc)) from None
     threshold = _check_cache(req, source, prompts)

@@ -323,6 +323,7 @@ class Engine:
             settings = resolve_settings(source.defaults, plan.sampling, overrides)
             source.check_size(settings.width, settings.height)
             plans.validate_steps(plan, settings.steps, where)
+            plans.validate_guidance(plan, source.layout, settings.guidance, where)
         except (plans.PlanError, ModelError) as exc:
             raise RequestError(str(exc).replace("\n", "; ")) from None
         problem = self.memory_problem(settings, analysis=kind == "analyze", when_idle=True,  # a sweep: as a run

@@ -116,6 +116,7 @@ def study(req: headless.StudyRequest) -> int:
         source.check_size(settings.width, settings.height)
         for item in studied:
             plans.validate_steps(item.plan, settings.steps, source=item.file or "plan")
+            plans.validate_guidance(item.plan, source.layout, settings.guidance, source=item.file or "plan")
         check_destination(req.out, req.overwrite, RESULTS_JSON, "study")
     except (plans.PlanError, ModelError, ValueError) as exc:
         raise headless.UsageError(str(exc)) from None

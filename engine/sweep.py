@@ -240,10 +240,10 @@ class Batch:
 
     plan: int
     columns: tuple[int, ...]
-    cost: int  # predicted: block executions of one image (its steps included) x images
+    cost: float  # predicted: block executions of one image (its steps included) x images
 
 
-def form_batches(todo: dict[int, list[int]], size: int, executions: list[int]) -> list[Batch]:
+def form_batches(todo: dict[int, list[int]], size: int, executions: list[float]) -> list[Batch]:
     """The jobs of the columns still to do (`todo`: plan -> columns), `size` columns at most, in plan then
     column order: a function of the job list alone (never of the number of processes)."""
     return [Batch(plan, tuple(columns[i:i + size]), executions[plan] * len(columns[i:i + size]))
@@ -253,7 +253,7 @@ def form_batches(todo: dict[int, list[int]], size: int, executions: list[int]) -
 def split_by_cost(batches: list[Batch], ranks: int) -> list[list[Batch]]:
     """Whole batches to `ranks` processes by predicted cost (longest first, each to the least loaded; ties
     to the lower rank), so that mixed plans finish together; each rank's share back in job order."""
-    loads = [0] * ranks
+    loads = [0.0] * ranks
     shares: list[list[int]] = [[] for _ in range(ranks)]
     for index in sorted(range(len(batches)), key=lambda i: (-batches[i].cost, i)):
         rank = min(range(ranks), key=lambda r: (loads[r], r))
@@ -441,6 +441,7 @@ class Sweep:
             try:
                 plans.validate(item.plan, self.source.layout, source=item.label)
                 plans.validate_steps(item.plan, self.settings.steps, source=item.label)
+                plans.validate_guidance(item.plan, self.source.layout, self.settings.guidance, source=item.label)
                 self._valid[r] = None
             except plans.PlanError as exc:  # e.g. SD3's context-pre-only last block cannot be left out
                 self._valid[r] = str(exc).splitlines()[0]

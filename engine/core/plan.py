@@ -137,6 +137,38 @@ class StepTable:
         return _order_of(self.orders, stack)
 
 
+BRANCHES = ("uncond", "extra")  # the guidance-branch tables of a version-2 plan file
+MAX_BRANCH_SCALE = 100.0  # |scale| of an extra guidance pass (SD3.5's Skip Layer Guidance uses 2.8)
+
+
+@dataclass(frozen=True)
+class Branch:
+    """A plan for one pass of classifier-free guidance (an `[uncond]` or `[extra]` table of a version-2
+    plan file). The pipelines of CFG families run the unconditional and the conditional pass as one batch;
+    the plan's own orders ([order], [[steps]]) run on both. `[uncond]` gives the unconditional pass other
+    orders on its steps (the batch is split there); `[extra]` adds a pass on the conditional inputs with
+    its orders and a `scale`: the guided prediction gains scale x (conditional - extra), Skip Layer
+    Guidance's formula. A stack the branch does not name runs unchanged in that pass."""
+
+    orders: tuple[tuple[str, Order], ...] = ()  # (stack name, order), sorted by stack name
+    steps: tuple[int, ...] | None = None  # sorted, distinct; None = every step
+    scale: float | None = None  # the extra pass's; None for [uncond]
+
+    def order(self, stack: str) -> Order | None:
+        return _order_of(self.orders, stack)
+
+    def resolved(self, layout: Layout) -> dict[str, Order]:
+        """Every stack of `layout` with the order this pass runs (the identity where the branch is silent)."""
+        out = {}
+        for s in layout.stacks:
+            order = self.order(s.name)
+            out[s.name] = identity_order(s.blocks) if order is None else order
+        return out
+
+    def applies_at(self, step: int) -> bool:
+        return self.steps is None or step in self.steps
+
+
 @dataclass(frozen=True)
 class Plan:
     # The default order: (stack name, order), sorted by stack name; a stack not listed runs unchanged.
@@ -149,6 +181,13 @@ class Plan:
     # Orders for some steps, sorted by first step. A plan has either these or active_steps, never both
     # (validate and the loader refuse both; resolved_at reads active_steps first).
     step_orders: tuple[StepTable, ...] = ()
+    # Guidance-branch plans (CFG families only): the unconditional pass's own orders, an extra pass.
+    uncond: Branch | None = None
+    extra: Branch | None = None
+
+    @property
+    def has_branches(self) -> bool:
+        return self.uncond is not None or self.extra is not None
 
     def order(self, stack: str) -> Order | None:
         """`stack`'s default order (None: the stack runs unchanged where no step table says otherwise)."""
@@ -197,9 +236,11 @@ class Plan:
         return {name: own.get(name, order) for name, order in default.items()}
 
     def is_identity(self, layout: Layout) -> bool:
-        """Whether every step runs the full model."""
-        return all(order == identity_order(layout.stack(name).blocks)
-                   for orders in (self.orders, *(t.orders for t in self.step_orders)) for name, order in orders)
+        """Whether every step runs the full model (an extra guidance pass never does: it adds a pass)."""
+        branches = () if self.uncond is None else (self.uncond.orders,)
+        return self.extra is None and all(
+            order == identity_order(layout.stack(name).blocks)
+            for orders in (self.orders, *(t.orders for t in self.step_orders), *branches) for name, order in orders)
 
     def applies_at(self, step: int) -> bool:
         return self.active_steps is None or step in self.active_steps
@@ -582,6 +623,12 @@ def summary(plan: Plan) -> str:
     for table in plan.step_orders:
         inner = "; ".join(f"{name}: {format_order(order)}" for name, order in table.orders) or "full model"
         parts.append(f"at steps {format_steps(table.steps)} ({inner})")
+    for name, branch in (("uncond", plan.uncond), ("extra", plan.extra)):
+        if branch is not None:
+            inner = "; ".join(f"{stack}: {format_order(order)}" for stack, order in branch.orders) or "full model"
+            scale = f" x{branch.scale:g}" if branch.scale is not None else ""
+            at = f" at steps {format_steps(branch.steps)}" if branch.steps is not None else ""
+            parts.append(f"{name}{scale}{at} ({inner})")
     return "; ".join(parts) if parts else "full model"
 
 
@@ -603,8 +650,31 @@ def validate(plan: Plan, layout: Layout, source: str = "plan") -> None:
     if plan.active_steps is not None and plan.step_orders:
         problems.append(f"{source}: active_steps: {_BOTH}")
     problems += _cache_bound_problems(plan, source)
+    problems += _branch_problems(plan, layout, source)
     if problems:
         raise PlanError(problems)
+
+
+def _branch_problems(plan: Plan, layout: Layout, source: str) -> list[str]:
+    """[uncond] and [extra] need a family that runs classifier-free guidance, orders that fit the model,
+    and no cached span anywhere in the plan (a span's residuals would be shared between passes)."""
+    from dit_explore.engine.core.families import family
+
+    problems: list[str] = []
+    for name, branch in (("uncond", plan.uncond), ("extra", plan.extra)):
+        if branch is None:
+            continue
+        if family(layout.family).guidance_halves is None:
+            problems.append(f"{source}: {name}: guidance-branch plans need classifier-free guidance, which "
+                            f"{layout.family} models do not run")
+            continue
+        problems += _order_problems(branch.orders, layout, f"{source}: {name}.order")
+        cached = [u for _, order in branch.orders for u in order if isinstance(u, Cached)]
+        if cached or (has_cached(plan) and not problems):
+            where = f"{name}.order" if cached else "order"
+            problems.append(f"{source}: {where}: cached spans (@reuse, @forecast) cannot be combined with "
+                            f"guidance-branch plans ([{name}])")
+    return problems
 
 
 def _cache_bound_problems(plan: Plan, source: str) -> list[str]:
@@ -678,6 +748,8 @@ def validate_steps(plan: Plan, steps: int, source: str = "plan") -> None:
     """active_steps and the step tables must name steps that exist at this step count."""
     named = [("active_steps", plan.active_steps or ())]
     named += [(f"steps[{i}].steps", table.steps) for i, table in enumerate(plan.step_orders)]
+    named += [(f"{name}.steps", branch.steps) for name, branch in (("uncond", plan.uncond), ("extra", plan.extra))
+              if branch is not None and branch.steps is not None]
     problems = []
     for key, indices in named:
         bad = tuple(s for s in indices if s >= steps)
@@ -688,6 +760,17 @@ def validate_steps(plan: Plan, steps: int, source: str = "plan") -> None:
         problems = _nothing_to_reuse(plan, steps, source)
     if problems:
         raise PlanError(problems)
+
+
+def validate_guidance(plan: Plan, layout: Layout, guidance: float, source: str = "plan") -> None:
+    """A plan with [uncond] or [extra] needs the doubled batch of classifier-free guidance, which the
+    family runs at this guidance scale (above 1): a PlanError of one line otherwise."""
+    from dit_explore.engine.core.families import family
+
+    if plan.has_branches and family(layout.family).guidance_halves is not None and not family(layout.family).uses_cfg(guidance):
+        names = " and ".join(f"[{n}]" for n, b in (("uncond", plan.uncond), ("extra", plan.extra)) if b is not None)
+        raise PlanError([f"{source}: {names} apply to classifier-free guidance, which this run does not use "
+                         f"(guidance {guidance:g}; it runs above 1)"])
 
 
 def _nothing_to_reuse(plan: Plan, steps: int, source: str) -> list[str]:
@@ -753,7 +836,8 @@ def _orders_named_at(plan: Plan, step: int) -> tuple[dict[str, Order], dict[str,
 
 # ----------------------------------------------------------------------------------------------- files
 
-_TOP_KEYS = ("version", "model", "name", "note", "active_steps", "order", "steps", "sampling")
+_TOP_KEYS = ("version", "model", "name", "note", "active_steps", "order", "steps", "uncond", "extra", "sampling")
+_BRANCH_KEYS = {"uncond": ("steps", "order"), "extra": ("scale", "steps", "order")}
 _STEP_KEYS = ("steps", "order")
 _VERSIONS_READ = " or ".join(map(str, PLAN_VERSIONS))
 _SAMPLING_TYPES: dict[str, tuple[type, ...]] = {
@@ -833,6 +917,7 @@ def from_mapping(data: Mapping[str, Any], source: str) -> Plan:
     left = [MAX_PLAN_EXECUTIONS]  # block executions all the plan's orders may still write
     orders = _orders_from(data.get("order", {}), f"{source}: order", "[order] single = \"0-37\"", left, problems)
     step_orders = _step_tables_from(data, version, source, left, problems)
+    uncond, extra = (_branch_from(data, name, version, source, left, problems) for name in BRANCHES)
     if step_orders and "active_steps" in data:
         problems.append(f"{source}: active_steps: {_BOTH}")
     if type(version) is int and version == 1:
@@ -876,6 +961,8 @@ def from_mapping(data: Mapping[str, Any], source: str) -> Plan:
         note=texts["note"],
         sampling=sampling,
         step_orders=step_orders,
+        uncond=uncond,
+        extra=extra,
     )
 
 
@@ -954,6 +1041,52 @@ def _step_tables_from(data: Mapping[str, Any], version: object, source: str, lef
     return tuple(sorted(tables, key=lambda table: table.steps[0]))
 
 
+def _branch_from(data: Mapping[str, Any], name: str, version: object, source: str, left: list[int],
+                 problems: list[str]) -> Branch | None:
+    """An [uncond] or [extra] table: its optional steps window, its orders ([uncond.order]: optional, the
+    full model when absent; [extra.order]: required) and the extra pass's scale (required there)."""
+    raw = data.get(name)
+    if raw is None:
+        return None
+    where = f"{source}: {name}"
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: expected a table [{name}], got {_kind(raw)}")
+        return None
+    if type(version) is int and version == 1:
+        problems.append(f"{where}: [{name}] needs version = 2 (this file says version = 1)")
+        return None
+    known = _BRANCH_KEYS[name]
+    for key in raw:
+        if key not in known:
+            problems.append(f"{where}.{shown(key)}: unknown key (known: {', '.join(known)})")
+    steps: tuple[int, ...] | None = None
+    text = raw.get("steps")
+    if text is not None and not isinstance(text, str):
+        problems.append(f"{where}.steps: expected a string like \"1-5\", got {_kind(text)}")
+    elif text is not None:
+        try:
+            steps = parse_steps(text, f"{where}.steps")
+        except PlanError as exc:
+            problems.extend(exc.problems)
+    scale: float | None = None
+    if name == "extra":
+        value = raw.get("scale")
+        if value is None:
+            problems.append(f"{where}.scale: missing (how strongly the pass guides, like 2.8)")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"{where}.scale: expected a number like 2.8, got {_kind(value)}")
+        elif not (math.isfinite(value) and abs(value) <= MAX_BRANCH_SCALE):
+            problems.append(f"{where}.scale: must be a finite number within ±{MAX_BRANCH_SCALE:g} at "
+                            f"'{_shown_value(value)}'")
+        else:
+            scale = float(value)
+        if "order" not in raw:
+            problems.append(f"{where}.order: missing (the extra pass's orders, like [extra.order] double = \"0-6, 10-23\")")
+    orders = _orders_from(raw.get("order", {}), f"{where}.order", f"[{name}.order] double = \"0-6, 10-23\"", left,
+                          problems)
+    return Branch(orders, steps, scale)
+
+
 def check_sampling(sampling: Sampling, prefix: str) -> Sampling:
     """Range checks that need no model: positive sizes and steps, finite guidance, a non-empty prompt.
     Problems are named `{prefix}{field}` ("plan.toml: sampling.steps", "--steps")."""
@@ -1001,7 +1134,7 @@ def dumps(plan: Plan, comment: str | None = None) -> str:
     printable = "".join(ch if ch.isprintable() or ch == "\n" else " " for ch in comment or "")
     lines = [f"# {line}".rstrip() for line in printable.splitlines()]
     # A plan without step tables or cached spans reads as before.
-    lines.append(f"version = {2 if plan.step_orders or has_cached(plan) else 1}")
+    lines.append(f"version = {2 if plan.step_orders or has_cached(plan) or plan.has_branches else 1}")
     for key in ("model", "name", "note"):
         if getattr(plan, key) is not None:
             lines.append(f"{key} = {_toml_value(getattr(plan, key))}")
@@ -1012,6 +1145,16 @@ def dumps(plan: Plan, comment: str | None = None) -> str:
     for table in plan.step_orders:
         lines += ["", "[[steps]]", f"steps = {_toml_value(format_steps(table.steps))}", "[steps.order]"]
         lines += [f"{_toml_key(name)} = {_toml_value(format_order(order))}" for name, order in table.orders]
+    for name, branch in (("uncond", plan.uncond), ("extra", plan.extra)):
+        if branch is None:
+            continue
+        lines += ["", f"[{name}]"]
+        if branch.scale is not None:
+            lines.append(f"scale = {_toml_value(branch.scale)}")
+        if branch.steps is not None:
+            lines.append(f"steps = {_toml_value(format_steps(branch.steps))}")
+        lines.append(f"[{name}.order]")
+        lines += [f"{_toml_key(stack)} = {_toml_value(format_order(order))}" for stack, order in branch.orders]
     sampling = {k: v for k, v in asdict(plan.sampling).items() if v is not None}
     if sampling:
         lines += ["", "[sampling]"]

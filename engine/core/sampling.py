@@ -111,8 +111,11 @@ class BlockRuns:
     """Block executions per step and stack under a plan, next to the full model's."""
 
     full_per_step: dict[str, int]
-    per_step: tuple[dict[str, int], ...]
-    total: int
+    # A plan with guidance-branch tables counts each pass by the share of the doubled batch it runs (the
+    # conditional and the unconditional half a half each, an extra pass on the conditional half a half),
+    # so its counts can end in .5; every other plan's are whole numbers.
+    per_step: tuple[dict[str, float], ...]
+    total: float
     full_total: int
 
     @property
@@ -126,14 +129,30 @@ def block_runs(plan: Plan, layout: Layout, steps: int) -> BlockRuns:
     respected: each step counts the orders it runs; a cached span counts its blocks on the first step,
     where it computes, and nothing after)."""
     full = {s.name: s.blocks for s in layout.stacks}
+    if plan.has_branches:
+        return _branch_runs(plan, layout, steps, full)
     counts: dict[tuple[tuple[bool, int | None], bool], dict[str, int]] = {}  # each variant counted once
     for step in range(steps):
         key = (plan.variant_at(step), step == 0)
         if key not in counts:
             counts[key] = {name: executions(order, computing=step == 0)
                            for name, order in plan.resolved_at(layout, step).items()}
-    per_step = tuple(dict(counts[(plan.variant_at(step), step == 0)]) for step in range(steps))
+    per_step: tuple[dict[str, float], ...] = tuple(dict(counts[(plan.variant_at(step), step == 0)]) for step in range(steps))
     return BlockRuns(full_per_step=full, per_step=per_step, total=sum(sum(s.values()) for s in per_step),
+                     full_total=sum(full.values()) * steps)
+
+
+def _branch_runs(plan: Plan, layout: Layout, steps: int, full: dict[str, int]) -> BlockRuns:
+    """block_runs of a plan with [uncond] or [extra] (see BlockRuns.per_step for the unit)."""
+    per_step = []
+    for step in range(steps):
+        cond = {name: executions(order) for name, order in plan.resolved_at(layout, step).items()}
+        uncond = (cond if plan.uncond is None or not plan.uncond.applies_at(step) else
+                  {name: executions(order) for name, order in plan.uncond.resolved(layout).items()})
+        extra = ({name: executions(order) for name, order in plan.extra.resolved(layout).items()}
+                 if plan.extra is not None and plan.extra.applies_at(step) else dict.fromkeys(full, 0))
+        per_step.append({name: (cond[name] + uncond[name] + extra[name]) / 2 for name in full})
+    return BlockRuns(full_per_step=full, per_step=tuple(per_step), total=sum(sum(s.values()) for s in per_step),
                      full_total=sum(full.values()) * steps)
 
 
@@ -142,18 +161,24 @@ def step_variants(plan: Plan, layout: Layout, steps: int) -> tuple[tuple[Plan, i
     as a plan of one default order (no step tables, no active_steps), with the number of steps that run
     it. What the engine times, one set at a time, to measure a per-step plan against the full model. The
     first step of a plan with cached spans is a set of its own, with those spans computed (as they are
-    there); on the other steps they are reused."""
+    there); on the other steps they are reused. A plan's guidance branches ride along on the steps they
+    apply to, each as a branch of every step (no window), so that a timed call runs the step's passes."""
     found: list[Plan] = []
     counts: list[int] = []
-    where: dict[tuple[tuple[bool, int | None], bool], int] = {}  # (variant, first step) -> position in `found`
+    # (variant, first step, [uncond] applies, [extra] applies) -> position in `found`
+    where: dict[tuple[tuple[bool, int | None], bool, bool, bool], int] = {}
     first_computes = has_cached(plan)
     for step in range(steps):
-        variant = (plan.variant_at(step), first_computes and step == 0)
+        uncond = plan.uncond is not None and plan.uncond.applies_at(step)
+        extra = plan.extra is not None and plan.extra.applies_at(step)
+        variant = (plan.variant_at(step), first_computes and step == 0, uncond, extra)
         if variant not in where:
             orders = plan.resolved_at(layout, step)
             if variant[1]:
                 orders = {name: computing(order) for name, order in orders.items()}
-            one = Plan(orders=tuple(sorted(orders.items())))
+            one = Plan(orders=tuple(sorted(orders.items())),
+                       uncond=replace(plan.uncond, steps=None) if uncond and plan.uncond is not None else None,
+                       extra=replace(plan.extra, steps=None) if extra and plan.extra is not None else None)
             if one not in found:  # two variants may run the same orders (the full model, say)
                 found.append(one)
                 counts.append(0)

@@ -23,6 +23,7 @@ from dit_explore.engine.core.plan import (
     MAX_COUNT,
     MAX_EXECUTIONS,
     PNG_PLAN_KEY,
+    Branch,
     Group,
     Plan,
     PlanError,
@@ -671,8 +672,14 @@ def _step_tables(drawn: list[tuple[set[int], dict[str, Any]]]) -> tuple[StepTabl
 
 step_tables = st.lists(st.tuples(st.sets(st.integers(0, 50), min_size=1, max_size=8), _stack_orders),
                        max_size=4).map(_step_tables)
+_windows = st.one_of(st.none(), st.sets(st.integers(0, 50), min_size=1, max_size=8).map(lambda s: tuple(sorted(s))))
+_uncond = st.one_of(st.none(), st.builds(lambda orders, steps: Branch(tuple(sorted(orders.items())), steps),
+                                         _stack_orders, _windows))
+_extra = st.one_of(st.none(), st.builds(lambda orders, steps, scale: Branch(tuple(sorted(orders.items())), steps, scale),
+                                        _stack_orders, _windows,
+                                        st.floats(-100, 100, allow_nan=False, allow_infinity=False)))
 plans = st.builds(
-    lambda orders, steps, model, name, note, sampling, tables: Plan(
+    lambda orders, steps, model, name, note, sampling, tables, uncond, extra: Plan(
         orders=tuple(sorted(orders.items())),
         active_steps=None if steps is None or tables else tuple(sorted(steps)),  # never both
         model=model,
@@ -680,6 +687,8 @@ plans = st.builds(
         note=note,
         sampling=sampling,
         step_orders=tables,
+        uncond=uncond,
+        extra=extra,
     ),
     _stack_orders,
     st.one_of(st.none(), st.sets(st.integers(0, 50), min_size=1)),
@@ -688,6 +697,8 @@ plans = st.builds(
     st.one_of(st.none(), _texts),
     _samplings,
     st.one_of(st.just(()), step_tables),
+    _uncond,
+    _extra,
 )
 
 
@@ -698,9 +709,10 @@ def test_dumps_loads_round_trip(plan: Plan, comment: str | None) -> None:
     text = dumps(plan, comment)
     assert loads(text) == plan
     assert dumps(loads(text)) == dumps(plan)
-    # Version 2 exactly when the plan has step tables; a version-1 text has no [[steps]] at all.
-    assert re.findall(r"^version = (\d+)$", text, re.M) == (["2"] if plan.step_orders else ["1"])
+    # Version 2 exactly when the plan has step tables or guidance branches; a version-1 text has neither.
+    assert re.findall(r"^version = (\d+)$", text, re.M) == (["2"] if plan.step_orders or plan.has_branches else ["1"])
     assert ("[[steps]]" in text.splitlines()) == bool(plan.step_orders)
+    assert ("[extra]" in text.splitlines()) == (plan.extra is not None)
 
 
 # ---------------------------------------------------------------------------- plan file errors

@@ -183,6 +183,22 @@ def plan_texts(draw: st.DrawFn) -> str:
             for name in names:
                 order = draw(_value) if hostile() else draw((_order_text if hostile() else _benign_order).map(_toml_string))
                 lines.append(f"{name} = {order}")
+    for branch in ("uncond", "extra"):  # guidance-branch tables (version 2), now and then
+        if draw(st.integers(0, 3)) == 0:
+            lines.append(f"[{branch}]")
+            if branch == "extra" and draw(st.integers(0, 9)) > 0:
+                lines.append(f"scale = {draw(_value) if hostile() else draw(st.sampled_from(['2.8', '-1', '0', '7']))}")
+            if draw(st.booleans()):
+                steps = draw(_value) if hostile() else draw(_benign_steps.map(_toml_string))
+                lines.append(f"steps = {steps}")
+            if hostile():
+                lines.append(f"{draw(_key)} = {draw(_value)}")
+            if draw(st.integers(0, 9)) > 0:
+                lines.append(f"[{branch}.order]")
+                for name in draw(st.lists(_key if hostile() else st.sampled_from(["single", "double"]), max_size=3,
+                                          unique=True)):
+                    order = draw(_value) if hostile() else draw((_order_text if hostile() else _benign_order).map(_toml_string))
+                    lines.append(f"{name} = {order}")
     if draw(st.booleans()):
         lines.append("[sampling]")
         for name in draw(st.lists(_key if hostile() else st.sampled_from(sorted(_benign_sampling)), max_size=6,

@@ -262,3 +262,51 @@ def test_a_per_step_plan_opens_shows_its_default_order_and_runs_as_written(tmp_p
         assert app.plan.step_orders == opened.step_orders
 
     drive(app, scenario, hello=True)
+
+
+BRANCHED = """version = 2
+name = "slg"
+
+[order]
+double = "0-3, 5"
+
+[uncond]
+steps = "0"
+
+[extra]
+scale = 2.8
+steps = "1-2"
+[extra.order]
+double = "0-1, 4-5"
+"""
+
+
+def test_a_guidance_branch_plan_says_the_grid_edits_the_conditional_pass(tmp_path: Path) -> None:
+    """A plan with [uncond] and [extra] on tiny-sd3: the grid's note says it shows the conditional pass and
+    that the branches run as written; the plan line lists each branch with its window and scale and
+    counts the conditional pass's cost; an edit keeps the branches and the run request carries them."""
+    path = tmp_path / "slg.plan.toml"
+    path.write_text(BRANCHED)
+    runs: list[protocol.Run] = []
+    app = make_app(tmp_path, model="tiny-sd3", runs=runs)
+
+    async def scenario(pilot: Pilot[Any]) -> None:
+        app._open(str(path))
+        await until(pilot, lambda: app.plan.extra is not None)
+        grid = app.query_one(LayerGrid)
+        note = ("conditional pass shown · [uncond] steps 0, [extra] ×2.8 steps 1-2 run as written; edits change "
+                "the default order")
+        assert grid.steps_note() == note
+        assert grid_text(app)[1] == note[: len(grid_text(app)[1])]
+        bar = plan_bar(app)
+        assert " uncond  steps 0  full model\n" in bar and "  extra ×2.8  steps 1-2  double: 0-1, 4-5\n" in bar
+        assert "5 / 6 block executions per step (the conditional pass)" in bar
+        grid.select("double", 0, 0)
+        await pilot.press("s")
+        assert app.plan.order("double") == (1, 2, 3, 5) and app.plan.extra == plans.loads(BRANCHED).extra
+        await app.action_run()
+        await until(pilot, lambda: len(runs) == 1)
+        sent = plans.loads(runs[0].plan)
+        assert sent.uncond == plans.loads(BRANCHED).uncond and sent.extra is not None and sent.extra.scale == 2.8
+
+    drive(app, scenario, hello=True)

@@ -273,7 +273,8 @@ class LayerGrid(Widget, can_focus=True):
     def _layout_rows(self, width: int) -> list[Row]:
         if width != self._rows_width:
             per_row = self._per_row(width)
-            rows: list[Row] = [Row("status")] + ([Row("steps")] if self.plan.step_orders else [])
+            noted = self.plan.step_orders or self.plan.has_branches
+            rows: list[Row] = [Row("status")] + ([Row("steps")] if noted else [])
             for i, stack in enumerate(self.layout_info.stacks):
                 rows.append(Row("label", i))
                 rows += [Row("cells", i, start) for start in range(0, stack.blocks, per_row)]
@@ -365,12 +366,20 @@ class LayerGrid(Widget, can_focus=True):
         return f"selection {where} ({last - first + 1} block{'s' if last != first else ''}){mode}{shares}"
 
     def steps_note(self) -> str:
-        """The line under the status of a plan with step tables: the grid shows and edits the default order,
-        the tables run as they are."""
-        tables = self.plan.step_orders
+        """The line under the status of a plan with step tables or guidance branches: the grid shows and
+        edits the default order, which is the conditional pass's where a plan has branches; the tables and
+        the branches run as they are."""
+        plan = self.plan
+        tables = plan.step_orders
         steps = ", ".join(format_steps(t.steps) for t in tables)
-        return (f"default order shown · {len(tables)} step table{'s' if len(tables) > 1 else ''} (steps {steps}) "
-                "run as written; edits change the default order")
+        parts = ([f"{len(tables)} step table{'s' if len(tables) > 1 else ''} (steps {steps})"] if tables else [])
+        for name, branch in (("[uncond]", plan.uncond), ("[extra]", plan.extra)):
+            if branch is not None:
+                scale = f" ×{branch.scale:g}" if branch.scale is not None else ""
+                at = f" steps {format_steps(branch.steps)}" if branch.steps is not None else ""
+                parts.append(f"{name}{scale}{at}")
+        shown = "conditional pass shown" if plan.has_branches else "default order shown"
+        return f"{shown} · {', '.join(parts)} run as written; edits change the default order"
 
     def action_select_group(self) -> None:
         """Select the similarity group under the cursor: "skip this middle group" is then one key away."""

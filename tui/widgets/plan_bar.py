@@ -1,5 +1,6 @@
 """The plan line: the plan's name (with where it was saved, and "modified" once it was edited since), each
-stack's canonical (default) order, the plan's step tables, the predicted cost, and what makes the plan invalid."""
+stack's canonical (default) order, the plan's step tables and guidance branches ([uncond], [extra]), the
+predicted cost, and what makes the plan invalid."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ NO_BLOCK = '"" (no block runs)'
 
 def _blocks(plan: plans.Plan) -> tuple[object, ...]:
     """What "modified" compares: which blocks run, in which order, at which steps."""
-    return plan.orders, plan.active_steps, plan.step_orders
+    return plan.orders, plan.active_steps, plan.step_orders, plan.uncond, plan.extra
 
 
 class PlanBar(Static):
@@ -74,11 +75,22 @@ class PlanBar(Static):
             text.append((orders or "full model") + "\n", style="")
         if len(plan.step_orders) > SHOWN_TABLES:
             text.append(f"         … and {len(plan.step_orders) - SHOWN_TABLES} more step tables\n", style="dim")
+        for name, branch in (("uncond", plan.uncond), ("extra", plan.extra)):
+            if branch is None:
+                continue
+            orders = "; ".join(f"{stack}: {plans.format_order(order) or NO_BLOCK}" for stack, order in branch.orders)
+            scale = f" ×{branch.scale:g}" if branch.scale is not None else ""
+            text.append(f"{name:>7}{scale}  ", style="bold")
+            if branch.steps is not None:
+                text.append(f"steps {plans.format_steps(branch.steps)}  ", style="dim")
+            text.append((orders or "full model") + "\n", style="")
         runs, full = executions_per_step(plan, layout)
         text.append("   cost  ", style="bold")
-        text.append(f"{runs} / {full} block executions per step" + (" (default order)" if plan.step_orders else ""),
-                    style="")
-        if runs:
+        which = " (the conditional pass)" if plan.has_branches else " (default order)" if plan.step_orders else ""
+        text.append(f"{runs} / {full} block executions per step{which}", style="")
+        if plan.has_branches:  # the passes of [uncond] and [extra] count in the run's block executions
+            text.append("  (branch passes come on top)", style="dim")
+        elif runs:
             text.append(f"  (predicted speedup {full / runs:.2f}×)", style="dim")
         if problem:
             text.append(f"\n  ✗ {problem}", style="bold red")

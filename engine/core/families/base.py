@@ -226,6 +226,10 @@ class Family:
     packs_latents: ClassVar[bool] = False
     # The memory estimator's facts (engine/core/memory.py); None: this family's requests are not estimated.
     memory: ClassVar[MemorySpec | None] = None
+    # How the pipeline batches classifier-free guidance: the passes of the doubled batch in order (SD3's
+    # and AuraFlow's pipelines concatenate the negative prompt's embeddings first); None: the family runs
+    # no CFG, so a plan's [uncond] and [extra] tables cannot apply (engine/branches.py splits by this).
+    guidance_halves: ClassVar[tuple[str, str] | None] = ("uncond", "cond")
 
     # ---------------------------------------------------------------------------------- layout
 

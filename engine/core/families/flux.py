@@ -90,6 +90,8 @@ class Flux(Family):
         target=0.85,
     )
 
+    guidance_halves = None  # guidance-distilled: no classifier-free guidance, no doubled batch
+
     def uses_cfg(self, guidance: float) -> bool:
         return False
 
