@@ -187,3 +187,16 @@ def test_an_unconditional_pass_plan_is_a_hand_written_split_batch(tiny_generator
     assert hand.step == 5
     torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
     assert not torch.allclose(ours, whole, atol=1e-4)  # the unconditional pass's own plan changed the image
+
+
+def test_the_readmes_branch_example_is_a_valid_sd3_medium_plan() -> None:
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    (example,) = [block for block in re.findall(r"```toml\n(.*?)```", readme, re.S) if "[extra]" in block]
+    plan = plans.loads(example)
+    plans.validate(plan, MODELS["sd3-medium"].layout)
+    plans.validate_steps(plan, 28)
+    assert plan.extra is not None and plan.extra.scale == 2.8 and plan.extra.order("double") == (
+        *range(0, 7), *range(10, 24))
