@@ -9,7 +9,7 @@ from pathlib import Path
 from dit_explore.tui.keys import ALL_KEYS
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-SHOWN = {"question_mark": "?", "percent_sign": "%"}
+SHOWN = {"question_mark": "?", "percent_sign": "%", "left_square_bracket": "[", "right_square_bracket": "]"}
 
 
 def explorer_section() -> str:

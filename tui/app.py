@@ -531,6 +531,13 @@ class ExplorerApp(App[int]):
             self.action_show_view("images")
         self.notify(f"images: {shown} (P: next)", timeout=3)
 
+    def action_step_previews(self, delta: int) -> None:
+        """The shown run's plan and baseline at an earlier or later denoising step (their previews)."""
+        said = self.query_one(ImagePane).step_through(delta)
+        if self.has_class("-narrow") and self._view != "images":
+            self.action_show_view("images")
+        self.notify(said, timeout=3)
+
     def _heatmap_open(self) -> bool:
         from dit_explore.tui.screens.heatmap import HeatmapScreen
 

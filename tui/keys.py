@@ -107,6 +107,11 @@ APP_KEYS = (
         "show or hide the importance overlay (the group colors again)", show=False),
     Key("sweep-images", "P", "sweep_images", "plot",
         "images: the sweep's plot, then its contact sheet, then the run's images again", show=False),
+    # Per-step previews of the run shown: brackets step back and forth through the denoising steps.
+    Key("step-back", "left_square_bracket", "step_previews(-1)", "step -",
+        "images: the run's plan and baseline previews one denoising step earlier, side by side", show=False),
+    Key("step-forward", "right_square_bracket", "step_previews(1)", "step +",
+        "images: one denoising step later (past the last step: the final images again)", show=False),
     # "R" for runs ("h" moves left, vim-style); the history keeps past sessions' runs too.
     Key("history", "R", "history", "history",
         "go to the run history (enter loads a run's plan, prompt and images; escape or R goes back)"),

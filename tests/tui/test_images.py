@@ -679,3 +679,76 @@ def test_check_geometry_catches_what_it_should() -> None:
         with pytest.raises(AssertionError):
             check_geometry(bad, images=2)
     assert math.isclose(aspect_error((64, 64), (30, 15), TEXT_CELL), 0.0)
+
+
+def test_stepping_through_a_runs_previews_shows_plan_and_baseline_at_the_same_step() -> None:
+    """`[` / `]` (step_through): the plan's and the baseline's previews after the same step, side by side
+    with their difference; past the last step the final images again. A later run whose baseline the
+    engine reused borrows the first run's baseline previews (said so); an identity run's plan previews
+    are its baseline's. A run of more than KEPT_STEPS steps keeps a spread of them."""
+    app = PaneApp("halfcell")
+
+    async def main() -> None:
+        async with app.run_test(size=(120, 40)) as pilot:
+            pane = app.query_one(ImagePane)
+            assert pane.step_through(-1) == "per-step previews: show a run's images first"
+            first = done_record(1, None, None, "skip 3")
+            first.status = Status.RUNNING
+            pane.start_run(first)
+            plan_steps = {k: noise(16, 16, 10 + k) for k in range(1, 4)}
+            base_steps = {k: noise(16, 16, 20 + k) for k in range(1, 4)}
+            for k in range(1, 4):
+                pane.show_preview(plan_steps[k], "plan", k, 4, job=1)
+            for k in range(1, 4):
+                pane.show_preview(base_steps[k], "baseline", k, 4, job=1)
+            first.image, first.baseline, first.status = noise(64, 64, 1), noise(64, 64, 2), Status.OK
+            first.difference = difference(first.image, first.baseline)
+            pane.refresh_record(first)
+            assert pane.step_through(-1) == "step 3/4: plan and baseline previews ([ ] step)"
+            assert pane.step_through(-1) == "step 2/4: plan and baseline previews ([ ] step)"
+            await until(pilot, lambda: heat_shown(pane))
+            await settle(pilot)
+            layout = layout_of(pane)
+            assert [s["title_text"] for s in layout["slots"][:2]] == ["plan · step 2/4 (preview)",
+                                                                     "baseline · step 2/4 (preview)"]
+            assert [s["image"] for s in layout["slots"]] == [[16, 16]] * 3
+            assert pane.query_one("#plan-image", ImageSlot).image is plan_steps[2]
+            assert pane.query_one("#baseline-image", ImageSlot).image is base_steps[2]
+            want = difference(plan_steps[2], base_steps[2])
+            assert f"PSNR {want.psnr:.1f} dB" in layout["line_text"]
+            assert pane.step_through(-5) == "step 1/4: plan and baseline previews ([ ] step)"  # stops at the first
+            assert pane.step_through(1) == "step 2/4: plan and baseline previews ([ ] step)"
+            pane.step_through(1)
+            assert pane.step_through(1) == "the final images"
+            await settle(pilot)
+            assert layout_of(pane)["slots"][0]["image"] == [64, 64]
+
+            second = done_record(2, None, None, "skip 4")  # same prompt and settings: the baseline was cached
+            second.status = Status.RUNNING
+            pane.start_run(second)
+            for k in range(1, 4):
+                pane.show_preview(noise(16, 16, 30 + k), "plan", k, 4, job=2)
+            second.image, second.baseline, second.status = noise(64, 64, 3), first.baseline, Status.OK
+            pane.refresh_record(second)
+            pane.step_through(1)
+            await settle(pilot)
+            slots = layout_of(pane)["slots"]
+            assert slots[1]["detail_text"] == "from 12:00:01: same prompt and settings"
+            assert pane.query_one("#baseline-image", ImageSlot).image is base_steps[1]
+
+            identity = done_record(3, None, None, "full model")
+            identity.prompt = "another"
+            identity.status = Status.RUNNING
+            pane.start_run(identity)
+            for k in range(1, 100):
+                pane.show_preview(noise(8, 8, k), "plan", k, 100, job=3)
+            final = noise(64, 64, 9)
+            identity.image, identity.baseline, identity.status = final, final, Status.OK
+            pane.refresh_record(identity)
+            assert pane.step_through(-1) == "step 99/100: plan and baseline previews ([ ] step)"
+            await settle(pilot)
+            assert pane.query_one("#baseline-image", ImageSlot).image is pane.query_one("#plan-image", ImageSlot).image
+            kept = sorted(pane._state.stepped[3]["plan"])
+            assert kept == [*range(2, 100, 2), 99] and len(kept) <= image_pane.KEPT_STEPS
+
+    asyncio.run(main())

@@ -40,7 +40,8 @@ def key_table(keymap: dict[str, str]) -> Table:
         table.add_row(Text(title, style="underline"), Text(note, style="dim"))
         for key in keys:
             shown = (keymap.get(key.id, key.keys).replace(",", " / ").replace("question_mark", "?")
-                     .replace("percent_sign", "%"))
+                     .replace("percent_sign", "%").replace("left_square_bracket", "[")
+                     .replace("right_square_bracket", "]"))
             table.add_row(shown, key.help)
         table.add_row("", "")
     table.add_row("ctrl+p", "command palette: every action, by name")

@@ -8,6 +8,8 @@ view's record(s) when it is drawn, so none can outlive the images they describe:
   ("plan · step 2/4 (preview)") or what they wait for; until its own baseline comes, the baseline slot
   shows the baseline of an earlier run of the same prompt and settings (said so), else nothing: never
   another prompt's. A run that ended without an image says how it ended ("cancelled at step 2/4").
+  `step_through` (`[` and `]`) shows the run's plan and baseline previews after one denoising step side
+  by side, with their difference (the previews of the last KEPT_RUNS runs are kept).
 - two runs of the history (A/B, marked with tui/keys.py's COMPARE_KEYS): their plan images, labeled with their
   start time and label.
 - a PNG written by dit-explore (ctrl+o): the image, captioned with its file name, and the `baseline-`
@@ -471,10 +473,41 @@ class DifferenceSlot(PictureSlot):
             self.query_one(".detail", Static).update(self._detail())
 
 
+KEPT_STEPS = 64  # previews kept per run and role for stepping through: every step up to this many, else spread
+KEPT_RUNS = 8  # runs whose per-step previews are kept (latent-sized images: about 50 KB each at 1024 px)
+
+
+def kept_step(step: int, steps: int) -> bool:
+    """Whether the preview after `step` of `steps` is kept for stepping through (all of them up to
+    KEPT_STEPS steps; beyond, evenly spread ones and the last preview)."""
+    stride = -(-steps // KEPT_STEPS)
+    return step % stride == 0 or step == steps - 1
+
+
+def describe_step(record: RunRecord, step: int, steps: int, plan: Preview, baseline: Preview | None,
+                  borrowed: RunRecord | None) -> Comparison:
+    """A run's plan and baseline previews after the same denoising step (`[` and `]`), compared like the
+    final images; a baseline whose previews came from an earlier run of the same prompt and settings
+    says so, and a baseline without previews (cached by the engine) is said to have none."""
+    when = f"step {step}/{steps} (preview)"
+    first = Shown(plan.image, f"plan · {when}", f"{record.label} · [ ] step, ] after the last: final")
+    if baseline is None:
+        second = Shown(None, f"baseline · {when}", "no previews (the engine reused a cached baseline)")
+    else:
+        second = Shown(baseline.image, f"baseline · {when}",
+                       f"from {borrowed.started}: same prompt and settings" if borrowed is not None else "identity plan")
+    comparable = baseline is not None and baseline.image.size == plan.image.size
+    return Comparison(first, second, ("plan", "baseline"), comparable, None,
+                      "" if comparable else f"step {step}: the baseline has no preview")
+
+
 @dataclass
 class _State:
     live: RunRecord | None = None  # the latest run: previews belong to it
     previews: dict[str, Preview] = field(default_factory=dict)
+    # Per run (job) and role, the previews kept after each step (kept_step), for stepping through.
+    stepped: OrderedDict[int, dict[str, dict[int, Preview]]] = field(default_factory=OrderedDict)
+    stepping: tuple[RunRecord, int] | None = None  # the run shown at a step (else its final images)
     view: RunRecord | tuple[RunRecord, RunRecord] | FileView | SweepImage | None = None
     marks: dict[str, RunRecord] = field(default_factory=dict)
     runs: list[RunRecord] = field(default_factory=list)  # every run shown: baselines to reuse
@@ -566,8 +599,60 @@ class ImagePane(Vertical):
         if live is None or live.status != Status.RUNNING or (job is not None and job != live.job):
             return  # a preview that outlived its run
         self._state.previews[role] = Preview(image, step, steps)
+        if kept_step(step, steps):
+            stepped = self._state.stepped
+            stepped.setdefault(live.job, {}).setdefault(role, {})[step] = Preview(image, step, steps)
+            stepped.move_to_end(live.job)
+            while len(stepped) > KEPT_RUNS:
+                stepped.popitem(last=False)
         if self._state.view is live:
             self._redraw()
+
+    def _baseline_previews(self, run: RunRecord) -> dict[int, Preview]:
+        """A run's baseline previews: its own, or its plan's when the plan's image is the baseline (the
+        identity plan: the engine sends that image as the baseline too)."""
+        kept = self._state.stepped.get(run.job, {})
+        if kept.get("baseline"):
+            return kept["baseline"]
+        if run.image is not None and run.baseline is not None and run.image.tobytes() == run.baseline.tobytes():
+            return kept.get("plan", {})
+        return {}
+
+    def _baseline_steps(self, record: RunRecord) -> tuple[dict[int, Preview], RunRecord | None]:
+        """The baseline previews of `record`, else of the latest other run of the same prompt and settings
+        that has them (the engine's baseline is deterministic, and it reuses one it has made), and that run."""
+        own = self._baseline_previews(record)
+        if own:
+            return own, None
+        for run in reversed(self._state.runs):
+            if run is not record and run.prompt == record.prompt and run.sampling == record.sampling:
+                theirs = self._baseline_previews(run)
+                if theirs:
+                    return theirs, run
+        return {}, None
+
+    def step_through(self, delta: int) -> str:
+        """Step the shown run's plan and baseline previews back (`delta` < 0) or forth; past the last kept
+        step, the final images again. Returns what now shows."""
+        view = self._state.view
+        if not isinstance(view, RunRecord):
+            return "per-step previews: show a run's images first"
+        kept = self._state.stepped.get(view.job, {}).get("plan")
+        if not kept:
+            return "no per-step previews of this run (they are kept while a run of this session runs)"
+        steps = sorted(kept)
+        stepping = self._state.stepping
+        at = stepping[1] if stepping is not None and stepping[0] is view else None
+        if at is None:
+            target: int | None = steps[-1] if delta < 0 else steps[0]
+        else:
+            index = steps.index(at) + delta
+            target = steps[max(index, 0)] if index < len(steps) else None
+        self._state.stepping = (view, target) if target is not None else None
+        self._redraw()
+        if target is None:
+            return "the final images"
+        return f"step {target}/{kept[target].steps}: plan and baseline previews ([ ] step)"
 
     def show_file(self, path: Path) -> None:
         """A PNG from disk in the first slot (captioned with its name), its run's baseline in the second."""
@@ -622,6 +707,13 @@ class ImagePane(Vertical):
 
     def _comparison(self) -> Comparison | None:
         view = self._state.view
+        stepping = self._state.stepping
+        if isinstance(view, RunRecord) and stepping is not None and stepping[0] is view:
+            step = stepping[1]
+            plan = self._state.stepped.get(view.job, {}).get("plan", {}).get(step)
+            if plan is not None:
+                baselines, borrowed = self._baseline_steps(view)
+                return describe_step(view, step, plan.steps, plan, baselines.get(step), borrowed)
         if isinstance(view, RunRecord):
             previews = self._state.previews if view is self._state.live else {}
             return describe_record(view, previews, same_baseline(view, self._state.runs))
