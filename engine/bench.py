@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from dit_explore.engine.analysis import SimilarityAccumulator, image_token_count
+from dit_explore.engine.branches import branched
 from dit_explore.engine.core import plan as plans
 from dit_explore.engine.core.sampling import Settings
 from dit_explore.engine.core.study import skip_plans
@@ -129,7 +130,12 @@ def _graphs_compiled() -> int:
 
 
 def run_bench(gen: Generator, settings: Settings, *, compile: bool = False, repeats: int | None = None,
-              say: Callable[[str], None] = lambda _m: None) -> BenchReport:
+              say: Callable[[str], None] = lambda _m: None, only: tuple[str, ...] | None = None) -> BenchReport:
+    """Every section of the bench (or the `only` ones; the overhead, which the others divide by, always)."""
+
+    def wanted(section: str) -> bool:
+        return only is None or section in only
+
     loaded = gen.loaded
     device, layout = loaded.device, loaded.layout
     cuda = device.type == "cuda"
@@ -203,18 +209,20 @@ def run_bench(gen: Generator, settings: Settings, *, compile: bool = False, repe
 
     stack = max(layout.stacks, key=lambda s: s.blocks)
     n = stack.blocks
-    say(f"skip plans on {stack.name}")
-    skips = skip_plans(layout)
-    timed = measure({"full": nullcontext, **{name: plan_variant(p) for name, p in skips.items()}})
+    skips = skip_plans(layout) if wanted("skip") else {}
+    if skips:
+        say(f"skip plans on {stack.name}")
+        timed = measure({"full": nullcontext, **{name: plan_variant(p) for name, p in skips.items()}})
     for name, plan in skips.items():
         ideal = plan_flops(plan, loaded, total_flops, per_block) / total_flops
         measured = timed[name] / timed["full"]
         report.add("skip", plan=f"{stack.name}: {plans.format_order(plan.order(stack.name) or ())}",
                    step_ms=timed[name], measured_ratio=measured, ideal_ratio=ideal, off_by=measured / ideal - 1)
 
-    say("parallel groups")
     start = max(1, n // 3)
-    groups = [(k, loops) for k, loops in ((2, 1), (4, 1), (4, 3)) if start + k < n - 1]
+    groups = [(k, loops) for k, loops in ((2, 1), (4, 1), (4, 3)) if start + k < n - 1 and wanted("parallel")]
+    if groups:
+        say("parallel groups")
     variants: dict[str, Variant] = {"full": nullcontext}
     for k, loops in groups:
         members = f"{start}-{start + k - 1}"
@@ -223,7 +231,7 @@ def run_bench(gen: Generator, settings: Settings, *, compile: bool = False, repe
         variants[f"without {members}"] = plan_variant(plans.Plan().with_order(stack.name, without))
         variants[f"[{members}]x{loops}"] = plan_variant(plans.Plan().with_order(
             stack.name, plans.parse_order(f"{rest_head}, [{members}]x{loops}, {rest_tail}")))
-    timed = measure(variants)
+    timed = measure(variants) if groups else {}
     for k, loops in groups:
         members = f"{start}-{start + k - 1}"
         without_ms = timed[f"without {members}"]
@@ -233,23 +241,58 @@ def run_bench(gen: Generator, settings: Settings, *, compile: bool = False, repe
                    members_sum_ms=member_ms * loops,
                    ratio=group_ms / (member_ms * loops) if member_ms > 0 else float("nan"))
 
-    say("similarity capture")
-    report.add("similarity", **_similarity_cost(gen, settings, inputs, step, timer, repeats, inner))
+    halves = loaded.family.guidance_halves
+    if halves is not None and loaded.family.uses_cfg(settings.guidance) and wanted("branches"):
+        say("guidance branches")
+        middle = n // 2
+        kept = plans.parse_order(f"0-{middle - 2}, {middle + 2}-{n - 1}")  # 3 middle blocks left out, as SLG
+        branched_plans = {
+            "[uncond] with the same orders (the batch split)": plans.Plan(uncond=plans.Branch()),
+            "[extra] of the full model": plans.Plan(extra=plans.Branch(scale=1.0)),
+            f"[extra] {stack.name}: {plans.format_order(kept)}": plans.Plan(
+                extra=plans.Branch(orders=((stack.name, kept),), scale=2.8)),
+        }
 
-    say("end-to-end image")
-    totals = []
-    for i in range(3):
-        result = gen.generate(f"bench prompt {i} {time.time()}", settings, plans.Plan())
-        totals.append(result)
-    best = sorted((r.timing for r in totals), key=lambda t: t.total)[len(totals) // 2]
-    report.add("end_to_end", steps=settings.steps, total_s=best.total, text_encode_s=best.text_encode,
-               transformer_s=best.transformer_total, decode_s=best.decode)
+        def branch_variant(plan: plans.Plan) -> Variant:
+            plans.validate(plan, layout)
 
-    say("matmul peak")
-    peak = matmul_peak_tflops(device, loaded.dtype, timer)
-    achieved = total_flops / (full_ms / 1000) / 1e12
-    report.add("throughput", step_tflop=total_flops / 1e12, step_ms=full_ms, achieved_tflops=achieved,
-               matmul_peak_tflops=peak, fraction_of_peak=achieved / peak)
+            @contextmanager
+            def running() -> Iterator[None]:
+                with applied(transformer, layout, plan) as handle, \
+                        branched(transformer, None, layout, plan, handle, [0], halves):
+                    yield
+
+            return running
+
+        timed = measure({"full": nullcontext, **{name: branch_variant(p) for name, p in branched_plans.items()}})
+        for name, plan in branched_plans.items():
+            extra = plan_flops(plans.Plan(orders=plan.extra.orders), loaded, total_flops, per_block) / 2 \
+                if plan.extra is not None else 0.0  # an extra pass runs the conditional half
+            ideal = 1 + extra / total_flops
+            measured = timed[name] / timed["full"]
+            report.add("branches", plan=name, step_ms=timed[name], measured_ratio=measured, ideal_ratio=ideal,
+                       off_by=measured / ideal - 1)
+
+    if wanted("similarity"):
+        say("similarity capture")
+        report.add("similarity", **_similarity_cost(gen, settings, inputs, step, timer, repeats, inner))
+
+    if wanted("end_to_end"):
+        say("end-to-end image")
+        totals = []
+        for i in range(3):
+            result = gen.generate(f"bench prompt {i} {time.time()}", settings, plans.Plan())
+            totals.append(result)
+        best = sorted((r.timing for r in totals), key=lambda t: t.total)[len(totals) // 2]
+        report.add("end_to_end", steps=settings.steps, total_s=best.total, text_encode_s=best.text_encode,
+                   transformer_s=best.transformer_total, decode_s=best.decode)
+
+    if wanted("throughput"):
+        say("matmul peak")
+        peak = matmul_peak_tflops(device, loaded.dtype, timer)
+        achieved = total_flops / (full_ms / 1000) / 1e12
+        report.add("throughput", step_tflop=total_flops / 1e12, step_ms=full_ms, achieved_tflops=achieved,
+                   matmul_peak_tflops=peak, fraction_of_peak=achieved / peak)
 
     if compile:
         say("plan changes after compilation")

@@ -14,9 +14,19 @@ so the replay draws the dynamic run's image at its cost.
 Which families: FirstBlockCache needs diffusers' cache hooks on the transformer (`CacheMixin`) and its
 blocks in diffusers' `TransformerBlockRegistry`. In diffusers 0.42 Flux has both; SD3's transformer has
 no `enable_cache` (its JointTransformerBlock is registered, but the model class does not mix the hooks
-in), and neither has AuraFlow's (whose blocks are not registered either). MagCache (also in diffusers
-0.42, for Flux) needs a calibration run of its own and is not traced here; TaylorSeer there forecasts
-attention outputs, not blocks, so it has no static replay in this plan language.
+in), and neither has AuraFlow's (whose blocks are not registered either).
+
+`--cache mag:T`: diffusers' MagCache (`MagCacheConfig`) runs every block or none. On a step it skips,
+the first block returns its input plus the residual of the whole model (the last block's output minus
+the first block's input) from the last step that ran, and every other block returns its input; it skips
+while the error accumulated from the checkpoint's magnitude ratios stays under T (at most 3 steps in a
+row, never in the first fifth of the steps). Those ratios depend on the checkpoint: diffusers ships
+FLUX.1-dev's; for any other model (the toys, a random-weight architecture) the run here starts with
+MagCache's own calibration run (`calibrate=True`, no block skipped) on the same prompt and settings,
+whose ratios it then uses (recorded in run.json). Its trace becomes the plan with no block run on the
+skipped steps: each stack wholly reused (`0-5@reuse` and `0-11@reuse` on toy-flux), the same residual
+split into each stack's share. TaylorSeer (diffusers 0.42) forecasts attention outputs, not blocks, so
+it has no static replay in this plan language.
 """
 
 from __future__ import annotations
@@ -30,28 +40,31 @@ from typing import Any
 from dit_explore.engine.core import plan as plans
 from dit_explore.engine.core.layout import Layout
 
-CACHES = ("first-block",)
-UNSUPPORTED = ("FirstBlockCache needs diffusers' cache hooks on the transformer: in diffusers 0.42 only the "
-               "flux family has them (SD3's and AuraFlow's transformers have no enable_cache)")
+CACHES = ("first-block", "mag")
+NAMES = {"first-block": "FirstBlockCache", "mag": "MagCache"}
+USUAL = {"first-block": "0.05 to 0.3", "mag": "0.02 to 0.3"}
+UNSUPPORTED = ("needs diffusers' cache hooks on the transformer: in diffusers 0.42 only the flux family has them "
+               "(SD3's and AuraFlow's transformers have no enable_cache)")
 
 
-def parse_cache(text: str) -> float:
-    """The threshold of `first-block:T` (T > 0, finite); ValueError with one line otherwise."""
+def parse_cache(text: str) -> tuple[str, float]:
+    """The cache and threshold of `first-block:T` or `mag:T` (T > 0, finite); ValueError with one line
+    otherwise."""
     kind, _, value = text.partition(":")
     if kind not in CACHES:
         raise ValueError(f"--cache {text!r}: unknown cache (known: {', '.join(f'{c}:THRESHOLD' for c in CACHES)})")
     try:
         threshold = float(value)
     except ValueError:
-        raise ValueError(f"--cache {text!r}: the threshold must be a number, like first-block:0.2") from None
+        raise ValueError(f"--cache {text!r}: the threshold must be a number, like {kind}:0.2") from None
     if not math.isfinite(threshold) or threshold <= 0:
-        raise ValueError(f"--cache {text!r}: the threshold must be above 0 (0.05 to 0.3 are usual)")
-    return threshold
+        raise ValueError(f"--cache {text!r}: the threshold must be above 0 ({USUAL[kind]} are usual)")
+    return kind, threshold
 
 
-def supported(family: str) -> str | None:
+def supported(family: str, kind: str = "first-block") -> str | None:
     """Why a family cannot run the cache (None: it can)."""
-    return None if family == "flux" else UNSUPPORTED
+    return None if family == "flux" else f"{NAMES[kind]} {UNSUPPORTED}"
 
 
 @dataclass
@@ -60,6 +73,7 @@ class Trace:
 
     computed: list[int] = field(default_factory=list)
     step: int = 0  # the step being run (set from the generator's per-step callback)
+    ratios: list[float] = field(default_factory=list)  # MagCache's calibration: one magnitude ratio per step
 
     def on_step(self, done: int, total: int, latents: Any) -> None:
         self.step = done
@@ -97,16 +111,52 @@ def first_block_cache(transformer: Any, layout: Layout, threshold: float) -> Ite
         handle.remove()
 
 
-def trace_plan(layout: Layout, computed: list[int], steps: int, *, name: str, note: str) -> plans.Plan:
-    """The static plan of a trace: the full model on the `computed` steps, the first block and every other
-    block as reused spans on the rest (see the module). No step skipped: the full model."""
+@contextmanager
+def mag_cache(transformer: Any, layout: Layout, threshold: float, steps: int,
+              ratios: list[float] | None) -> Iterator[Trace]:
+    """Run the body with diffusers' MagCache on `transformer` for a run of `steps` steps: with `ratios`
+    (the calibrated magnitude ratios, one per step) at `threshold`; without, MagCache's calibration run
+    (nothing skipped), whose ratios the yielded Trace's `ratios` holds afterwards. Cache, probe and the
+    calibration's tap are gone afterwards, whatever happens."""
+    from diffusers import MagCacheConfig
+    from diffusers.hooks.mag_cache import MagCacheBlockHook
+
+    trace = Trace()
+    handle = _probe(transformer, layout).register_forward_pre_hook(lambda module, args: trace.saw_tail())
+    calibrate = MagCacheBlockHook._perform_calibration_step
+
+    def tapped(hook: Any, state: Any, residual: Any) -> None:  # MagCache's own calibration, its ratios kept
+        calibrate(hook, state, residual)
+        trace.ratios.append(float(state.calibration_ratios[-1]))
+
+    try:
+        if ratios is None:
+            MagCacheBlockHook._perform_calibration_step = tapped
+            config = MagCacheConfig(calibrate=True, num_inference_steps=steps)
+        else:
+            config = MagCacheConfig(threshold=threshold, num_inference_steps=steps, mag_ratios=list(ratios))
+        transformer.enable_cache(config)
+        try:
+            yield trace
+        finally:
+            transformer.disable_cache()
+    finally:
+        MagCacheBlockHook._perform_calibration_step = calibrate
+        handle.remove()
+
+
+def trace_plan(layout: Layout, computed: list[int], steps: int, *, name: str, note: str,
+               head: bool = True) -> plans.Plan:
+    """The static plan of a trace: the full model on the `computed` steps; on the rest, the first block
+    run and every other block as reused spans (`head`, FirstBlockCache), or every block reused (MagCache).
+    See the module. No step skipped: the full model."""
     if len(computed) >= steps:
         return plans.Plan(name=name, note=note)
     orders: list[tuple[str, plans.Order]] = []
     for i, stack in enumerate(layout.stacks):
-        start = 1 if i == 0 else 0
-        head: plans.Order = (0,) if i == 0 else ()
+        start = 1 if i == 0 and head else 0
+        head_units: plans.Order = (0,) if i == 0 and head else ()
         tail: plans.Order = (plans.Cached(start, stack.last, "reuse"),) if stack.blocks > start else ()
-        orders.append((stack.name, head + tail))
+        orders.append((stack.name, head_units + tail))
     return plans.Plan(orders=tuple(sorted(orders)), name=name, note=note,
                       step_orders=(plans.StepTable(tuple(sorted(computed))),))

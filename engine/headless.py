@@ -6,6 +6,8 @@ so bad input costs no model load; every problem is reported as one line and exit
 
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 import time
 from dataclasses import dataclass
@@ -137,8 +139,8 @@ class RunRequest:
     trace_plan: str | None = None  # where the cache's trace goes, as a static plan
 
 
-def _check_cache(req: RunRequest, source: ModelSource, prompts: list[str]) -> float | None:
-    """The cache threshold of `--cache`, after the checks that need no model (one line each)."""
+def _check_cache(req: RunRequest, source: ModelSource, prompts: list[str]) -> tuple[str, float] | None:
+    """The cache and threshold of `--cache`, after the checks that need no model (one line each)."""
     if req.cache is None:
         if req.trace_plan is not None:
             raise UsageError("--trace-plan needs --cache (it saves what a dynamic cache decided)")
@@ -146,10 +148,10 @@ def _check_cache(req: RunRequest, source: ModelSource, prompts: list[str]) -> fl
     from dit_explore.engine.cache_trace import parse_cache, supported
 
     try:
-        threshold = parse_cache(req.cache)
+        cache = parse_cache(req.cache)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    why = supported(source.family)
+    why = supported(source.family, cache[0])
     if why is not None:
         raise UsageError(f"--cache: {source.name} is a {source.family} model; {why}")
     if req.plan is not None:
@@ -163,7 +165,7 @@ def _check_cache(req: RunRequest, source: ModelSource, prompts: list[str]) -> fl
             raise UsageError(f"--trace-plan {shown(target)}: exists (choose another name, or --overwrite)")
         if not target.parent.is_dir():
             raise UsageError(f"--trace-plan {shown(target)}: {shown(target.parent)} is not a folder")
-    return threshold
+    return cache
 
 
 def run_command(req: RunRequest) -> int:
@@ -194,7 +196,7 @@ def run_command(req: RunRequest) -> int:
         plans.validate_guidance(plan, source.layout, settings.guidance, source=req.plan or "plan")
     except (plans.PlanError, ModelError) as exc:
         raise UsageError(str(exc)) from None
-    threshold = _check_cache(req, source, prompts)
+    cache = _check_cache(req, source, prompts)
     check_memory(source, settings, req.options, cached_spans=len(plans.cache_keys(plan)))
     from dit_explore.engine.core.runs import OutputError, RunWriter
 
@@ -205,15 +207,15 @@ def run_command(req: RunRequest) -> int:
     except OutputError as exc:
         raise UsageError(str(exc)) from None
     try:
-        return _generate_all(req, source, plan, prompts, settings, writer, threshold)
+        return _generate_all(req, source, plan, prompts, settings, writer, cache)
     finally:
         writer.abort()  # nothing once committed or kept elsewhere; else (an error, an interrupt) all of it
 
 
 def _generate_all(req: RunRequest, source: ModelSource, plan: plans.Plan, prompts: list[str], settings: Settings,
-                  writer: Any, threshold: float | None = None) -> int:
-    """Load, generate every prompt, commit the run; under diffusers' FirstBlockCache when `threshold`
-    (checked by `_check_cache`) is given."""
+                  writer: Any, cache: tuple[str, float] | None = None) -> int:
+    """Load, generate every prompt, commit the run; under a diffusers cache when `cache` (its kind and
+    threshold, checked by `_check_cache`) is given."""
     from dit_explore.engine.core.protocol import Status, to_json
     from dit_explore.engine.core.runs import OutputError, image_plan
     from dit_explore.engine.core.text import shown
@@ -245,10 +247,10 @@ def _generate_all(req: RunRequest, source: ModelSource, plan: plans.Plan, prompt
 
     for i, prompt in enumerate(prompts):
         try:
-            if threshold is None:
+            if cache is None:
                 result = generator.generate(prompt, settings, plan)
             else:
-                result = _cached_run(generator, prompt, settings, threshold, req, traced)
+                result = _cached_run(generator, prompt, settings, cache, traced)
         except NonFiniteError as exc:  # a guidance far too large, a float16 overflow: one line
             raise UsageError(str(exc)) from None
         assert result.image is not None  # decoded: generate's default
@@ -287,28 +289,46 @@ def _generate_all(req: RunRequest, source: ModelSource, plan: plans.Plan, prompt
     return 0
 
 
-def _cached_run(generator: Any, prompt: str, settings: Settings, threshold: float, req: RunRequest,
+def _cached_run(generator: Any, prompt: str, settings: Settings, cache: tuple[str, float],
                 traced: dict[str, Any]) -> Any:
-    """One image under diffusers' FirstBlockCache, its trace turned into a static plan (engine/cache_trace.py)."""
-    from dit_explore.engine.cache_trace import first_block_cache, trace_plan
+    """One image under diffusers' FirstBlockCache or MagCache (after MagCache's calibration run on the same
+    prompt and settings), its trace turned into a static plan (engine/cache_trace.py)."""
+    from dit_explore.engine.cache_trace import NAMES, first_block_cache, mag_cache, trace_plan
     from dit_explore.engine.core.sampling import block_runs
 
+    kind, threshold = cache
     loaded = generator.loaded
-    with first_block_cache(loaded.transformer, loaded.layout, threshold) as trace:
-        result = generator.generate(prompt, settings, plans.Plan(), on_step=trace.on_step)
     steps = settings.steps
-    name = f"first-block cache {threshold:g} trace"
-    note = (f"The steps on which diffusers' FirstBlockCache (threshold {threshold:g}) ran every block of "
+    extra: dict[str, Any] = {}
+    if kind == "first-block":
+        with first_block_cache(loaded.transformer, loaded.layout, threshold) as trace:
+            result = generator.generate(prompt, settings, plans.Plan(), on_step=trace.on_step)
+    else:
+        started = time.perf_counter()
+        # (MagCache prints its calibrated ratios for copying; the line below says them, and run.json keeps them)
+        with mag_cache(loaded.transformer, loaded.layout, threshold, steps, None) as calibration, \
+                contextlib.redirect_stdout(io.StringIO()):
+            generator.generate(prompt, settings, plans.Plan(), on_step=calibration.on_step, decode=False)
+        ratios = calibration.ratios
+        _say(f"MagCache calibration: {len(ratios)} magnitude ratios in {time.perf_counter() - started:.1f} s "
+             f"({', '.join(f'{r:.3f}' for r in ratios[:6])}{', …' if len(ratios) > 6 else ''})")
+        with mag_cache(loaded.transformer, loaded.layout, threshold, steps, ratios) as trace:
+            result = generator.generate(prompt, settings, plans.Plan(), on_step=trace.on_step)
+        extra = {"calibration_ratios": ratios}
+    name = f"{kind} cache {threshold:g} trace"
+    skipped_part = "the rest of the model's residual" if kind == "first-block" else "the whole model's residual"
+    note = (f"The steps on which diffusers' {NAMES[kind]} (threshold {threshold:g}) ran every block of "
             f"{loaded.source.name}, for {prompt!r} (seed {settings.seed}, {steps} steps, {settings.width}x"
-            f"{settings.height}); the others reuse the rest of the model's residual.")
-    plan = trace_plan(loaded.layout, trace.computed, steps, name=name, note=note[:plans.MAX_NOTE])
+            f"{settings.height}); the others reuse {skipped_part}.")
+    plan = trace_plan(loaded.layout, trace.computed, steps, name=name, note=note[:plans.MAX_NOTE],
+                      head=kind == "first-block")
     runs = block_runs(plan, loaded.layout, steps)
     skipped = runs.full_total - runs.total
     traced.update(plan=plan, runs=runs, comment="written by dit-explore run --cache --trace-plan", record={
-        "kind": "first-block", "threshold": threshold, "computed_steps": trace.computed,
-        "block_executions": runs.total, "skipped_fraction": skipped / runs.full_total})
-    _say(f"first-block cache {threshold:g}: every block ran on {len(trace.computed)} of {steps} steps; "
-         f"{skipped} of {runs.full_total} block executions skipped ({skipped / runs.full_total:.1%})")
+        "kind": kind, "threshold": threshold, "computed_steps": trace.computed,
+        "block_executions": runs.total, "skipped_fraction": skipped / runs.full_total, **extra})
+    _say(f"{kind} cache {threshold:g}: every block ran on {len(trace.computed)} of {steps} steps; "
+         f"{skipped:g} of {runs.full_total} block executions skipped ({skipped / runs.full_total:.1%})")
     return result
 
 
@@ -467,12 +487,19 @@ class BenchRequest:
     sampling: plans.Sampling = plans.Sampling()
     options: ModelOptions = ModelOptions()
     json_path: Path | None = None
+    only: tuple[str, ...] | None = None  # the sections to measure (None: all)
+
+
+BENCH_SECTIONS = ("skip", "parallel", "branches", "similarity", "end_to_end", "throughput")
 
 
 def bench_command(req: BenchRequest) -> int:
     """`dit-explore bench`: the plan costs that matter to a user, measured side by side (engine/bench.py)."""
     import json
 
+    unknown = [shown(name, 40) for name in req.only or () if name not in BENCH_SECTIONS]
+    if unknown:
+        raise UsageError(f"--only {' '.join(unknown)}: unknown section (known: {', '.join(BENCH_SECTIONS)})")
     try:
         source = resolve(req.model)
         settings = resolve_settings(source.defaults, plans.check_sampling(req.sampling, "--"))
@@ -486,7 +513,8 @@ def bench_command(req: BenchRequest) -> int:
 
     # Bench compiles the blocks itself, to time the compilation.
     loaded = _load(source, ModelOptions(req.options.device, req.options.dtype, req.options.random_weights))
-    report = run_bench(Generator(loaded), settings, compile=req.options.compile, say=lambda m: _say(f"bench: {m}…"))
+    report = run_bench(Generator(loaded), settings, compile=req.options.compile, say=lambda m: _say(f"bench: {m}…"),
+                       only=req.only)
     report.header["load_s"] = round(loaded.load_seconds, 2)
     print(report.table())
     if req.json_path is not None:

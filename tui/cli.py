@@ -78,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(run)
     run.add_argument("--out", metavar="DIR", required=True, type=Path, help="output directory (created atomically)")
     run.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
-    run.add_argument("--cache", metavar="first-block:T", help="run the full model under diffusers' FirstBlockCache "
-                     "with threshold T (flux family): it decides on each step whether the blocks after the first run")
+    run.add_argument("--cache", metavar="KIND:T", help="run the full model under a diffusers cache with threshold T "
+                     "(flux family): first-block:T (FirstBlockCache: on each step, whether the blocks after the "
+                     "first run) or mag:T (MagCache, after its calibration run: whether any block runs)")
     run.add_argument("--trace-plan", metavar="FILE", help="with --cache and one prompt: save the steps the cache "
                      "computed as a static plan (replay it with --plan)")
 
@@ -121,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling(bench)
     _add_device(bench)
     bench.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
+    bench.add_argument("--only", nargs="+", metavar="SECTION",
+                       help="measure only these sections (the overhead always): skip, parallel, branches, "
+                            "similarity, end_to_end, throughput")
 
     evaluate = sub.add_parser("eval", prog="dit-explore eval",
                               help="score a model (or a plan) on the captioned-shapes grammar",
@@ -352,7 +356,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             options=options, resume=args.resume, overwrite=args.overwrite, batch=args.batch, gpus=args.gpus))
     if args.command == "bench":
         return headless.bench_command(headless.BenchRequest(
-            model=args.model, sampling=sampling, options=options, json_path=args.json))
+            model=args.model, sampling=sampling, options=options, json_path=args.json,
+            only=tuple(args.only) if args.only else None))
     raise AssertionError(args.command)
 
 

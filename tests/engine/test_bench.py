@@ -56,6 +56,13 @@ def test_bench_command_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["bench", "--model", model, "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["header"]["model"] == model and data["skip"][0]["plan"].startswith(f"{stack}: ")
+    # CFG families: what a split batch and an extra pass cost, against their FLOPs (1 and 1 + a half step)
+    branches = {row["plan"]: row for row in data["branches"]}
+    assert branches["[uncond] with the same orders (the batch split)"]["ideal_ratio"] == 1.0
+    assert 1.4 < branches["[extra] of the full model"]["ideal_ratio"] <= 1.5
+    slg = next(row for name, row in branches.items() if name.startswith(f"[extra] {stack}: "))
+    assert 1.0 < slg["ideal_ratio"] < branches["[extra] of the full model"]["ideal_ratio"]
+    assert all(row["measured_ratio"] > 0 for row in branches.values())
     printed = capsys.readouterr().out
     assert "overhead" in printed and "ideal_ratio" in printed
 

@@ -1,9 +1,11 @@
-"""diffusers' FirstBlockCache traced and replayed (engine/cache_trace.py): the trace plan by hand, the
-trace against an independent probe, the replay against the dynamic run (same image, same cost), the
-cache gone afterwards, and bad input in one line."""
+"""diffusers' FirstBlockCache and MagCache traced and replayed (engine/cache_trace.py): the trace plans by
+hand, the trace against an independent probe, MagCache's calibration against ratios computed by hand,
+the replay against the dynamic run (same image, same cost), the caches gone afterwards, and bad input in
+one line."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dit_explore.engine.cache_trace import first_block_cache, trace_plan
+from dit_explore.engine.cache_trace import first_block_cache, mag_cache, trace_plan
 from dit_explore.engine.core import plan as plans
 from dit_explore.engine.core.catalog import MODELS
 from dit_explore.engine.core.plan import Cached, Plan, StepTable
@@ -92,7 +94,8 @@ def test_a_traced_run_replays_to_the_same_image_at_the_same_cost(tmp_path: Path)
 @pytest.mark.parametrize(("args", "says"), [
     (["--cache", "first-block:0"], "the threshold must be above 0"),
     (["--cache", "first-block:nan"], "the threshold must be above 0"),
-    (["--cache", "later:0.2"], "unknown cache (known: first-block:THRESHOLD)"),
+    (["--cache", "later:0.2"], "unknown cache (known: first-block:THRESHOLD, mag:THRESHOLD)"),
+    (["--cache", "mag:-1"], "the threshold must be above 0 (0.02 to 0.3 are usual)"),
     (["--trace-plan", "t.plan.toml"], "--trace-plan needs --cache"),
     (["--cache", "first-block:0.2", "--plan", "x.plan.toml"], "cannot be combined with --plan"),
     (["--cache", "first-block:0.2", "--trace-plan", "t.plan.toml", "--prompt", PROMPT, "--prompt",
@@ -114,3 +117,60 @@ def test_families_without_the_hooks_are_named(tmp_path: Path, capsys: pytest.Cap
         assert run_cli(model, "--cache", "first-block:0.2", "--device", "cpu", "--out", str(tmp_path / model)) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "only the flux family has them" in err[0], err
+
+
+def test_the_mag_trace_plan_reuses_every_block_on_skipped_steps() -> None:
+    plan = trace_plan(FLUX, [0, 1, 4], 6, name="t", note="n", head=False)
+    assert dict(plan.orders) == {"double": (Cached(0, 5, "reuse"),), "single": (Cached(0, 11, "reuse"),)}
+    assert plan.step_orders == (StepTable((0, 1, 4)),)
+    plans.validate(plan, FLUX)
+    plans.validate_steps(plan, 6)
+
+
+def test_mag_calibration_is_the_ratio_of_residual_norms(tiny_generator: Callable[[str], Any]) -> None:
+    """MagCache's calibration run (nothing skipped: the image is the full model's) against ratios computed
+    by hand from hooks on the first block's input and the last block's output: the mean over tokens of
+    |residual at step i| / |residual at step i-1|, 1 at step 0."""
+    import torch
+
+    generator = tiny_generator("toy-flux")
+    transformer = generator.loaded.transformer
+    settings = resolve_settings(MODELS["toy-flux"].defaults)
+    full = np.asarray(generator.generate(PROMPT, settings, Plan()).image)
+    inputs: list[Any] = []
+    residuals: list[Any] = []
+    head = transformer.transformer_blocks[0].register_forward_pre_hook(
+        lambda m, args, kwargs: inputs.append(kwargs["hidden_states"].float()), with_kwargs=True)
+    tail = transformer.single_transformer_blocks[11].register_forward_hook(
+        lambda m, args, out: residuals.append(out[1].float() - inputs[-1]))
+    try:
+        with mag_cache(transformer, FLUX, 0.1, settings.steps, None) as trace:
+            calibrated = np.asarray(generator.generate(PROMPT, settings, Plan(), on_step=trace.on_step).image)
+    finally:
+        head.remove()
+        tail.remove()
+    by_hand = [1.0] + [float((torch.linalg.norm(b, dim=-1) / (torch.linalg.norm(a, dim=-1) + 1e-8)).mean())
+                       for a, b in itertools.pairwise(residuals)]
+    assert len(trace.ratios) == settings.steps
+    assert trace.ratios == pytest.approx(by_hand, rel=1e-5)
+    assert np.array_equal(calibrated, full) and trace.computed == list(range(settings.steps))
+
+
+def test_a_mag_traced_run_replays_to_the_same_image_at_the_same_cost(tmp_path: Path) -> None:
+    trace = tmp_path / "mag.plan.toml"
+    assert run_cli("toy-flux", "--cache", "mag:0.1", "--trace-plan", str(trace), "--device", "cpu",
+                   "--out", str(tmp_path / "dynamic")) == 0
+    record = json.loads((tmp_path / "dynamic" / "run.json").read_text())
+    cache = record["cache"]
+    assert cache["kind"] == "mag" and len(cache["calibration_ratios"]) == 20
+    assert cache["skipped_fraction"] >= 0.25 and cache["computed_steps"][:4] == [0, 1, 2, 3]  # retention: a fifth
+    plan = plans.load(trace)
+    assert dict(plan.orders)["double"] == (Cached(0, 5, "reuse"),)
+    assert run_cli("toy-flux", "--plan", str(trace), "--device", "cpu", "--out", str(tmp_path / "replay")) == 0
+    replay = json.loads((tmp_path / "replay" / "run.json").read_text())
+    a = np.asarray(Image.open(tmp_path / "dynamic" / "000.png"), dtype=float)
+    b = np.asarray(Image.open(tmp_path / "replay" / "000.png"), dtype=float)
+    mse = ((a - b) ** 2).mean()
+    assert mse == 0 or 10 * np.log10(255**2 / mse) >= 40
+    computed = len(cache["computed_steps"])
+    assert record["block_runs"]["total"] == replay["block_runs"]["total"] == computed * 18
