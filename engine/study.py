@@ -292,6 +292,13 @@ def _cell(value: Any, fmt: str) -> str:
     return "—" if value is None else format(value, fmt)
 
 
+def _count(value: Any) -> str:
+    """Block executions: whole numbers as such; a guidance-branch plan's halves with one decimal."""
+    if value is None:
+        return "—"
+    return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
+
+
 def summary_markdown(record: dict[str, Any]) -> str:
     model = record.get("model", {})
     name = model.get("name") if isinstance(model, dict) else model
@@ -305,7 +312,7 @@ def summary_markdown(record: dict[str, Any]) -> str:
              "| plan | block executions | predicted | measured | ms/step | PSNR dB | SSIM | MAD | all-correct | errors |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for p in record["summary"]:
-        lines.append(f"| {p['plan']} | {_cell(p['block_executions'], 'd')} | {_cell(p['predicted_speedup'], '.2f')}× | "
+        lines.append(f"| {p['plan']} | {_count(p['block_executions'])} | {_cell(p['predicted_speedup'], '.2f')}× | "
                      f"{_cell(p['measured_speedup'], '.2f')}× | {_cell(p['ms_per_step'], '.1f')} | "
                      f"{'identical' if p['images'] and p['identical'] == p['images'] else _cell(p['psnr'], '.1f')} | "
                      f"{_cell(p['ssim'], '.3f')} | {_cell(p['mad'], '.1f')} | "

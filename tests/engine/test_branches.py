@@ -4,8 +4,10 @@ unconditional-pass plan against a hand-written split of the batch on AuraFlow.""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -191,7 +193,6 @@ def test_an_unconditional_pass_plan_is_a_hand_written_split_batch(tiny_generator
 
 def test_the_readmes_branch_example_is_a_valid_sd3_medium_plan() -> None:
     import re
-    from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     (example,) = [block for block in re.findall(r"```toml\n(.*?)```", readme, re.S) if "[extra]" in block]
@@ -200,3 +201,37 @@ def test_the_readmes_branch_example_is_a_valid_sd3_medium_plan() -> None:
     plans.validate_steps(plan, 28)
     assert plan.extra is not None and plan.extra.scale == 2.8 and plan.extra.order("double") == (
         *range(0, 7), *range(10, 24))
+
+
+def test_timed_variants_carry_each_steps_branches() -> None:
+    """What the engine times side by side: one plan per distinct set of passes, each branch as a branch of
+    every step (no window), with the steps that run it; steps without branches are the plain orders."""
+    from dit_explore.engine.core.sampling import step_variants
+
+    plan = plans.loads('version = 2\n[order]\ndouble = "0-3, 5"\n[uncond]\nsteps = "1-2"\n[uncond.order]\n'
+                       'double = "0-2, 5"\n[extra]\nscale = 1.5\nsteps = "2-3"\n[extra.order]\ndouble = "0-1, 5"\n')
+    variants = step_variants(plan, SD3, 5)
+    main = (("double", (0, 1, 2, 3, 5)),)
+    uncond = Branch(orders=(("double", (0, 1, 2, 5)),))
+    extra = Branch(orders=(("double", (0, 1, 5)),), scale=1.5)
+    assert [(v.orders, v.uncond, v.extra, n) for v, n in variants] == [
+        (main, None, None, 2),  # steps 0 and 4
+        (main, uncond, None, 1),  # step 1
+        (main, uncond, extra, 1),  # step 2
+        (main, None, extra, 1),  # step 3
+    ]
+
+
+def test_a_study_of_a_branch_plan_reports_its_half_executions(tmp_path: Path) -> None:
+    """`dit-explore study --plans` with an [uncond] plan on tiny-sd3 at one step: (5 + 6) / 2 = 5.5 block
+    executions per image, in results.json and in summary.md."""
+    from dit_explore.tui.cli import main
+
+    plan = tmp_path / "uncond.plan.toml"
+    plan.write_text('version = 2\nname = "cond only"\n[order]\ndouble = "0-3, 5"\n[uncond]\n')
+    assert main(["study", "tiny-sd3", "--plans", str(plan), "--steps", "1", "--prompt", "a cat",
+                 "--out", str(tmp_path / "study")]) == 0
+    record = json.loads((tmp_path / "study" / "results.json").read_text())
+    rows = [r for r in record["rows"] if r["plan"] == "cond only"]
+    assert [r["block_executions"] for r in rows] == [5.5]
+    assert "| cond only | 5.5 | 1.09× |" in (tmp_path / "study" / "summary.md").read_text()
