@@ -100,6 +100,14 @@ def _with(stack: str, n: int, head_end: int, middle: list[plans.Unit], tail_star
     return plans.Plan(name=name).with_order(stack, tuple(order))
 
 
+def _windowed(branch: plans.Branch | None, active: tuple[int, ...]) -> plans.Branch | None:
+    """A guidance branch of a step-window plan, on the window's steps only (None: none of them)."""
+    if branch is None:
+        return None
+    steps = tuple(step for step in active if branch.applies_at(step))
+    return replace(branch, steps=steps) if steps else None
+
+
 def sweep_items(kind: str, layout: Layout, middle: tuple[str, int, int], steps: int, window: int,
                 base: plans.Plan | None) -> list[SweepItem]:
     """The plans of a sweep kind (see the module), in order."""
@@ -138,7 +146,9 @@ def sweep_items(kind: str, layout: Layout, middle: tuple[str, int, int], steps: 
         for start in range(0, steps, window):
             active = tuple(range(start, min(start + window, steps)))
             label = f"{name}, steps {plans.span_text(active[0], active[-1])}"
-            items.append(SweepItem(label, name, start, replace(plan, name=label, active_steps=active)))
+            items.append(SweepItem(label, name, start, replace(plan, name=label, active_steps=active,
+                                                               uncond=_windowed(plan.uncond, active),
+                                                               extra=_windowed(plan.extra, active))))
     else:
         raise ValueError(f"unknown sweep kind {kind!r}")
     return items

@@ -63,6 +63,15 @@ def test_the_plans_of_each_kind_by_hand() -> None:
     assert windows[0].x is None and windows[0].plan.active_steps is None
     assert [i.plan.active_steps for i in windows[1:]] == [tuple(range(s, s + 5)) for s in (0, 5, 10, 15)]
     assert all(single(i.plan) == (0, 1, 2, 3, 10, 11) for i in windows)
+    # A plan's guidance branches are windowed with it (SD3: an extra pass on steps 3-7 of 20).
+    sd3 = MODELS["sd3-medium"].layout
+    slg = plans.loads('version = 2\nname = "slg"\n[extra]\nscale = 2.8\nsteps = "3-7"\n[extra.order]\n'
+                      'double = "0-6, 10-23"\n[uncond]\n')
+    windows = sweep_items("step-window", sd3, ("double", 8, 15), 20, 5, slg)
+    assert windows[0].plan.extra == slg.extra and windows[0].plan.uncond == slg.uncond  # every step
+    assert [i.plan.extra.steps if i.plan.extra else None for i in windows[1:]] == [(3, 4), (5, 6, 7), None, None]
+    assert [i.plan.uncond.steps if i.plan.uncond else None for i in windows[1:]] == [
+        tuple(range(s, s + 5)) for s in (0, 5, 10, 15)]
 
 
 def test_a_sweep_end_to_end_then_resumed_after_an_interruption(tmp_path: Path,
