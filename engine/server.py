@@ -605,7 +605,8 @@ class Engine:
         settings = job.settings
         key = (prompt, settings)
         cached = self._baselines.get(key)
-        if cached is None and job.plan.is_identity(source.layout) and job.plan.active_steps is None:
+        if (cached is None and job.plan.is_identity(source.layout) and job.plan.active_steps is None
+                and not job.plan.has_branches):  # (a split batch is the full model up to the last bits)
             cached = self._remember(key, mine)  # the identity plan's image is the baseline
         if cached is not None:
             self._baselines.move_to_end(key)
