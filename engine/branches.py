@@ -120,12 +120,22 @@ def branched(transformer: torch.nn.Module, scheduler: Any | None, layout: Layout
         assert scheduler_step is not None
         return scheduler_step(model_output, *args, **kwargs)
 
+    # Patched on the instances; an instance attribute there before (accelerate's offload hooks set one on
+    # forward) is put back as it was, else the class's method shows through again.
+    own_forward = transformer.__dict__.get("forward")
+    own_step = vars(scheduler).get("step") if scheduler is not None else None
     transformer.forward = branched_forward
     if scheduler is not None:
         scheduler.step = guided_step
     try:
         yield
     finally:
-        del transformer.forward
+        if own_forward is not None:
+            transformer.forward = own_forward
+        else:
+            del transformer.forward
         if scheduler is not None:
-            del scheduler.step
+            if own_step is not None:
+                scheduler.step = own_step
+            else:
+                del scheduler.step

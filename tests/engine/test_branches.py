@@ -235,3 +235,25 @@ def test_a_study_of_a_branch_plan_reports_its_half_executions(tmp_path: Path) ->
     rows = [r for r in record["rows"] if r["plan"] == "cond only"]
     assert [r["block_executions"] for r in rows] == [5.5]
     assert "| cond only | 5.5 | 1.09× |" in (tmp_path / "study" / "summary.md").read_text()
+
+
+def test_an_instance_forward_set_before_is_put_back(tiny_generator: Callable[[str], Any]) -> None:
+    """accelerate's offload hooks replace a module's forward on the instance: a branch run puts that one
+    back, not the class's."""
+    generator, settings, _ = sd3_setup(tiny_generator, 3)
+    transformer, scheduler = generator.loaded.transformer, generator.pipe.scheduler
+    calls: list[int] = []
+    plain = transformer.forward
+
+    def hooked(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return plain(*args, **kwargs)
+
+    transformer.forward = hooked
+    try:
+        with torch.inference_mode():
+            generator.generate("a cat", settings, plans.loads(SLG.replace('"1-4"', '"1"')), decode=False)
+        assert transformer.__dict__["forward"] is hooked and "step" not in vars(scheduler)
+        assert len(calls) == 4  # 3 steps through the hook, and the extra pass on step 1 through it too
+    finally:
+        del transformer.forward
