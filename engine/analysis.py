@@ -39,7 +39,7 @@ from dit_explore.engine.core.similarity import (
     store_cached,
 )
 from dit_explore.engine.executor import Check, StandIn
-from dit_explore.engine.generate import Generator, dtype_name
+from dit_explore.engine.generate import Generator
 from dit_explore.engine.models import Loaded
 
 SHIPPED_ANALYSIS = "similarity.json"  # in a toy's folder: its default analysis, as `dit-explore analyze` wrote it
@@ -179,7 +179,7 @@ def analysis_key(loaded: Loaded, prompts: Sequence[str], settings: Settings) -> 
     """What identifies an analysis of this model and these inputs: its on-disk cache key."""
     return cache_key(model=loaded.source.name, revision=loaded.revision, prompts=prompts, steps=settings.steps,
                      width=settings.width, height=settings.height, seed=settings.seed,
-                     dtype=dtype_name(loaded.dtype), guidance=settings.guidance)
+                     dtype=loaded.precision, guidance=settings.guidance)
 
 
 def cached_analysis(generator: Generator, prompts: Sequence[str], settings: Settings, *, groups: int | None = None,

@@ -98,10 +98,10 @@ def evaluate(req: headless.EvalRequest) -> int:
 def _run(req: headless.EvalRequest, source: ModelSource, plan: plans.Plan, settings: Settings,
          indices: list[int]) -> dict[str, Any]:
     """Generate and read back every selected caption; the report (what --json writes)."""
-    from dit_explore.engine.generate import Generator, NonFiniteError, dtype_name, run_record
+    from dit_explore.engine.generate import Generator, NonFiniteError, run_record
 
     loaded = headless._load(source, req.options)
-    headless._say(f"{source.name} ready in {loaded.load_seconds:.1f} s ({loaded.device}, {dtype_name(loaded.dtype)}); "
+    headless._say(f"{source.name} ready in {loaded.load_seconds:.1f} s ({loaded.device}, {loaded.precision}); "
                   f"{source.layout.describe()}")
     generator = Generator(loaded, on_warning=lambda message: headless._say(f"warning: {message}"))
     images: list[dict[str, Any]] = []

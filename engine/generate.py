@@ -174,6 +174,7 @@ def run_record(loaded: Loaded, plan: Plan, plan_source: str | None, prompts: lis
         "sampling": settings.to_json(),
         "device": str(loaded.device),
         "dtype": dtype_name(loaded.dtype),
+        "quantization": loaded.quantization,  # the blocks' (--quantize); the baseline is the quantized full model
         "versions": versions(),
     }
 

@@ -80,12 +80,13 @@ def load_plan_for(source: ModelSource, plan_path: str | None) -> plans.Plan:
 
 @dataclass(frozen=True)
 class ModelOptions:
-    """How to load the model: --device, --dtype, --random-weights, --compile."""
+    """How to load the model: --device, --dtype, --random-weights, --compile, --quantize."""
 
     device: str = "auto"
     dtype: str | None = None
     random_weights: bool = False
     compile: bool = False
+    quantize: str | None = None
 
 
 def _load(source: ModelSource, options: ModelOptions) -> Any:
@@ -96,7 +97,7 @@ def _load(source: ModelSource, options: ModelOptions) -> Any:
         device = pick_device(options.device)
         dtype = pick_dtype(options.dtype, device)
         return load(source, device, dtype, random_weights=options.random_weights, compile=options.compile,
-                    on_status=lambda stage, _f: _say(f"{stage}…"))
+                    quantize=options.quantize, on_status=lambda stage, _f: _say(f"{stage}…"))
     except ModelError as exc:
         raise UsageError(str(exc)) from None
 
@@ -219,10 +220,10 @@ def _generate_all(req: RunRequest, source: ModelSource, plan: plans.Plan, prompt
     from dit_explore.engine.core.protocol import Status, to_json
     from dit_explore.engine.core.runs import OutputError, image_plan
     from dit_explore.engine.core.text import shown
-    from dit_explore.engine.generate import Generator, NonFiniteError, dtype_name, run_record
+    from dit_explore.engine.generate import Generator, NonFiniteError, run_record
 
     loaded = _load(source, req.options)
-    _say(f"{source.name} ready in {loaded.load_seconds:.1f} s ({loaded.device}, {dtype_name(loaded.dtype)}); "
+    _say(f"{source.name} ready in {loaded.load_seconds:.1f} s ({loaded.device}, {loaded.precision}); "
          f"{source.layout.describe()}")
 
     generator = Generator(loaded, on_warning=lambda message: _say(f"warning: {message}"))
@@ -512,7 +513,8 @@ def bench_command(req: BenchRequest) -> int:
     from dit_explore.engine.generate import Generator
 
     # Bench compiles the blocks itself, to time the compilation.
-    loaded = _load(source, ModelOptions(req.options.device, req.options.dtype, req.options.random_weights))
+    loaded = _load(source, ModelOptions(req.options.device, req.options.dtype, req.options.random_weights,
+                                        quantize=req.options.quantize))
     report = run_bench(Generator(loaded), settings, compile=req.options.compile, say=lambda m: _say(f"bench: {m}…"),
                        only=req.only)
     report.header["load_s"] = round(loaded.load_seconds, 2)

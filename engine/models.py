@@ -46,6 +46,14 @@ class Loaded:
     revision: str = ""  # what identifies these weights (hub snapshot, tiny build, ...): part of cache keys
     compiled: bool = False  # blocks are compiled (regional torch.compile)
     compile_error: str | None = None  # why compilation was given up, if it was
+    quantization: str | None = None  # the blocks' quantization (--quantize), None: the model's dtype
+
+    @property
+    def precision(self) -> str:
+        """The dtype and the blocks' quantization, as runs, sweep keys and the explorer name them:
+        `bfloat16`, or `float32+int8`."""
+        name = str(self.dtype).removeprefix("torch.")
+        return f"{name}+{self.quantization}" if self.quantization else name
 
     def fall_back_to_eager(self, exc: BaseException) -> str:
         """Compilation failed on a first call: run the blocks eagerly from now on; returns one line."""
@@ -75,6 +83,29 @@ def compile_blocks(transformer: torch.nn.Module, layout: Layout) -> None:
     for stack in layout.stacks:
         for block in getattr(transformer, stack.attr):
             block.compile(fullgraph=True)
+
+
+QUANTIZE_EXTRA = "pip install --no-deps torchao==0.18.0 (the [quantize] extra)"
+
+
+def quantize_blocks(transformer: torch.nn.Module, layout: Layout, kind: str) -> None:
+    """Quantize every block's linear layers in place with torchao (`int8`: int8 weights, one scale per
+    output channel, activations in the model's dtype; `Int8WeightOnlyConfig`). The blocks stay the same
+    modules, so plans swap them as before and regional compilation compiles them. A ModelError of one line
+    when torchao is not installed or the kind is unknown."""
+    from dit_explore.engine.core.devices import QUANTIZATIONS
+
+    if kind not in QUANTIZATIONS:
+        raise ModelError(f"--quantize {kind}: unknown (known: {', '.join(QUANTIZATIONS)})")
+    for name in ("torchao", "torchao.kernel", "torchao.quantization"):  # its optional native kernels say they
+        logging.getLogger(name).setLevel(logging.ERROR)                # are missing at import, harmlessly
+    try:
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+    except ImportError:
+        raise ModelError(f"--quantize {kind} needs torchao: {QUANTIZE_EXTRA}") from None
+    for stack in layout.stacks:
+        for block in getattr(transformer, stack.attr):
+            quantize_(block, Int8WeightOnlyConfig())
 
 
 def uncompile_blocks(transformer: torch.nn.Module, layout: Layout) -> None:
@@ -264,6 +295,7 @@ def load(
     *,
     random_weights: bool = False,
     compile: bool = False,
+    quantize: str | None = None,
     on_status: Callable[[str, float | None], None] = lambda _stage, _fraction: None,
 ) -> Loaded:
     """Load `source` onto `device`; raises ModelError with one actionable line when it cannot.
@@ -289,12 +321,15 @@ def load(
         on_status(f"moving {source.name} to {device}", 1.0)
         pipe.to(device)  # type: ignore[attr-defined]
     pipe.set_progress_bar_config(disable=True)  # type: ignore[attr-defined]
+    if quantize is not None:
+        on_status(f"quantizing the blocks ({quantize})", 1.0)
+        quantize_blocks(pipe.transformer, source.layout, quantize)  # type: ignore[attr-defined]
     if compile:
         on_status("compiling blocks (the first generation pays it)", 1.0)
         compile_blocks(pipe.transformer, source.layout)  # type: ignore[attr-defined]
     random = random_weights and source.kind not in BUILT_IN
     return Loaded(source, pipe, device, dtype, random, time.perf_counter() - start, revision(source, pipe, random),
-                  compiled=compile)
+                  compiled=compile, quantization=quantize)
 
 
 def revision(source: ModelSource, pipe: object, random_weights: bool) -> str:

@@ -451,7 +451,7 @@ class Engine:
             if device.type == "cpu":
                 _leave_a_core_to_the_client()
             loaded = load(self.source, device, dtype, random_weights=self.args.random_weights,
-                          compile=self.args.compile, on_status=progress)
+                          compile=self.args.compile, quantize=self.args.quantize, on_status=progress)
         except ModelError as exc:
             self.send_error(str(exc), fatal=True)
             return False
@@ -464,7 +464,8 @@ class Engine:
         from dit_explore.engine.models import free_memory
 
         self.send(protocol.Ready(device=str(device), dtype=dtype_name(dtype), load_seconds=loaded.load_seconds,
-                                 random_weights=loaded.random_weights, available=free_memory(device)[0]))
+                                 random_weights=loaded.random_weights, available=free_memory(device)[0],
+                                 quantization=loaded.quantization))
         return True
 
     # ----------------------------------------------------------------------------------- running
@@ -717,6 +718,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", default=None)
     p.add_argument("--random-weights", action="store_true")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--quantize", default=None)
     p.add_argument("--log", default=None, help="path of this process's stderr log, reported in error events")
     return p.parse_args(argv)
 

@@ -134,10 +134,10 @@ def study(req: headless.StudyRequest) -> int:
 def _run(req: headless.StudyRequest, source: ModelSource, studied: list[StudyPlan], prompts: list[str], seeds: list[int],
          settings: Settings, staged: Any) -> int:
     from dit_explore.engine.core.runs import OutputError
-    from dit_explore.engine.generate import Generator, dtype_name, run_record
+    from dit_explore.engine.generate import Generator, run_record
 
     loaded = headless._load(source, req.options)
-    headless._say(f"{source.name} ready in {loaded.load_seconds:.1f} s ({loaded.device}, {dtype_name(loaded.dtype)}); "
+    headless._say(f"{source.name} ready in {loaded.load_seconds:.1f} s ({loaded.device}, {loaded.precision}); "
                   f"{source.layout.describe()}")
     generator = Generator(loaded, on_warning=lambda message: headless._say(f"warning: {message}"))
     (staged.staging / "images").mkdir()

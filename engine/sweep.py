@@ -572,6 +572,7 @@ def _prepare(req: headless.SweepRequest) -> tuple[ModelSource, Settings, list[st
 
     try:
         dtype = dtype_name(pick_dtype(req.options.dtype, pick_device(req.options.device)))
+        dtype += f"+{req.options.quantize}" if req.options.quantize else ""  # as Loaded.precision names it
     except ModelError as exc:
         raise headless.UsageError(str(exc)) from None
     return source, settings, prompts, seeds, window, base, dtype
@@ -582,7 +583,6 @@ def plan_sweep(kind: str, generator: Any, source: ModelSource, settings: Setting
     """The plans of KIND for the loaded model (the middle group from its similarity analysis when the kind
     needs it) and the sweep's record (sweep.json)."""
     from dit_explore.engine.core.similarity import DEFAULT_PROMPTS
-    from dit_explore.engine.generate import dtype_name
 
     loaded = generator.loaded
     middle = None
@@ -595,7 +595,7 @@ def plan_sweep(kind: str, generator: Any, source: ModelSource, settings: Setting
                                     resolve_settings(source.defaults))
         middle = largest_middle(source.layout, {n: list(s.groups) for n, s in result.stacks.items()})
     items = sweep_items(kind, source.layout, middle or largest_middle(source.layout, None), settings.steps, window, base)
-    meta = {"model": source.name, "revision": loaded.revision, "kind": kind, "dtype": dtype_name(loaded.dtype),
+    meta = {"model": source.name, "revision": loaded.revision, "kind": kind, "dtype": loaded.precision,
             "device": str(loaded.device), "settings": replace(settings, seed=0).to_json(), "prompts": prompts,
             "seeds": seeds, "middle_group": list(middle) if middle else None, "window": window,
             "plans": [{"label": i.label, "series": i.series, "x": i.x, "text": plans.dumps(i.plan)} for i in items]}

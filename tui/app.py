@@ -93,6 +93,7 @@ class ExplorerApp(App[int]):
         dtype: str | None = None,
         random_weights: bool = False,
         compile: bool = False,
+        quantize: str | None = None,
         typed: str = "",
     ) -> None:
         """`typed`: keys the user typed before the interface was up (tui/probe.py), delivered on mount."""
@@ -107,7 +108,8 @@ class ExplorerApp(App[int]):
         self._theme_name = theme
         self._user_keys = dict(keymap or {})
         factory = engine_factory or (lambda: EngineClient(
-            source.name, device=device, dtype=dtype, random_weights=random_weights, compile=compile))
+            source.name, device=device, dtype=dtype, random_weights=random_weights, compile=compile,
+            quantize=quantize))
         self.session = Session(source.layout, factory, self.post_message, runs_dir=runs_dir,
                                ensure_engine=self.start_engine)
         self.sub_title = f"{source.name} · {source.family} · {source.layout.describe()}"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from dit_explore.engine.core.catalog import DEFAULT_MODEL
+from dit_explore.engine.core.devices import QUANTIZATIONS
 
 EXIT_USAGE = 2
 
@@ -55,6 +56,9 @@ def _add_device(p: argparse.ArgumentParser) -> None:
                    help="build the real-size architecture with random weights (no download)")
     p.add_argument("--compile", action="store_true",
                    help="compile each block (regional torch.compile): faster steps, no recompiles on plan changes")
+    p.add_argument("--quantize", choices=QUANTIZATIONS,
+                   help="quantize the transformer blocks with torchao (int8: int8 weights; the baseline is the "
+                        "quantized full model); needs the [quantize] extra")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -258,7 +262,8 @@ def tui_main(argv: list[str]) -> int:
     start_logging()
     app = ExplorerApp(source, plan=plan, graphics=graphics, plans_dir=args.plans_dir, runs_dir=args.runs_dir,
                       theme=theme, keymap=config.keymap, device=args.device, dtype=args.dtype,
-                      random_weights=args.random_weights, compile=args.compile, typed=facts.typed)
+                      random_weights=args.random_weights, compile=args.compile, quantize=args.quantize,
+                      typed=facts.typed)
     result = app.run()
     # A crash (Textual printed the traceback) leaves return_code 1 and no result: never report success.
     return app.return_code or (result or 0)
@@ -328,7 +333,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return headless.models_command()
     if args.command == "plans":
         return headless.plans_command(args.model, args.from_groups, args.out, args.overwrite)
-    options = headless.ModelOptions(args.device, args.dtype, args.random_weights, args.compile)
+    options = headless.ModelOptions(args.device, args.dtype, args.random_weights, args.compile, args.quantize)
     if args.command == "eval":
         return headless.eval_command(headless.EvalRequest(
             model=args.model, plan=args.plan, sampling=Sampling(seed=args.seed, steps=args.steps, guidance=args.guidance),

@@ -58,6 +58,7 @@ class EngineClient:
         dtype: str | None = None,
         random_weights: bool = False,
         compile: bool = False,
+        quantize: str | None = None,
         log_path: Path | None = None,
         heartbeat: float = 1.0,
         unresponsive_after: float = 5.0,
@@ -69,6 +70,7 @@ class EngineClient:
         self.dtype = dtype
         self.random_weights = random_weights
         self.compile = compile
+        self.quantize = quantize
         self.log_path = log_path or default_log_path()
         self.heartbeat = heartbeat
         self.unresponsive_after = unresponsive_after
@@ -112,6 +114,8 @@ class EngineClient:
             args.append("--random-weights")
         if self.compile:
             args.append("--compile")
+        if self.quantize:
+            args += ["--quantize", self.quantize]
         env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", **self._env}
         try:
             self._proc = await asyncio.create_subprocess_exec(

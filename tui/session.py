@@ -306,6 +306,7 @@ class Session:
                 self._loaded = True
                 self.ready = event
                 kind = " · random weights" if event.random_weights else ""
+                kind += f" · {event.quantization} weights" if event.quantization else ""
                 self._post(StateShown(f"ready on {event.device} ({event.dtype}{kind}), loaded in "
                                       f"{event.load_seconds:.1f} s", "green"))
                 self._post(ProgressShown(0, 0))

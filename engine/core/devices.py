@@ -12,6 +12,8 @@ import re
 from dit_explore.engine.core.text import shown
 
 SUPPORTED = "auto, cpu, cuda, cuda:N"
+# --quantize: how the transformer blocks may be quantized (engine/models.py `quantize_blocks`, torchao).
+QUANTIZATIONS = ("int8",)
 _NAME = re.compile(r"(auto|cpu|cuda(:[0-9]{1,3})?)")
 _OTHER_TORCH = ("mps", "meta", "xpu", "xla", "hip", "ipu", "mtia", "privateuseone", "vulkan", "hpu", "ve", "lazy",
                 "maia", "fpga", "ort", "mkldnn", "opengl", "opencl", "ideep")

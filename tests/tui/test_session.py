@@ -907,3 +907,16 @@ def test_a_sweep_is_a_job_like_a_run(tmp_path: Path) -> None:
         assert ended.record.job == 4 and ended.record.status == Status.CRASHED
 
     scenario(body, tmp_path)
+
+
+def test_a_quantized_engine_says_so_when_ready(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        fake = await h.ready_engine()
+        mark = len(h.messages)
+        fake.deliver(protocol.Ready(device="cpu", dtype="float32", load_seconds=1.5, random_weights=False,
+                                    quantization="int8"))
+        await fake.drained()
+        states = [m.text for m in h.since(mark, StateShown)]
+        assert states[0] == "ready on cpu (float32 · int8 weights), loaded in 1.5 s"
+
+    scenario(body, tmp_path)

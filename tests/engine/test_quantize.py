@@ -1,0 +1,79 @@
+"""--quantize int8: torchao's int8 weight-only quantization of the transformer blocks. On toy-flux the
+quantized model still draws what the captions say (the scorer reads the same attributes as from the
+float32 model) and its images stay within 30 dB PSNR of float32; plans still swap the quantized blocks;
+runs say they were quantized; without torchao, one line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from dit_explore.engine.core.catalog import MODELS
+from dit_explore.engine.core.plan import Plan
+from dit_explore.engine.core.resolve import ModelError, resolve
+from dit_explore.engine.core.sampling import resolve_settings
+from dit_explore.engine.core.shapes import ATTRIBUTES, CAPTIONS, read_back
+from dit_explore.engine.eval import for_scoring
+from dit_explore.engine.generate import Generator
+from dit_explore.engine.models import load
+from dit_explore.tui.cli import main
+
+pytest.importorskip("torchao")
+LAYOUT = MODELS["toy-flux"].layout
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = ((a.astype(float) - b.astype(float)) ** 2).mean()
+    return float("inf") if mse == 0 else float(10 * np.log10(255**2 / mse))
+
+
+def test_quantized_toy_flux_draws_what_the_captions_say(tiny_generator: Any) -> None:
+    source = resolve("toy-flux")
+    quantized = load(source, torch.device("cpu"), torch.float32, quantize="int8")
+    assert quantized.precision == "float32+int8" and quantized.quantization == "int8"
+    for stack in LAYOUT.stacks:  # every linear layer of every block holds int8 weights
+        for block in getattr(quantized.transformer, stack.attr):
+            weights = [m.weight for m in block.modules() if isinstance(m, torch.nn.Linear)]
+            assert weights and all(w.qdata.dtype == torch.int8 for w in weights)
+    assert isinstance(quantized.transformer.proj_out.weight, torch.nn.Parameter)  # outside the blocks: float32
+    full, q = tiny_generator("toy-flux"), Generator(quantized)
+    settings = resolve_settings(source.defaults)
+    captions = range(0, len(CAPTIONS), 54)  # 6 captions across sizes, colours, shapes and positions
+    for i in captions:
+        image, quantized_image = full.generate(CAPTIONS[i], settings, Plan()).image, q.generate(
+            CAPTIONS[i], settings, Plan()).image
+        assert psnr(np.asarray(image), np.asarray(quantized_image)) >= 30, CAPTIONS[i]
+        want = ATTRIBUTES[i]
+        read = read_back(for_scoring(quantized_image)).matches(want)
+        assert read == read_back(for_scoring(image)).matches(want), CAPTIONS[i]
+    skipped = Plan(orders=(("single", (0, 1, 2, 3, 8, 9, 10, 11)),))
+    c = np.asarray(q.generate(CAPTIONS[0], settings, skipped).image)
+    assert psnr(c, np.asarray(q.generate(CAPTIONS[0], settings, Plan()).image)) < 30  # the plan ran
+
+
+def test_a_quantized_run_says_so(tmp_path: Path) -> None:
+    assert main(["run", "toy-flux", "--quantize", "int8", "--steps", "2", "--device", "cpu",
+                 "--out", str(tmp_path / "run")]) == 0
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["quantization"] == "int8" and record["dtype"] == "float32"
+
+
+def test_without_torchao_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torchao.quantization", None)
+    with pytest.raises(ModelError) as exc:
+        load(resolve("tiny-flux"), torch.device("cpu"), torch.float32, quantize="int8")
+    assert str(exc.value) == "--quantize int8 needs torchao: pip install --no-deps torchao==0.18.0 (the [quantize] extra)"
+
+
+def test_an_unknown_quantization_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "toy-flux", "--quantize", "fp4", "--out", "x"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "argument --quantize: invalid choice: 'fp4' (choose from 'int8')" in err[0]
