@@ -97,8 +97,7 @@ def quantize_blocks(transformer: torch.nn.Module, layout: Layout, kind: str) -> 
 
     if kind not in QUANTIZATIONS:
         raise ModelError(f"--quantize {kind}: unknown (known: {', '.join(QUANTIZATIONS)})")
-    for name in ("torchao", "torchao.kernel", "torchao.quantization"):  # its optional native kernels say they
-        logging.getLogger(name).setLevel(logging.ERROR)                # are missing at import, harmlessly
+    quiet_libraries()
     try:
         from torchao.quantization import Int8WeightOnlyConfig, quantize_
     except ImportError:
@@ -124,7 +123,9 @@ def quiet_libraries() -> None:
     user's terminal; real errors still raise."""
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    for name in ("diffusers", "transformers", "huggingface_hub", "accelerate"):
+    # torchao (which diffusers imports when it is installed) says at import that its optional native kernels
+    # are missing and makes torch's pytree warn about its enums: harmless, and not the user's concern.
+    for name in ("diffusers", "transformers", "huggingface_hub", "accelerate", "torchao", "torch.utils._pytree"):
         logging.getLogger(name).setLevel(logging.ERROR)
     import diffusers.utils.logging as dlog
     import transformers.utils.logging as tlog
