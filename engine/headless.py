@@ -257,7 +257,8 @@ def _generate_all(req: RunRequest, source: ModelSource, plan: plans.Plan, prompt
         assert result.image is not None  # decoded: generate's default
         name = f"{len(writer.images):03d}.png"
         try:
-            writer.add_image(result.image, image_plan(plan, source.name, settings.for_prompt(prompt)))
+            writer.add_image(result.image, image_plan(plan, source.name, settings.for_prompt(prompt)),
+                             generator.loaded.quantization)
         except OSError as exc:  # a full disk, a folder gone read-only, ...: keep what was written, if it can be
             problem = f"--out {shown(req.out)}: cannot write {name}: {exc.strerror or exc}"
             if not results:

@@ -587,7 +587,8 @@ class Engine:
         settings = job.settings
         result = self.generator.generate(prompt, settings, job.plan, check=self.check(job),
                                          on_step=self.on_step(job, index, Role.PLAN))
-        png = png_bytes(result.image, image_plan(job.plan, source.name, settings.for_prompt(prompt)))
+        quantization = self.generator.loaded.quantization
+        png = png_bytes(result.image, image_plan(job.plan, source.name, settings.for_prompt(prompt)), quantization)
         mine = Rendered(png, result.timing, result.block_runs)
         self.deliver(job, index, Role.PLAN, prompt, mine, live, cached=False)
         if not job.baseline:
@@ -615,7 +616,8 @@ class Engine:
             return
         base = self.generator.generate(prompt, settings, plans.Plan(), check=self.check(job),
                                        on_step=self.on_step(job, index, Role.BASELINE))
-        base_png = png_bytes(base.image, image_plan(plans.Plan(), source.name, settings.for_prompt(prompt)))
+        base_png = png_bytes(base.image, image_plan(plans.Plan(), source.name, settings.for_prompt(prompt)),
+                             self.generator.loaded.quantization)
         rendered = self._remember(key, Rendered(base_png, base.timing, base.block_runs))
         self.deliver(job, index, Role.BASELINE, prompt, rendered, live, cached=False)
 

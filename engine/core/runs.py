@@ -327,9 +327,9 @@ class RunWriter(StagedDirectory):
         super().__init__(out, overwrite, marker=RUN_JSON, what="run")
         self.images: list[str] = []
 
-    def add_image(self, image: Image.Image, plan_for_image: plans.Plan) -> str:
+    def add_image(self, image: Image.Image, plan_for_image: plans.Plan, quantization: str | None = None) -> str:
         name = f"{len(self.images):03d}.png"
-        write_atomic(self.staging / name, png_bytes(image, plan_for_image))
+        write_atomic(self.staging / name, png_bytes(image, plan_for_image, quantization))
         self.images.append(name)
         return name
 
@@ -415,10 +415,16 @@ def mark_ended(path: Path, status: Status) -> bool:
     return True
 
 
-def png_bytes(image: Image.Image, plan_for_image: plans.Plan) -> bytes:
-    """PNG bytes carrying the image's plan file (sampling filled in), for replay with --plan."""
+PNG_QUANTIZATION_KEY = "dit-explore-quantization"  # present when the blocks were quantized (--quantize)
+
+
+def png_bytes(image: Image.Image, plan_for_image: plans.Plan, quantization: str | None = None) -> bytes:
+    """PNG bytes carrying the image's plan file (sampling filled in), for replay with --plan, and the
+    blocks' quantization when they were quantized (a replay without it draws other numbers)."""
     info = PngInfo()
     info.add_itxt(plans.PNG_PLAN_KEY, plans.dumps(plan_for_image))
+    if quantization is not None:
+        info.add_itxt(PNG_QUANTIZATION_KEY, quantization)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info, compress_level=4)
     return buffer.getvalue()

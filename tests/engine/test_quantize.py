@@ -62,6 +62,11 @@ def test_a_quantized_run_says_so(tmp_path: Path) -> None:
                  "--out", str(tmp_path / "run")]) == 0
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["quantization"] == "int8" and record["dtype"] == "float32"
+    from PIL import Image
+
+    from dit_explore.engine.core.runs import PNG_QUANTIZATION_KEY
+
+    assert Image.open(tmp_path / "run" / "000.png").text[PNG_QUANTIZATION_KEY] == "int8"
 
 
 def test_without_torchao_one_line(monkeypatch: pytest.MonkeyPatch) -> None:

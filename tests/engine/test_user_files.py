@@ -351,7 +351,7 @@ def test_cached_analysis_measures_again_over_a_corrupt_cache_file(tmp_path: Path
     monkeypatch.setenv("DIT_EXPLORE_CACHE", str(tmp_path))
     settings = Settings(seed=0, steps=2, width=64, height=64, guidance=0.0, max_sequence_length=32)
     generator: Any = SimpleNamespace(loaded=SimpleNamespace(source=SimpleNamespace(name="tiny-flux", kind="tiny"), revision="r",
-                                                            dtype=torch.float32))
+                                                            dtype=torch.float32, precision="float32"))
     key = analysis.analysis_key(generator.loaded, ["p"], settings)
     measured = _result()
     measured.key = key
