@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,8 @@ def quantize_blocks(transformer: torch.nn.Module, layout: Layout, kind: str) -> 
     if kind not in QUANTIZATIONS:
         raise ModelError(f"--quantize {kind}: unknown (known: {', '.join(QUANTIZATIONS)})")
     quiet_libraries()
+    # Compiling a quantized block: torch suggests torchao's tensor subclass implement a hash for its caches.
+    warnings.filterwarnings("ignore", message=r".* does not implement _stable_hash_for_caching", category=UserWarning)
     try:
         from torchao.quantization import Int8WeightOnlyConfig, quantize_
     except ImportError:
