@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from dit_explore.engine.analysis import SimilarityAccumulator, image_token_count
-from dit_explore.engine.branches import branched
+from dit_explore.engine.branches import applied_with_branches
 from dit_explore.engine.core import plan as plans
 from dit_explore.engine.core.sampling import Settings
 from dit_explore.engine.core.study import skip_plans
@@ -165,7 +165,7 @@ def run_bench(gen: Generator, settings: Settings, *, compile: bool = False, repe
 
     def plan_variant(plan: plans.Plan) -> Variant:
         plans.validate(plan, layout)  # e.g. SD3's last block may only end the stack
-        return lambda: applied(transformer, layout, plan)
+        return lambda: applied_with_branches(transformer, layout, plan, [0])  # (its guidance branches too)
 
     def measure(variants: dict[str, Variant]) -> dict[str, float]:
         """Interleaved medians of per-call milliseconds."""
@@ -241,8 +241,7 @@ def run_bench(gen: Generator, settings: Settings, *, compile: bool = False, repe
                    members_sum_ms=member_ms * loops,
                    ratio=group_ms / (member_ms * loops) if member_ms > 0 else float("nan"))
 
-    halves = loaded.family.guidance_halves
-    if halves is not None and loaded.family.uses_cfg(settings.guidance) and wanted("branches"):
+    if loaded.family.guidance_halves is not None and loaded.family.uses_cfg(settings.guidance) and wanted("branches"):
         say("guidance branches")
         middle = n // 2
         kept = plans.parse_order(f"0-{middle - 2}, {middle + 2}-{n - 1}")  # 3 middle blocks left out, as SLG
@@ -252,19 +251,7 @@ def run_bench(gen: Generator, settings: Settings, *, compile: bool = False, repe
             f"[extra] {stack.name}: {plans.format_order(kept)}": plans.Plan(
                 extra=plans.Branch(orders=((stack.name, kept),), scale=2.8)),
         }
-
-        def branch_variant(plan: plans.Plan) -> Variant:
-            plans.validate(plan, layout)
-
-            @contextmanager
-            def running() -> Iterator[None]:
-                with applied(transformer, layout, plan) as handle, \
-                        branched(transformer, None, layout, plan, handle, [0], halves):
-                    yield
-
-            return running
-
-        timed = measure({"full": nullcontext, **{name: branch_variant(p) for name, p in branched_plans.items()}})
+        timed = measure({"full": nullcontext, **{name: plan_variant(p) for name, p in branched_plans.items()}})
         for name, plan in branched_plans.items():
             extra = plan_flops(plans.Plan(orders=plan.extra.orders), loaded, total_flops, per_block) / 2 \
                 if plan.extra is not None else 0.0  # an extra pass runs the conditional half

@@ -26,9 +26,10 @@ from typing import Any
 
 import torch
 
+from dit_explore.engine.core.families import family
 from dit_explore.engine.core.layout import Layout
 from dit_explore.engine.core.plan import Plan
-from dit_explore.engine.executor import AppliedPlan
+from dit_explore.engine.executor import AppliedPlan, Check, Residuals, Wrap, applied
 
 
 def _batch(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
@@ -139,3 +140,15 @@ def branched(transformer: torch.nn.Module, scheduler: Any | None, layout: Layout
                 scheduler.step = own_step
             else:
                 del scheduler.step
+
+
+@contextlib.contextmanager
+def applied_with_branches(transformer: torch.nn.Module, layout: Layout, plan: Plan, step: list[int], *,
+                          scheduler: Any | None = None, check: Check | None = None, wrap: Wrap | None = None,
+                          residuals: Residuals | None = None) -> Iterator[AppliedPlan]:
+    """`executor.applied` and `branched` together, as every caller that runs a plan needs them: the
+    plan's block lists in place (the handle yielded), and its guidance branches at step `step[0]`."""
+    halves = family(layout.family).guidance_halves or ("uncond", "cond")
+    with applied(transformer, layout, plan, check or (lambda: None), wrap, residuals) as handle, \
+            branched(transformer, scheduler, layout, plan, handle, step, halves):
+        yield handle

@@ -20,11 +20,11 @@ from typing import Any
 import torch
 from PIL import Image
 
-from dit_explore.engine.branches import branched
+from dit_explore.engine.branches import applied_with_branches
 from dit_explore.engine.core.plan import Plan, dumps, format_order, format_steps, validate_guidance
 from dit_explore.engine.core.runs import versions
 from dit_explore.engine.core.sampling import BlockRuns, Settings, Timing, block_runs
-from dit_explore.engine.executor import Check, Wrap, applied
+from dit_explore.engine.executor import Check, Wrap
 from dit_explore.engine.models import Loaded, is_compile_failure
 from dit_explore.engine.timing import Intervals, StepInputs, sync
 
@@ -343,9 +343,8 @@ class Generator:
             transformer.register_forward_hook(lambda _m, _a, _o: intervals.stop()),
         ]
         try:
-            with applied(transformer, self.loaded.layout, plan, check, wrap) as handle, \
-                    branched(transformer, self.pipe.scheduler, self.loaded.layout, plan, handle, step,
-                             self.loaded.family.guidance_halves or ("uncond", "cond")):
+            with applied_with_branches(transformer, self.loaded.layout, plan, step, scheduler=self.pipe.scheduler,
+                                       check=check, wrap=wrap) as handle:
 
                 def on_step_end(_pipe: Any, index: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
                     step[0] = index + 1

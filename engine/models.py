@@ -98,7 +98,7 @@ def quantize_blocks(transformer: torch.nn.Module, layout: Layout, kind: str) -> 
 
     if kind not in QUANTIZATIONS:
         raise ModelError(f"--quantize {kind}: unknown (known: {', '.join(QUANTIZATIONS)})")
-    quiet_libraries()
+    # (load() has quieted the libraries, torchao's import chatter included.)
     # Compiling a quantized block: torch suggests torchao's tensor subclass implement a hash for its caches.
     warnings.filterwarnings("ignore", message=r".* does not implement _stable_hash_for_caching", category=UserWarning)
     try:

@@ -147,8 +147,7 @@ def side_by_side(transformer: torch.nn.Module, layout: Layout, plan: Plan, input
     One more full-model call, with a clock around each block, gives each block's share. A plan with cached
     spans is timed as it runs after the first step: its warm-up call computes and records them, the timed
     calls reuse (or forecast) them (engine/core/sampling.py `step_variants` times the first step apart)."""
-    from dit_explore.engine.branches import branched
-    from dit_explore.engine.core.families import family
+    from dit_explore.engine.branches import applied_with_branches
     from dit_explore.engine.core.plan import has_cached
     from dit_explore.engine.executor import Residuals, applied
 
@@ -161,9 +160,8 @@ def side_by_side(transformer: torch.nn.Module, layout: Layout, plan: Plan, input
     def run(variant: Plan, step: int, out: list[float] | None) -> None:
         """One call of the transformer under `variant` at `step`; timed into `out` (the plan's lists are
         put in before the clock starts)."""
-        halves = family(layout.family).guidance_halves or ("uncond", "cond")
-        with applied(transformer, layout, variant, check, residuals=kept if variant is plan else None) as handle, \
-                branched(transformer, None, layout, variant, handle, [step], halves):
+        with applied_with_branches(transformer, layout, variant, [step], check=check,
+                                   residuals=kept if variant is plan else None) as handle:
             handle.at_step(step)
             if out is None:
                 inputs(transformer)

@@ -124,6 +124,15 @@ def _order_of(orders: tuple[tuple[str, Order], ...], stack: str) -> Order | None
     return None
 
 
+def _resolved(orders: tuple[tuple[str, Order], ...], layout: Layout) -> dict[str, Order]:
+    """Every stack of `layout` with its order in `orders`, the identity where they do not name it."""
+    out = {}
+    for s in layout.stacks:
+        order = _order_of(orders, s.name)
+        out[s.name] = identity_order(s.blocks) if order is None else order  # () runs no block
+    return out
+
+
 @dataclass(frozen=True)
 class StepTable:
     """Other orders for some denoising steps (a `[[steps]]` table of a version-2 plan file). On its steps,
@@ -159,11 +168,7 @@ class Branch:
 
     def resolved(self, layout: Layout) -> dict[str, Order]:
         """Every stack of `layout` with the order this pass runs (the identity where the branch is silent)."""
-        out = {}
-        for s in layout.stacks:
-            order = self.order(s.name)
-            out[s.name] = identity_order(s.blocks) if order is None else order
-        return out
+        return _resolved(self.orders, layout)
 
     def applies_at(self, step: int) -> bool:
         return self.steps is None or step in self.steps
@@ -189,6 +194,11 @@ class Plan:
     def has_branches(self) -> bool:
         return self.uncond is not None or self.extra is not None
 
+    @property
+    def branches(self) -> tuple[tuple[str, Branch], ...]:
+        """The guidance branches the plan has, by table name: ("uncond", ...), then ("extra", ...)."""
+        return tuple((name, b) for name, b in (("uncond", self.uncond), ("extra", self.extra)) if b is not None)
+
     def order(self, stack: str) -> Order | None:
         """`stack`'s default order (None: the stack runs unchanged where no step table says otherwise)."""
         return _order_of(self.orders, stack)
@@ -203,11 +213,7 @@ class Plan:
     def resolved(self, layout: Layout) -> dict[str, Order]:
         """Every stack of `layout` with its default order (the identity where the plan is silent): what
         runs on the steps no step table covers."""
-        out = {}
-        for s in layout.stacks:
-            order = self.order(s.name)
-            out[s.name] = identity_order(s.blocks) if order is None else order  # () runs no block
-        return out
+        return _resolved(self.orders, layout)
 
     def table_at(self, step: int) -> int | None:
         """The position in step_orders of the table covering denoising step `step`, if any."""
@@ -623,12 +629,11 @@ def summary(plan: Plan) -> str:
     for table in plan.step_orders:
         inner = "; ".join(f"{name}: {format_order(order)}" for name, order in table.orders) or "full model"
         parts.append(f"at steps {format_steps(table.steps)} ({inner})")
-    for name, branch in (("uncond", plan.uncond), ("extra", plan.extra)):
-        if branch is not None:
-            inner = "; ".join(f"{stack}: {format_order(order)}" for stack, order in branch.orders) or "full model"
-            scale = f" x{branch.scale:g}" if branch.scale is not None else ""
-            at = f" at steps {format_steps(branch.steps)}" if branch.steps is not None else ""
-            parts.append(f"{name}{scale}{at} ({inner})")
+    for name, branch in plan.branches:
+        inner = "; ".join(f"{stack}: {format_order(order)}" for stack, order in branch.orders) or "full model"
+        scale = f" x{branch.scale:g}" if branch.scale is not None else ""
+        at = f" at steps {format_steps(branch.steps)}" if branch.steps is not None else ""
+        parts.append(f"{name}{scale}{at} ({inner})")
     return "; ".join(parts) if parts else "full model"
 
 
@@ -661,9 +666,7 @@ def _branch_problems(plan: Plan, layout: Layout, source: str) -> list[str]:
     from dit_explore.engine.core.families import family
 
     problems: list[str] = []
-    for name, branch in (("uncond", plan.uncond), ("extra", plan.extra)):
-        if branch is None:
-            continue
+    for name, branch in plan.branches:
         if family(layout.family).guidance_halves is None:
             problems.append(f"{source}: {name}: guidance-branch plans need classifier-free guidance, which "
                             f"{layout.family} models do not run")
@@ -748,8 +751,7 @@ def validate_steps(plan: Plan, steps: int, source: str = "plan") -> None:
     """active_steps and the step tables must name steps that exist at this step count."""
     named = [("active_steps", plan.active_steps or ())]
     named += [(f"steps[{i}].steps", table.steps) for i, table in enumerate(plan.step_orders)]
-    named += [(f"{name}.steps", branch.steps) for name, branch in (("uncond", plan.uncond), ("extra", plan.extra))
-              if branch is not None and branch.steps is not None]
+    named += [(f"{name}.steps", branch.steps) for name, branch in plan.branches if branch.steps is not None]
     problems = []
     for key, indices in named:
         bad = tuple(s for s in indices if s >= steps)
@@ -767,8 +769,9 @@ def validate_guidance(plan: Plan, layout: Layout, guidance: float, source: str =
     family runs at this guidance scale (above 1): a PlanError of one line otherwise."""
     from dit_explore.engine.core.families import family
 
-    if plan.has_branches and family(layout.family).guidance_halves is not None and not family(layout.family).uses_cfg(guidance):
-        names = " and ".join(f"[{n}]" for n, b in (("uncond", plan.uncond), ("extra", plan.extra)) if b is not None)
+    runs = family(layout.family)
+    if plan.has_branches and runs.guidance_halves is not None and not runs.uses_cfg(guidance):
+        names = " and ".join(f"[{name}]" for name, _ in plan.branches)
         raise PlanError([f"{source}: {names} apply to classifier-free guidance, which this run does not use "
                          f"(guidance {guidance:g}; it runs above 1)"])
 
@@ -1145,9 +1148,7 @@ def dumps(plan: Plan, comment: str | None = None) -> str:
     for table in plan.step_orders:
         lines += ["", "[[steps]]", f"steps = {_toml_value(format_steps(table.steps))}", "[steps.order]"]
         lines += [f"{_toml_key(name)} = {_toml_value(format_order(order))}" for name, order in table.orders]
-    for name, branch in (("uncond", plan.uncond), ("extra", plan.extra)):
-        if branch is None:
-            continue
+    for name, branch in plan.branches:
         lines += ["", f"[{name}]"]
         if branch.scale is not None:
             lines.append(f"scale = {_toml_value(branch.scale)}")

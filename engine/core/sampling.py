@@ -13,6 +13,7 @@ from dit_explore.engine.core.families import Defaults
 from dit_explore.engine.core.layout import Layout
 from dit_explore.engine.core.plan import (
     MAX_PROMPT,
+    Order,
     Plan,
     PlanError,
     Sampling,
@@ -144,13 +145,17 @@ def block_runs(plan: Plan, layout: Layout, steps: int) -> BlockRuns:
 
 def _branch_runs(plan: Plan, layout: Layout, steps: int, full: dict[str, int]) -> BlockRuns:
     """block_runs of a plan with [uncond] or [extra] (see BlockRuns.per_step for the unit)."""
+    def counted(orders: dict[str, Order]) -> dict[str, int]:
+        return {name: executions(order) for name, order in orders.items()}
+
+    own = {name: (branch, counted(branch.resolved(layout))) for name, branch in plan.branches}  # counted once
+    nothing = dict.fromkeys(full, 0)
     per_step = []
     for step in range(steps):
-        cond = {name: executions(order) for name, order in plan.resolved_at(layout, step).items()}
-        uncond = (cond if plan.uncond is None or not plan.uncond.applies_at(step) else
-                  {name: executions(order) for name, order in plan.uncond.resolved(layout).items()})
-        extra = ({name: executions(order) for name, order in plan.extra.resolved(layout).items()}
-                 if plan.extra is not None and plan.extra.applies_at(step) else dict.fromkeys(full, 0))
+        cond = counted(plan.resolved_at(layout, step))
+        u, e = own.get("uncond"), own.get("extra")
+        uncond = u[1] if u is not None and u[0].applies_at(step) else cond
+        extra = e[1] if e is not None and e[0].applies_at(step) else nothing
         per_step.append({name: (cond[name] + uncond[name] + extra[name]) / 2 for name in full})
     return BlockRuns(full_per_step=full, per_step=tuple(per_step), total=sum(sum(s.values()) for s in per_step),
                      full_total=sum(full.values()) * steps)

@@ -373,11 +373,10 @@ class LayerGrid(Widget, can_focus=True):
         tables = plan.step_orders
         steps = ", ".join(format_steps(t.steps) for t in tables)
         parts = ([f"{len(tables)} step table{'s' if len(tables) > 1 else ''} (steps {steps})"] if tables else [])
-        for name, branch in (("[uncond]", plan.uncond), ("[extra]", plan.extra)):
-            if branch is not None:
-                scale = f" ×{branch.scale:g}" if branch.scale is not None else ""
-                at = f" steps {format_steps(branch.steps)}" if branch.steps is not None else ""
-                parts.append(f"{name}{scale}{at}")
+        for name, branch in plan.branches:
+            scale = f" ×{branch.scale:g}" if branch.scale is not None else ""
+            at = f" steps {format_steps(branch.steps)}" if branch.steps is not None else ""
+            parts.append(f"[{name}]{scale}{at}")
         shown = "conditional pass shown" if plan.has_branches else "default order shown"
         return f"{shown} · {', '.join(parts)} run as written; edits change the default order"
 

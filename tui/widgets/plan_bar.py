@@ -75,9 +75,7 @@ class PlanBar(Static):
             text.append((orders or "full model") + "\n", style="")
         if len(plan.step_orders) > SHOWN_TABLES:
             text.append(f"         … and {len(plan.step_orders) - SHOWN_TABLES} more step tables\n", style="dim")
-        for name, branch in (("uncond", plan.uncond), ("extra", plan.extra)):
-            if branch is None:
-                continue
+        for name, branch in plan.branches:
             orders = "; ".join(f"{stack}: {plans.format_order(order) or NO_BLOCK}" for stack, order in branch.orders)
             scale = f" ×{branch.scale:g}" if branch.scale is not None else ""
             text.append(f"{name:>7}{scale}  ", style="bold")
