@@ -21,9 +21,10 @@ import torch
 from dit_explore.engine.analysis import SimilarityAccumulator, image_token_count
 from dit_explore.engine.branches import applied_with_branches
 from dit_explore.engine.core import plan as plans
+from dit_explore.engine.core.families import BlockIO
 from dit_explore.engine.core.sampling import Settings
 from dit_explore.engine.core.study import skip_plans
-from dit_explore.engine.executor import applied
+from dit_explore.engine.executor import ParallelGroup, applied
 from dit_explore.engine.generate import Generator
 from dit_explore.engine.models import Loaded, compile_blocks, is_compile_failure
 from dit_explore.engine.timing import StepInputs, Timer
@@ -54,6 +55,28 @@ class BenchReport:
         return "\n".join(lines)
 
 
+@dataclass
+class Timed:
+    """Per-call milliseconds of interleaved variants, one sample per round."""
+
+    samples: dict[str, list[float]]
+
+    def __getitem__(self, name: str) -> float:
+        return statistics.median(self.samples[name])
+
+    def spread(self, name: str, over: str) -> str:
+        """The interquartile range of the round-by-round ratio name / over (the rounds interleave the
+        variants, so each round's ratio is a paired measurement)."""
+        return _iqr([a / b for a, b in zip(self.samples[name], self.samples[over])])
+
+
+def _iqr(values: list[float]) -> str:
+    if len(values) < 2:
+        return "n/a"
+    q1, _median, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return f"{q1:.4f}-{q3:.4f}"
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -77,6 +100,84 @@ def capture_step_inputs(gen: Generator, settings: Settings) -> StepInputs:
     finally:
         handle.remove()
     return captured[0]
+
+
+def capture_block_inputs(transformer: torch.nn.Module, block: torch.nn.Module, inputs: StepInputs) -> StepInputs:
+    """The arguments `block` gets in one transformer call on `inputs` (copies). Not for compiled blocks
+    (a hook would be traced)."""
+    captured: list[StepInputs] = []
+
+    def copy(value: Any) -> Any:
+        return value.clone() if torch.is_tensor(value) else value
+
+    def hook(_module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if not captured:
+            captured.append(StepInputs(tuple(copy(a) for a in args), {k: copy(v) for k, v in kwargs.items()}))
+
+    handle = block.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            inputs(transformer)
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+def _group_against_members(members: list[torch.nn.Module], loops: int, io: BlockIO,
+                           block_inputs: StepInputs) -> tuple[dict[str, Variant], Callable[[], None]]:
+    """Variants for `measure`: the parallel group of `members` (as the executor builds it), and the same
+    blocks run one after another, `loops` times over, both from the inputs the first member gets in a
+    real step: what a group costs over its members, without the rest of the step's time around it."""
+    group = ParallelGroup(members, loops, io, "bench group")
+    calls: dict[str, Callable[[], None]] = {}
+
+    def one_after_another() -> None:
+        args, kwargs, out = block_inputs.args, block_inputs.kwargs, None
+        for _ in range(loops):
+            for member in members:
+                if out is not None:
+                    args, kwargs = io.feed_back(args, kwargs, out, "bench chain")
+                out = member(*args, **kwargs)
+
+    calls["members"] = one_after_another
+    calls["group"] = lambda: block_inputs(group)
+    running: list[Callable[[], None]] = [one_after_another]
+
+    def variant(name: str) -> Variant:
+        @contextmanager
+        def using() -> Iterator[None]:
+            running[0] = calls[name]
+            yield
+
+        return using
+
+    def call() -> None:
+        with torch.no_grad():
+            running[0]()
+
+    return {name: variant(name) for name in calls}, call
+
+
+def _cached_variant(transformer: torch.nn.Module, layout: Any, stack: str, blocks: int, span: tuple[int, int],
+                    mode: str, step: Callable[[], None]) -> tuple[plans.Plan, Variant]:
+    """A plan whose `stack` takes `span`'s contribution from earlier steps (`mode`: reuse or forecast), and
+    a variant that runs its steps 0 and 1 (the full model: the span computes and records its residual)
+    and leaves it at step 2, where the span adds its kept residual or extrapolates the last two."""
+    first, last = span
+    order = plans.parse_order(f"0-{first - 1}, {first}-{last}@{mode}, {last + 1}-{blocks - 1}")
+    plan = plans.Plan(orders=((stack, order),), step_orders=(plans.StepTable(steps=(0, 1)),))
+    plans.validate(plan, layout)
+
+    @contextmanager
+    def at_a_cached_step() -> Iterator[None]:
+        with applied(transformer, layout, plan) as handle:
+            for computed in (0, 1):
+                handle.at_step(computed)
+                step()
+            handle.at_step(2)
+            yield
+
+    return plan, at_a_cached_step
 
 
 def block_flops(loaded: Loaded, inputs: StepInputs) -> tuple[float, dict[tuple[str, int], float]]:
@@ -140,8 +241,8 @@ def run_bench(gen: Generator, settings: Settings, *, compile: bool = False, repe
     device, layout = loaded.device, loaded.layout
     cuda = device.type == "cuda"
     timer = Timer(device)
-    repeats = repeats or (7 if cuda else 3)
-    inner = 5 if cuda else 2
+    repeats = repeats or (20 if cuda else 3)
+    inner = 3 if cuda else 2
     transformer = loaded.transformer
     report = BenchReport({
         "model": loaded.source.name, "random_weights": loaded.random_weights, "device": str(device),
@@ -150,6 +251,12 @@ def run_bench(gen: Generator, settings: Settings, *, compile: bool = False, repe
         "compile": compile, "quantization": loaded.quantization, "date": time.strftime("%Y-%m-%d"),
     })
     inputs = capture_step_inputs(gen, settings)
+    stack = max(layout.stacks, key=lambda s: s.blocks)
+    n = stack.blocks
+    start = max(1, n // 3)  # where the parallel groups and the cached span begin
+    # The inputs the group's first block gets in a real step (captured before any compilation: a hook).
+    group_inputs = capture_block_inputs(transformer, getattr(transformer, stack.attr)[start], inputs) \
+        if wanted("parallel") else None
 
     def step() -> None:
         """One transformer call, under no_grad like the pipelines' own calls. If compilation fails on a
@@ -167,35 +274,34 @@ def run_bench(gen: Generator, settings: Settings, *, compile: bool = False, repe
         plans.validate(plan, layout)  # e.g. SD3's last block may only end the stack
         return lambda: applied_with_branches(transformer, layout, plan, [0])  # (its guidance branches too)
 
-    def measure(variants: dict[str, Variant]) -> dict[str, float]:
-        """Interleaved medians of per-call milliseconds."""
+    def measure(variants: dict[str, Variant], call: Callable[[], None] = step) -> Timed:
+        """Interleaved per-call milliseconds of each variant, `repeats` rounds of `inner` calls."""
         samples: dict[str, list[float]] = {name: [] for name in variants}
         for variant in variants.values():  # warm each variant once (allocator, caches)
             with variant():
-                step()
+                call()
         for _ in range(repeats):
             for name, variant in variants.items():
                 with variant():
-                    samples[name].append(timer.ms(step, inner))
-        return {name: statistics.median(values) for name, values in samples.items()}
+                    samples[name].append(timer.ms(call, inner))
+        return Timed(samples)
 
     if compile:
         say("compiling every block (regional compilation)")
         # The eager time is taken after compiling, with compilation switched off (set_stance).
-        compile_blocks(transformer, layout)
-        loaded.compiled = True
         timer.sync()
         begin = time.perf_counter()
+        compile_blocks(transformer, layout, device, loaded.dtype)  # (compiles the groups' averaging now)
+        loaded.compiled = True
         step()
         compile = loaded.compiled  # False if the first call had to fall back
         if compile:
             timer.sync()
             first = time.perf_counter() - begin
-            compiled = measure({"compiled": nullcontext})["compiled"]
-            with torch.compiler.set_stance("force_eager"):
-                eager = measure({"eager": nullcontext})["eager"]
-            report.add("compile", eager_step_ms=eager, compile_and_first_call_s=first, compiled_step_ms=compiled,
-                       speedup=eager / compiled)
+            timed = measure({"compiled": nullcontext, "eager": lambda: torch.compiler.set_stance("force_eager")})
+            report.add("compile", eager_step_ms=timed["eager"], compile_and_first_call_s=first,
+                       compiled_step_ms=timed["compiled"], speedup=timed["eager"] / timed["compiled"],
+                       iqr=timed.spread("eager", "compiled"))
 
     say("counting FLOPs per block")
     with torch.compiler.set_stance("force_eager"):
@@ -204,11 +310,9 @@ def run_bench(gen: Generator, settings: Settings, *, compile: bool = False, repe
     say("identity plan vs unmodified transformer")
     base = measure({"unmodified": nullcontext, "identity plan": plan_variant(plans.Plan())})
     report.add("overhead", unmodified_ms=base["unmodified"], identity_plan_ms=base["identity plan"],
-               ratio=base["identity plan"] / base["unmodified"])
+               ratio=base["identity plan"] / base["unmodified"], iqr=base.spread("identity plan", "unmodified"))
     full_ms = base["unmodified"]
 
-    stack = max(layout.stacks, key=lambda s: s.blocks)
-    n = stack.blocks
     skips = skip_plans(layout) if wanted("skip") else {}
     if skips:
         say(f"skip plans on {stack.name}")
@@ -217,29 +321,49 @@ def run_bench(gen: Generator, settings: Settings, *, compile: bool = False, repe
         ideal = plan_flops(plan, loaded, total_flops, per_block) / total_flops
         measured = timed[name] / timed["full"]
         report.add("skip", plan=f"{stack.name}: {plans.format_order(plan.order(stack.name) or ())}",
-                   step_ms=timed[name], measured_ratio=measured, ideal_ratio=ideal, off_by=measured / ideal - 1)
+                   step_ms=timed[name], measured_ratio=measured, iqr=timed.spread(name, "full"), ideal_ratio=ideal,
+                   off_by=measured / ideal - 1)
 
-    start = max(1, n // 3)
     groups = [(k, loops) for k, loops in ((2, 1), (4, 1), (4, 3)) if start + k < n - 1 and wanted("parallel")]
-    if groups:
+    if groups and group_inputs is not None:
         say("parallel groups")
-    variants: dict[str, Variant] = {"full": nullcontext}
-    for k, loops in groups:
-        members = f"{start}-{start + k - 1}"
-        rest_head, rest_tail = f"0-{start - 1}", f"{start + k}-{n - 1}"
-        without = plans.parse_order(f"{rest_head}, {rest_tail}")
-        variants[f"without {members}"] = plan_variant(plans.Plan().with_order(stack.name, without))
-        variants[f"[{members}]x{loops}"] = plan_variant(plans.Plan().with_order(
-            stack.name, plans.parse_order(f"{rest_head}, [{members}]x{loops}, {rest_tail}")))
-    timed = measure(variants) if groups else {}
-    for k, loops in groups:
-        members = f"{start}-{start + k - 1}"
-        without_ms = timed[f"without {members}"]
-        member_ms = timed["full"] - without_ms  # the members run one after another in the full model
-        group_ms = timed[f"[{members}]x{loops}"] - without_ms
-        report.add("parallel", group=f"{stack.name} [{members}]x{loops}", group_ms=group_ms,
-                   members_sum_ms=member_ms * loops,
-                   ratio=group_ms / (member_ms * loops) if member_ms > 0 else float("nan"))
+        blocks = getattr(transformer, stack.attr)
+        io = loaded.family.stack(stack.name).io
+        for k, loops in groups:
+            members = [blocks[i] for i in range(start, start + k)]
+            timed = measure(*_group_against_members(members, loops, io, group_inputs))
+            report.add("parallel", group=f"{stack.name} [{start}-{start + k - 1}]x{loops}", group_ms=timed["group"],
+                       members_ms=timed["members"], ratio=timed["group"] / timed["members"],
+                       iqr=timed.spread("group", "members"))
+        # As a user meets it: the same group in a whole step, against the step without its blocks.
+        k = groups[min(1, len(groups) - 1)][0]
+        head, tail = f"0-{start - 1}", f"{start + k}-{n - 1}"
+        members_text = f"{start}-{start + k - 1}"
+        timed = measure({
+            "full": nullcontext,
+            "without": plan_variant(plans.Plan().with_order(stack.name, plans.parse_order(f"{head}, {tail}"))),
+            "group": plan_variant(plans.Plan().with_order(
+                stack.name, plans.parse_order(f"{head}, [{members_text}], {tail}"))),
+        })
+        per_round = [(g - w) / (f - w) for f, w, g in
+                     zip(timed.samples["full"], timed.samples["without"], timed.samples["group"]) if f > w]
+        report.add("parallel_in_step", group=f"{stack.name} [{members_text}]x1", step_ms=timed["group"],
+                   full_step_ms=timed["full"], without_members_ms=timed["without"],
+                   ratio=(timed["group"] - timed["without"]) / (timed["full"] - timed["without"]),
+                   iqr=_iqr(per_round))
+
+    if wanted("cached"):
+        say("reused and forecast spans")
+        span = (start, start + max(2, n // 3) - 1)
+        cached = {mode: _cached_variant(transformer, layout, stack.name, n, span, mode, step)
+                  for mode in plans.CACHE_MODES}
+        timed = measure({"full": nullcontext, **{mode: variant for mode, (_plan, variant) in cached.items()}})
+        for mode, (plan, _variant) in cached.items():
+            ideal = plan_flops(plan, loaded, total_flops, per_block) / total_flops
+            measured = timed[mode] / timed["full"]
+            report.add("cached", plan=f"{stack.name}: {plans.format_order(plan.order(stack.name) or ())}",
+                       step_ms=timed[mode], measured_ratio=measured, iqr=timed.spread(mode, "full"), ideal_ratio=ideal,
+                       off_by=measured / ideal - 1)
 
     if loaded.family.guidance_halves is not None and loaded.family.uses_cfg(settings.guidance) and wanted("branches"):
         say("guidance branches")
@@ -257,8 +381,8 @@ def run_bench(gen: Generator, settings: Settings, *, compile: bool = False, repe
                 if plan.extra is not None else 0.0  # an extra pass runs the conditional half
             ideal = 1 + extra / total_flops
             measured = timed[name] / timed["full"]
-            report.add("branches", plan=name, step_ms=timed[name], measured_ratio=measured, ideal_ratio=ideal,
-                       off_by=measured / ideal - 1)
+            report.add("branches", plan=name, step_ms=timed[name], measured_ratio=measured,
+                       iqr=timed.spread(name, "full"), ideal_ratio=ideal, off_by=measured / ideal - 1)
 
     if wanted("similarity"):
         say("similarity capture")
@@ -283,22 +407,31 @@ def run_bench(gen: Generator, settings: Settings, *, compile: bool = False, repe
 
     if compile:
         say("plan changes after compilation")
-        # Blocks reordered and repeated: only the block lists change, nothing may compile. Then a parallel
-        # group of a size not seen before: its (small) averaging kernel compiles once.
-        for text in (f"0, 2*2, 1, 3-{n - 1}", f"0, [1-3], 4-{n - 1}"):
+        # Blocks reordered and repeated: only the block lists change, nothing may compile; parallel groups of
+        # sizes not run before: their averaging kernels were compiled with the blocks, for any size.
+        # The first call after the change and the steady calls are timed alike: one call from an idle
+        # device, synchronized, wall clock (a call's launch latency is in both); back-to-back calls timed
+        # with events (the device never idles between them) are reported beside them.
+        def wall_ms() -> float:
+            timer.sync()
+            begin = time.perf_counter()
+            step()
+            timer.sync()
+            return (time.perf_counter() - begin) * 1000
+
+        changes = [f"0, 2*2, 1, 3-{n - 1}", f"0, [1-3], 4-{n - 1}"] + ([f"0, [1-5]x2, 6-{n - 1}"] if n > 7 else [])
+        for text in changes:
             changed = plans.Plan().with_order(stack.name, plans.parse_order(text))
             plans.validate(changed, layout)
             graphs = _graphs_compiled()
             with applied(transformer, layout, changed):
-                timer.sync()
-                begin = time.perf_counter()
-                step()
-                timer.sync()
-                first_ms = (time.perf_counter() - begin) * 1000
-                steady = statistics.median(timer.ms(step, inner) for _ in range(repeats))
+                first_ms = wall_ms()
+                steady = [wall_ms() for _ in range(repeats)]
+                back_to_back = statistics.median(timer.ms(step, inner) for _ in range(repeats))
             report.add("compile_plan_change", plan=f"{stack.name}: {plans.format_order(changed.order(stack.name) or ())}",
-                       first_call_ms=first_ms, steady_ms=steady, first_over_steady=first_ms / steady,
-                       graphs_compiled=_graphs_compiled() - graphs)
+                       first_call_ms=first_ms, steady_call_ms=statistics.median(steady),
+                       first_over_steady=first_ms / statistics.median(steady), steady_iqr_ms=_iqr(steady),
+                       back_to_back_ms=back_to_back, graphs_compiled=_graphs_compiled() - graphs)
     return report
 
 

@@ -14,7 +14,6 @@ checks that for every family, so a diffusers release that changes it fails loudl
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -101,43 +100,129 @@ class ParallelGroup(StandIn):
 
 
     def _average(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if self.fused:
-            return self._average_fused(args, kwargs)
-        sums: list[torch.Tensor] | None = None
-        dtypes: list[torch.dtype] = []
-        for parts in self._outputs(args, kwargs):
-            if sums is None:
-                dtypes = [p.dtype for p in parts]
-                sums = [p.to(torch.float32, copy=True) for p in parts]
-            else:
-                for s, p in zip(sums, parts):
-                    s.add_(p)
-        assert sums is not None
+        """Each stream's float32 sum over the members, rounded to the stream's dtype once: a running sum,
+        so only the sum and one member's output are held at a time. With compiled blocks the sum runs in
+        the shape-generic kernels `prepare_averaging` compiled (an elementwise pass each costs a
+        noticeable share of a compiled group), else in eager in-place ops."""
         n = len(self.members)
-        return _pack(self.io, [s.div_(n).to(dtype) for s, dtype in zip(sums, dtypes)])
-
-    def _average_fused(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """With compiled blocks the elementwise averaging above costs a noticeable share of a group (each
-        pass over the outputs is a kernel): keep every member's output, then average each stream in one
-        compiled kernel (float32 inside, same result). It compiles once per group size."""
-        outs = list(self._outputs(args, kwargs))
-        mean = _fused_mean(len(outs))
-        return _pack(self.io, [mean([o[k] for o in outs]) for k in range(len(self.io.outputs))])
+        ops: _EagerSum | _CompiledSum = _EAGER_SUM
+        first: list[torch.Tensor] | None = None
+        sums: list[torch.Tensor] | None = None
+        for i, parts in enumerate(self._outputs(args, kwargs)):
+            if n == 1:
+                return _pack(self.io, parts)
+            if i == 0:
+                first = parts
+                if self.fused and _COMPILED_SUM.covers(parts):
+                    ops = _COMPILED_SUM
+            elif i == n - 1:
+                if sums is None:  # two members
+                    assert first is not None
+                    return _pack(self.io, [ops.mean2(a, b) for a, b in zip(first, parts)])
+                return _pack(self.io, [ops.finish(s, p, n) for s, p in zip(sums, parts)])
+            elif sums is None:
+                assert first is not None
+                sums, first = [ops.start(a, b) for a, b in zip(first, parts)], None
+            else:
+                sums = [ops.add(s, p) for s, p in zip(sums, parts)]
+        raise AssertionError("a parallel group has members")
 
     @property
     def fused(self) -> bool:
         return any(getattr(m, "_compiled_call_impl", None) is not None for m in self.members)
 
 
-@functools.cache
-def _fused_mean(count: int) -> Callable[[list[torch.Tensor]], torch.Tensor]:
-    def mean(tensors: list[torch.Tensor]) -> torch.Tensor:
-        total = tensors[0].float()
-        for t in tensors[1:]:
-            total = total + t.float()
-        return (total / count).to(tensors[0].dtype)
+class _EagerSum:
+    """A group's running float32 sum in eager ops: in place where it can, the last addition, the division
+    and the rounding to the stream's dtype in as few passes as eager torch allows."""
 
-    return torch.compile(mean, fullgraph=True, dynamic=False)
+    @staticmethod
+    def start(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a.to(torch.float32, copy=True).add_(b)
+
+    @staticmethod
+    def add(total: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return total.add_(x)
+
+    @staticmethod
+    def finish(total: torch.Tensor, x: torch.Tensor, n: int) -> torch.Tensor:
+        return torch.div(total.add_(x), n, out=torch.empty_like(x))  # divides in float32, rounds once
+
+    @classmethod
+    def mean2(cls, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return cls.finish(a.to(torch.float32, copy=True), b, 2)
+
+
+def _start(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return a.float() + b.float()
+
+
+def _add(total: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return total + x.float()
+
+
+def _finish(total: torch.Tensor, x: torch.Tensor, n: int) -> torch.Tensor:
+    return ((total + x.float()) / n).to(x.dtype)
+
+
+def _mean2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return ((a.float() + b.float()) / 2).to(a.dtype)
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """One dimension, and not a view as Dynamo sees it (`detach`): the compiled kernels then see the same
+    kind of input for every block output (a slice like Flux's single blocks' text and image halves, any
+    batch, any resolution) and never recompile (a view's base and strides would be guarded on)."""
+    return t.reshape(-1).detach()
+
+
+class _CompiledSum:
+    """The same sums as `_EagerSum` in four compiled kernels with dynamic shapes, compiled once per device
+    and dtype by `prepare_averaging` (when blocks are compiled), so a group of a new size, a new resolution
+    or batch never compiles anything at the plan change. Each kernel reads its inputs once."""
+
+    def __init__(self) -> None:
+        self.prepared: set[tuple[str, torch.dtype]] = set()
+        self._kernels: dict[str, Callable[..., torch.Tensor]] = {}
+
+    def covers(self, parts: list[torch.Tensor]) -> bool:
+        return all((p.device.type, p.dtype) in self.prepared for p in parts)
+
+    def _kernel(self, fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        name = fn.__name__
+        if name not in self._kernels:
+            self._kernels[name] = torch.compile(fn, dynamic=True, fullgraph=True)
+        return self._kernels[name]
+
+    def start(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self._kernel(_start)(_flat(a), _flat(b))  # (float32 and flat: only ever fed back here)
+
+    def add(self, total: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self._kernel(_add)(total, _flat(x))
+
+    def finish(self, total: torch.Tensor, x: torch.Tensor, n: int) -> torch.Tensor:
+        return self._kernel(_finish)(total, _flat(x), n).view(x.shape)
+
+    def mean2(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self._kernel(_mean2)(_flat(a), _flat(b)).view(a.shape)
+
+
+_EAGER_SUM = _EagerSum()
+_COMPILED_SUM = _CompiledSum()
+
+
+def prepare_averaging(device: torch.device, dtype: torch.dtype) -> None:
+    """Compile the parallel groups' averaging kernels for block outputs of `dtype` on `device` now (a few
+    seconds, with the blocks' compilation), instead of at the first plan with a group. Raises what
+    torch.compile raises; without it, compiled groups average eagerly."""
+    key = (device.type, dtype)
+    if key in _COMPILED_SUM.prepared:
+        return
+    parts = [torch.ones(3, 5, 7, device=device, dtype=dtype) * (i + 1) for i in range(3)]
+    total = _COMPILED_SUM.add(_COMPILED_SUM.start(parts[0], parts[1]), parts[2])
+    _COMPILED_SUM.finish(total, parts[2], 4)
+    _COMPILED_SUM.mean2(parts[0], parts[1])
+    _COMPILED_SUM.prepared.add(key)
 
 
 class Residuals:

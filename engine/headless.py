@@ -492,7 +492,7 @@ class BenchRequest:
     only: tuple[str, ...] | None = None  # the sections to measure (None: all)
 
 
-BENCH_SECTIONS = ("skip", "parallel", "branches", "similarity", "end_to_end", "throughput")
+BENCH_SECTIONS = ("skip", "parallel", "cached", "branches", "similarity", "end_to_end", "throughput")
 
 
 def bench_command(req: BenchRequest) -> int:

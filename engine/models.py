@@ -27,6 +27,7 @@ import torch
 from dit_explore.engine.core.families import Family
 from dit_explore.engine.core.layout import Layout
 from dit_explore.engine.core.resolve import ModelError, ModelSource, cache_dir
+from dit_explore.engine.executor import prepare_averaging
 
 # Built-in models (random tiny ones, trained toys): --random-weights has nothing to build for them.
 BUILT_IN = ("tiny", "toy")
@@ -77,13 +78,20 @@ class Loaded:
         return self.pipe.transformer  # type: ignore[attr-defined]
 
 
-def compile_blocks(transformer: torch.nn.Module, layout: Layout) -> None:
+def compile_blocks(transformer: torch.nn.Module, layout: Layout, device: torch.device, dtype: torch.dtype) -> None:
     """Regional compilation: each block compiled on its own (diffusers' compile_repeated_blocks only knows
     Flux). Blocks of one class share a graph, and a plan only swaps the lists holding them, so a plan
-    change never recompiles. The first call pays the compilation."""
+    change never recompiles. The first call pays the blocks' compilation; the parallel groups' averaging
+    kernels compile here, so that no plan change ever does. If they cannot compile, groups average
+    eagerly (the blocks' own compile failure, if any, is reported at their first call)."""
     for stack in layout.stacks:
         for block in getattr(transformer, stack.attr):
             block.compile(fullgraph=True)
+    try:
+        prepare_averaging(device, dtype)
+    except Exception as exc:
+        if not is_compile_failure(exc):
+            raise
 
 
 QUANTIZE_EXTRA = "pip install --no-deps torchao==0.18.0 (the [quantize] extra)"
@@ -330,7 +338,7 @@ def load(
         quantize_blocks(pipe.transformer, source.layout, quantize)  # type: ignore[attr-defined]
     if compile:
         on_status("compiling blocks (the first generation pays it)", 1.0)
-        compile_blocks(pipe.transformer, source.layout)  # type: ignore[attr-defined]
+        compile_blocks(pipe.transformer, source.layout, device, dtype)  # type: ignore[attr-defined]
     random = random_weights and source.kind not in BUILT_IN
     return Loaded(source, pipe, device, dtype, random, time.perf_counter() - start, revision(source, pipe, random),
                   compiled=compile, quantization=quantize)

@@ -45,9 +45,72 @@ def test_bench_report_has_every_section(tiny_generator: Callable[[str], Generato
     assert skips[0]["ideal_ratio"] > skips[1]["ideal_ratio"] > 0
     assert all(s["step_ms"] > 0 and s["measured_ratio"] > 0 for s in skips)
     assert [p["group"] for p in report["parallel"]] == ["single [2-3]x1", "single [2-5]x1", "single [2-5]x3"]
+    assert all(p["ratio"] == pytest.approx(p["group_ms"] / p["members_ms"]) for p in report["parallel"])
+    assert report["parallel_in_step"][0]["group"] == "single [2-5]x1"
+    # reuse and forecast of single 2-3 (of 8): ideal = the step without those two blocks' FLOPs
+    inputs = capture_step_inputs(tiny_generator("tiny-flux"), SETTINGS)
+    total, per_block = block_flops(tiny_generator("tiny-flux").loaded, inputs)
+    ideal = (total - per_block[("single", 2)] - per_block[("single", 3)]) / total
+    assert [c["plan"] for c in report["cached"]] == ["single: 0-1, 2-3@reuse, 4-7", "single: 0-1, 2-3@forecast, 4-7"]
+    assert all(c["ideal_ratio"] == pytest.approx(ideal) and c["measured_ratio"] > 0 for c in report["cached"])
     assert report["end_to_end"][0]["steps"] == 2 and report["end_to_end"][0]["total_s"] > 0
     throughput = report["throughput"][0]
     assert throughput["achieved_tflops"] > 0 and throughput["matmul_peak_tflops"] > 0
+
+
+def test_bench_group_and_cached_variants_do_the_work_they_time(tiny_generator: Callable[[str], Generator]) -> None:
+    """What the bench times: its group and its one-after-another chain call each member `loops` times on the
+    captured block inputs; at the cached step, the reused span's blocks are not called at all."""
+    from dit_explore.engine.bench import _cached_variant, _group_against_members, capture_block_inputs
+
+    loaded = tiny_generator("tiny-flux").loaded
+    transformer, blocks = loaded.transformer, loaded.transformer.single_transformer_blocks
+    inputs = capture_step_inputs(tiny_generator("tiny-flux"), SETTINGS)
+    calls: list[int] = []
+    handles = [b.register_forward_pre_hook(lambda _m, _a, i=i: calls.append(i)) for i, b in enumerate(blocks)]
+    try:
+        block_inputs = capture_block_inputs(transformer, blocks[2], inputs)
+        assert torch.equal(block_inputs.kwargs["hidden_states"] if "hidden_states" in block_inputs.kwargs
+                           else block_inputs.args[0], _hidden_into(transformer, blocks[2], inputs))
+        variants, call = _group_against_members([blocks[2], blocks[3], blocks[4]], 2, loaded.family.stack("single").io,
+                                                block_inputs)
+        for name in ("members", "group"):
+            calls.clear()
+            with variants[name]():
+                call()
+            assert sorted(calls) == [2, 2, 3, 3, 4, 4], name
+        plan, variant = _cached_variant(transformer, loaded.layout, "single", 8, (2, 5), "forecast",
+                                        lambda: inputs(transformer))
+        assert plan.order("single") == plans.parse_order("0-1, 2-5@forecast, 6-7")
+        with torch.no_grad(), variant():
+            calls.clear()
+            inputs(transformer)
+            assert calls == [0, 1, 6, 7]
+        with torch.no_grad():  # the plan is gone after the variant
+            calls.clear()
+            inputs(transformer)
+            assert calls == list(range(8))
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _hidden_into(transformer: torch.nn.Module, block: torch.nn.Module, inputs: object) -> torch.Tensor:
+    """The image stream entering `block` in a full call, recorded by a hook written here."""
+    seen: list[torch.Tensor] = []
+
+    def hook(_m: torch.nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        assert isinstance(hidden, torch.Tensor)
+        seen.append(hidden.clone())
+
+    handle = block.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            inputs(transformer)  # type: ignore[operator]
+    finally:
+        handle.remove()
+    return seen[0]
 
 
 @pytest.mark.parametrize(("model", "stack"), [("tiny-sd3", "double"), ("tiny-auraflow", "single")])

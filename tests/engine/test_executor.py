@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import dit_explore.engine.executor as executor
+from dit_explore.engine.core.families import family
 from dit_explore.engine.core.plan import Plan, loads, parse_order, parse_steps
 from dit_explore.engine.core.sampling import Settings
 from dit_explore.engine.executor import Cancelled, PlanList, applied
@@ -278,14 +279,76 @@ def test_nested_application_is_refused(load_tiny: Callable[[str], Loaded]) -> No
     assert type(loaded.transformer.single_transformer_blocks) is nn.ModuleList
 
 
-def test_fused_average_equals_the_running_average() -> None:
-    """The compiled averaging used with compiled blocks gives the running float32 average's result."""
-    from dit_explore.engine.executor import _fused_mean
+class _Scale(nn.Module):
+    """A block returning (encoder_hidden_states, hidden_states) as Flux's single blocks do: halves of
+    one tensor (slices, so views), each scaled by this member's factor."""
 
-    gen = torch.Generator().manual_seed(0)
-    parts = [torch.randn(2, 5, 7, generator=gen).to(torch.bfloat16) for _ in range(3)]
-    expected = (sum(p.float() for p in parts) / 3).to(torch.bfloat16)
-    assert torch.equal(_fused_mean(3)(parts), expected)
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                temb: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        joined = torch.cat([encoder_hidden_states, hidden_states], dim=1) * self.factor
+        text = encoder_hidden_states.shape[1]
+        return joined[:, :text], joined[:, text:]
+
+
+def _group_inputs(batch: int, tokens: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(batch * 100 + tokens)
+    return (torch.randn(batch, tokens, 6, generator=gen).to(dtype), torch.randn(batch, 3, 6, generator=gen).to(dtype))
+
+
+def _reference_mean(members: list[_Scale], hidden: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The float32 mean of each stream (summed in member order), rounded once, written independently of
+    the executor."""
+    outs = [m(hidden, text) for m in members]
+    return tuple((sum(o[k].float() for o in outs) / len(outs)).to(hidden.dtype) for k in range(2))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_group_average_is_the_float32_mean_rounded_once(dtype: torch.dtype) -> None:
+    """Eager blocks: every group size gives the float32 mean of its members' streams, rounded once, and
+    leaves the members' own outputs untouched (a float32 sum must not add into the first output)."""
+    io = family("flux").stack("single").io
+    hidden, text = _group_inputs(2, 5, dtype)
+    for n in (2, 3, 4, 7):
+        members = [_Scale(1 + 0.37 * i) for i in range(n)]
+        got = executor.ParallelGroup(members, 1, io)(hidden, text)
+        expected = _reference_mean(members, hidden, text)
+        assert all(torch.equal(g, e) for g, e in zip(got, expected))
+        assert [g.dtype for g in got] == [dtype, dtype] and got[1].shape == hidden.shape
+
+
+def test_compiled_groups_average_in_kernels_compiled_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With compiled blocks, groups average in the kernels prepare_averaging compiled: after it, groups of
+    any size, batch and token count, fed slices (views) as Flux's single blocks return, compile nothing
+    more (Dynamo's graph counter) and give the same float32 mean rounded once."""
+    from torch._dynamo.utils import counters
+
+    executor.prepare_averaging(torch.device("cpu"), torch.bfloat16)
+    used: list[str] = []
+    kernel = executor._COMPILED_SUM._kernel
+
+    def spy(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        used.append(fn.__name__)
+        return kernel(fn)
+
+    monkeypatch.setattr(executor._COMPILED_SUM, "_kernel", spy)
+    io = family("flux").stack("single").io
+    graphs = counters["stats"]["unique_graphs"]
+    for n, batch, tokens in ((2, 1, 9), (3, 2, 4), (5, 1, 17), (8, 3, 2)):
+        members = [_Scale(1 + 0.37 * i) for i in range(n)]
+        for m in members:  # what Module.compile() sets; here without compiling the stand-in blocks
+            m._compiled_call_impl = m._call_impl
+        hidden, text = _group_inputs(batch, tokens, torch.bfloat16)
+        got = executor.ParallelGroup(members, 2, io)(hidden, text)
+        once = executor.ParallelGroup(members, 1, io)
+        expected = _reference_mean(members, *reversed(_reference_mean(members, hidden, text)))
+        assert all(torch.equal(g, e) for g, e in zip(got, expected)), (n, batch, tokens)
+        assert got[1].shape == hidden.shape and once.fused
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert {"_mean2", "_start", "_add", "_finish"} <= set(used)
 
 
 # Steps 0-4 of a 5-step run on tiny-flux (double 4 blocks, single 8): what each step runs, by hand.
