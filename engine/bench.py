@@ -26,7 +26,7 @@ from dit_explore.engine.core.sampling import Settings
 from dit_explore.engine.core.study import skip_plans
 from dit_explore.engine.executor import ParallelGroup, applied
 from dit_explore.engine.generate import Generator
-from dit_explore.engine.models import Loaded, compile_blocks, is_compile_failure
+from dit_explore.engine.models import Loaded, compile_blocks, is_compile_failure, settle_objects
 from dit_explore.engine.timing import StepInputs, Timer
 
 Variant = Callable[[], AbstractContextManager[Any]]
@@ -298,6 +298,7 @@ def run_bench(gen: Generator, settings: Settings, *, compile: bool = False, repe
         if compile:
             timer.sync()
             first = time.perf_counter() - begin
+            settle_objects()  # as the engine does after its first compiled generation
             timed = measure({"compiled": nullcontext, "eager": lambda: torch.compiler.set_stance("force_eager")})
             report.add("compile", eager_step_ms=timed["eager"], compile_and_first_call_s=first,
                        compiled_step_ms=timed["compiled"], speedup=timed["eager"] / timed["compiled"],

@@ -25,7 +25,7 @@ from dit_explore.engine.core.plan import Plan, dumps, format_order, format_steps
 from dit_explore.engine.core.runs import versions
 from dit_explore.engine.core.sampling import BlockRuns, Settings, Timing, block_runs
 from dit_explore.engine.executor import Check, Wrap
-from dit_explore.engine.models import Loaded, is_compile_failure
+from dit_explore.engine.models import Loaded, is_compile_failure, settle_objects
 from dit_explore.engine.timing import Intervals, StepInputs, sync
 
 EMBEDDING_CACHE_SIZE = 32
@@ -190,6 +190,7 @@ class Generator:
         self.loaded = loaded
         self.on_warning = on_warning or (lambda message: logging.getLogger("dit-explore").warning(message))
         self._embeddings: OrderedDict[tuple[Any, ...], dict[str, torch.Tensor]] = OrderedDict()
+        self._settled = False  # objects settled after the first compiled generation (models.settle_objects)
 
     @property
     def pipe(self) -> Any:
@@ -280,7 +281,11 @@ class Generator:
         """`_denoise`; when compiled blocks fail to compile, once more without compilation (and a warning)."""
         try:
             with checked(self._transformer_parts(), check):
-                return self._denoise(embeds, settings, plan, check, on_step, wrap, seeds)
+                denoised = self._denoise(embeds, settings, plan, check, on_step, wrap, seeds)
+            if self.loaded.compiled and not self._settled:  # the first compiled call made Dynamo's objects
+                settle_objects()
+                self._settled = True
+            return denoised
         except Exception as exc:
             if not (self.loaded.compiled and is_compile_failure(exc)):
                 raise
