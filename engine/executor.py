@@ -213,15 +213,19 @@ _COMPILED_SUM = _CompiledSum()
 
 def prepare_averaging(device: torch.device, dtype: torch.dtype) -> None:
     """Compile the parallel groups' averaging kernels for block outputs of `dtype` on `device` now (a few
-    seconds, with the blocks' compilation), instead of at the first plan with a group. Raises what
-    torch.compile raises; without it, compiled groups average eagerly."""
+    seconds, with the blocks' compilation), instead of at the first plan with a group. Dynamo guards on the
+    grad mode, so they compile for both modes blocks run in: no_grad (the pipelines' calls) and
+    inference_mode (the engine's timing). Raises what torch.compile raises; without it, compiled groups
+    average eagerly."""
     key = (device.type, dtype)
     if key in _COMPILED_SUM.prepared:
         return
-    parts = [torch.ones(3, 5, 7, device=device, dtype=dtype) * (i + 1) for i in range(3)]
-    total = _COMPILED_SUM.add(_COMPILED_SUM.start(parts[0], parts[1]), parts[2])
-    _COMPILED_SUM.finish(total, parts[2], 4)
-    _COMPILED_SUM.mean2(parts[0], parts[1])
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            parts = [torch.ones(3, 5, 7, device=device, dtype=dtype) * (i + 1) for i in range(3)]
+            total = _COMPILED_SUM.add(_COMPILED_SUM.start(parts[0], parts[1]), parts[2])
+            _COMPILED_SUM.finish(total, parts[2], 4)
+            _COMPILED_SUM.mean2(parts[0], parts[1])
     _COMPILED_SUM.prepared.add(key)
 
 

@@ -323,7 +323,8 @@ def test_group_average_is_the_float32_mean_rounded_once(dtype: torch.dtype) -> N
 def test_compiled_groups_average_in_kernels_compiled_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """With compiled blocks, groups average in the kernels prepare_averaging compiled: after it, groups of
     any size, batch and token count, fed slices (views) as Flux's single blocks return, compile nothing
-    more (Dynamo's graph counter) and give the same float32 mean rounded once."""
+    more (Dynamo's graph counter), in either grad mode blocks run in, and give the same float32 mean
+    rounded once."""
     from torch._dynamo.utils import counters
 
     executor.prepare_averaging(torch.device("cpu"), torch.bfloat16)
@@ -337,16 +338,18 @@ def test_compiled_groups_average_in_kernels_compiled_once(monkeypatch: pytest.Mo
     monkeypatch.setattr(executor._COMPILED_SUM, "_kernel", spy)
     io = family("flux").stack("single").io
     graphs = counters["stats"]["unique_graphs"]
-    for n, batch, tokens in ((2, 1, 9), (3, 2, 4), (5, 1, 17), (8, 3, 2)):
+    cases = ((2, 1, 9), (3, 2, 4), (5, 1, 17), (8, 3, 2))
+    # Blocks run under no_grad (the pipelines) and inference_mode (the engine's timing); Dynamo guards on it.
+    for mode, (n, batch, tokens) in zip((torch.no_grad, torch.inference_mode) * 2, cases):
         members = [_Scale(1 + 0.37 * i) for i in range(n)]
         for m in members:  # what Module.compile() sets; here without compiling the stand-in blocks
             m._compiled_call_impl = m._call_impl
-        hidden, text = _group_inputs(batch, tokens, torch.bfloat16)
-        got = executor.ParallelGroup(members, 2, io)(hidden, text)
-        once = executor.ParallelGroup(members, 1, io)
-        expected = _reference_mean(members, *reversed(_reference_mean(members, hidden, text)))
+        with mode():
+            hidden, text = _group_inputs(batch, tokens, torch.bfloat16)
+            got = executor.ParallelGroup(members, 2, io)(hidden, text)
+            expected = _reference_mean(members, *reversed(_reference_mean(members, hidden, text)))
         assert all(torch.equal(g, e) for g, e in zip(got, expected)), (n, batch, tokens)
-        assert got[1].shape == hidden.shape and once.fused
+        assert got[1].shape == hidden.shape and executor.ParallelGroup(members, 1, io).fused
     assert counters["stats"]["unique_graphs"] == graphs
     assert {"_mean2", "_start", "_add", "_finish"} <= set(used)
 
