@@ -129,10 +129,9 @@ def settle_objects() -> None:
     """Collect the garbage of loading (or of a first compiled call), then move every object still alive
     into the collector's permanent generation (`gc.freeze`). A loaded pipeline is several hundred thousand
     Python objects that live as long as the process, and a full collection walks them all in the middle of
-    whichever call happens to trigger it: 180 ms with toy-sd3 loaded on the 2-core CPU, and the likely
-    cause of SD3's one slow call after a plan change on the GPU (+12%, 0 graphs compiled, on both cards).
-    Afterwards a collection walks only the objects made since. Reference counting still frees frozen
-    objects; only cycles among them stay, and these are the model's own."""
+    whichever call happens to trigger it: 180 ms with toy-sd3 loaded on the 2-core CPU, against well
+    under a millisecond once they are frozen. Reference counting still frees frozen objects; only cycles
+    among them stay, and these are the model's own."""
     gc.collect()
     gc.freeze()
 
