@@ -127,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(bench)
     bench.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     bench.add_argument("--only", nargs="+", metavar="SECTION",
-                       help="measure only these sections (the overhead always): skip, parallel, branches, "
-                            "similarity, end_to_end, throughput")
+                       help="measure only these sections (the overhead always): skip, parallel, cached, "
+                            "branches, similarity, end_to_end, throughput")
 
     evaluate = sub.add_parser("eval", prog="dit-explore eval",
                               help="score a model (or a plan) on the captioned-shapes grammar",
