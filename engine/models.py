@@ -98,11 +98,30 @@ def compile_blocks(transformer: torch.nn.Module, layout: Layout, device: torch.d
 QUANTIZE_EXTRA = "pip install --no-deps torchao==0.18.0 (the [quantize] extra)"
 
 
+def quantization_problem(kind: str, device: torch.device) -> str | None:
+    """Why `--quantize kind` cannot run on `device` (one line), checked before anything is loaded: FP8
+    matmuls need a GPU that has them (compute capability 8.9: Ada, Hopper and later)."""
+    if kind != "fp8":
+        return None
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9):
+        return None
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return (f"--quantize fp8 needs a GPU with FP8 matmuls (compute capability 8.9+: Ada, Hopper) and this is "
+            f"{where}; --quantize fp8-weights keeps the weights in FP8 on any device")
+
+
 def quantize_blocks(transformer: torch.nn.Module, layout: Layout, kind: str) -> None:
-    """Quantize every block's linear layers in place with torchao (`int8`: int8 weights, one scale per
-    output channel, activations in the model's dtype; `Int8WeightOnlyConfig`). The blocks stay the same
-    modules, so plans swap them as before and regional compilation compiles them. A ModelError of one line
-    when torchao is not installed or the kind is unknown."""
+    """Quantize every block's linear layers in place with torchao:
+
+    - `int8`: int8 weights, one scale per output channel; activations in the model's dtype
+      (`Int8WeightOnlyConfig`);
+    - `fp8`: FP8 (e4m3) weights and activations, one scale per row of each, FP8 matmuls
+      (`Float8DynamicActivationFloat8WeightConfig`, per-row: what diffusers documents for Flux);
+    - `fp8-weights`: FP8 (e4m3) weights, one scale per output channel, dequantized for a matmul in the
+      model's dtype (`Float8WeightOnlyConfig`): half of bf16's weight memory, on any device.
+
+    The blocks stay the same modules, so plans swap them as before and regional compilation compiles them.
+    A ModelError of one line when torchao is not installed or the kind is unknown."""
     from dit_explore.engine.core.devices import QUANTIZATIONS
 
     if kind not in QUANTIZATIONS:
@@ -111,12 +130,20 @@ def quantize_blocks(transformer: torch.nn.Module, layout: Layout, kind: str) -> 
     # Compiling a quantized block: torch suggests torchao's tensor subclass implement a hash for its caches.
     warnings.filterwarnings("ignore", message=r".* does not implement _stable_hash_for_caching", category=UserWarning)
     try:
-        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+        from torchao.quantization import (
+            Float8DynamicActivationFloat8WeightConfig,
+            Float8WeightOnlyConfig,
+            Int8WeightOnlyConfig,
+            PerRow,
+            quantize_,
+        )
     except ImportError:
         raise ModelError(f"--quantize {kind} needs torchao: {QUANTIZE_EXTRA}") from None
+    configs = {"int8": Int8WeightOnlyConfig, "fp8-weights": Float8WeightOnlyConfig,
+               "fp8": lambda: Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())}
     for stack in layout.stacks:
         for block in getattr(transformer, stack.attr):
-            quantize_(block, Int8WeightOnlyConfig())
+            quantize_(block, configs[kind]())
 
 
 def uncompile_blocks(transformer: torch.nn.Module, layout: Layout) -> None:
@@ -328,6 +355,9 @@ def load(
 
     quiet_libraries()
     start = time.perf_counter()
+    problem = quantization_problem(quantize, device) if quantize is not None else None
+    if problem is not None:
+        raise ModelError(problem)
     if random_weights and source.kind not in BUILT_IN:
         on_status(f"building random {source.name} weights on {device}", None)
         pipe = build_random(source, device, dtype)

@@ -57,7 +57,8 @@ def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="compile each block (regional torch.compile): faster steps, no recompiles on plan changes")
     p.add_argument("--quantize", choices=QUANTIZATIONS,
-                   help="quantize the transformer blocks with torchao (int8: int8 weights; the baseline is the "
+                   help="quantize the transformer blocks with torchao (int8: int8 weights; fp8: FP8 weights and "
+                        "activations, GPUs with FP8 matmuls; fp8-weights: FP8 weights; the baseline is the "
                         "quantized full model); needs the [quantize] extra")
 
 

@@ -39,6 +39,7 @@ from textual.message import Message
 
 from dit_explore.engine.core import plan as plans
 from dit_explore.engine.core import protocol
+from dit_explore.engine.core.devices import QUANTIZED
 from dit_explore.engine.core.layout import Layout
 from dit_explore.engine.core.protocol import EngineState, Event, Role, Status
 from dit_explore.engine.core.runs import claim_folder, mark_ended
@@ -306,7 +307,7 @@ class Session:
                 self._loaded = True
                 self.ready = event
                 kind = " · random weights" if event.random_weights else ""
-                kind += f" · {event.quantization} weights" if event.quantization else ""
+                kind += f" · {QUANTIZED.get(event.quantization, event.quantization)}" if event.quantization else ""
                 self._post(StateShown(f"ready on {event.device} ({event.dtype}{kind}), loaded in "
                                       f"{event.load_seconds:.1f} s", "green"))
                 self._post(ProgressShown(0, 0))

@@ -13,7 +13,9 @@ from dit_explore.engine.core.text import shown
 
 SUPPORTED = "auto, cpu, cuda, cuda:N"
 # --quantize: how the transformer blocks may be quantized (engine/models.py `quantize_blocks`, torchao).
-QUANTIZATIONS = ("int8",)
+QUANTIZATIONS = ("int8", "fp8", "fp8-weights")
+# What each one keeps in 8 bits, as the explorer's status line says it.
+QUANTIZED = {"int8": "int8 weights", "fp8": "FP8 weights and activations", "fp8-weights": "FP8 weights"}
 _NAME = re.compile(r"(auto|cpu|cuda(:[0-9]{1,3})?)")
 _OTHER_TORCH = ("mps", "meta", "xpu", "xla", "hip", "ipu", "mtia", "privateuseone", "vulkan", "hpu", "ve", "lazy",
                 "maia", "fpga", "ort", "mkldnn", "opengl", "opencl", "ideep")

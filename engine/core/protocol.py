@@ -219,8 +219,8 @@ class Ready:
     available: int | None = doc("bytes a request may use now the model is loaded (CPU: available memory; CUDA: the "
                                 "device's free memory), or null when unknown; the TUI checks sizes against it",
                                 None)
-    quantization: str | None = doc("the blocks' quantization (`int8`), or null: the model's dtype; its baseline is "
-                                   "the quantized full model", None)
+    quantization: str | None = doc("the blocks' quantization (`int8`, `fp8`, `fp8-weights`), or null: the model's "
+                                   "dtype; its baseline is the quantized full model", None)
 
 
 @dataclass(frozen=True, kw_only=True)

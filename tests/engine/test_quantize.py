@@ -33,14 +33,15 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else float(10 * np.log10(255**2 / mse))
 
 
-def test_quantized_toy_flux_draws_what_the_captions_say(tiny_generator: Any) -> None:
+@pytest.mark.parametrize(("kind", "stored"), [("int8", torch.int8), ("fp8-weights", torch.float8_e4m3fn)])
+def test_quantized_toy_flux_draws_what_the_captions_say(tiny_generator: Any, kind: str, stored: torch.dtype) -> None:
     source = resolve("toy-flux")
-    quantized = load(source, torch.device("cpu"), torch.float32, quantize="int8")
-    assert quantized.precision == "float32+int8" and quantized.quantization == "int8"
-    for stack in LAYOUT.stacks:  # every linear layer of every block holds int8 weights
+    quantized = load(source, torch.device("cpu"), torch.float32, quantize=kind)
+    assert quantized.precision == f"float32+{kind}" and quantized.quantization == kind
+    for stack in LAYOUT.stacks:  # every linear layer of every block holds 8-bit weights
         for block in getattr(quantized.transformer, stack.attr):
             weights = [m.weight for m in block.modules() if isinstance(m, torch.nn.Linear)]
-            assert weights and all(w.qdata.dtype == torch.int8 for w in weights)
+            assert weights and all(w.qdata.dtype == stored for w in weights)
     assert isinstance(quantized.transformer.proj_out.weight, torch.nn.Parameter)  # outside the blocks: float32
     full, q = tiny_generator("toy-flux"), Generator(quantized)
     settings = resolve_settings(source.defaults)
@@ -81,4 +82,33 @@ def test_an_unknown_quantization_is_refused(capsys: pytest.CaptureFixture[str]) 
         main(["run", "toy-flux", "--quantize", "fp4", "--out", "x"])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "argument --quantize: invalid choice: 'fp4' (choose from 'int8')" in err[0]
+    assert len(err) == 1 and "argument --quantize: invalid choice: 'fp4' (choose from 'int8', 'fp8', 'fp8-weights')" \
+        in err[0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9),
+                    reason="this GPU has FP8 matmuls")
+def test_fp8_without_fp8_matmuls_is_refused_before_loading(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["run", "toy-flux", "--quantize", "fp8", "--device", "cpu", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["dit-explore run: error: --quantize fp8 needs a GPU with FP8 matmuls (compute capability 8.9+: Ada, Hopper) "
+                   "and this is cpu; --quantize fp8-weights keeps the weights in FP8 on any device"]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)),
+                    reason="needs a GPU with FP8 matmuls")
+def test_fp8_toy_flux_on_the_gpu_stays_close_to_bf16() -> None:
+    """FP8 weights and activations: toy-flux in bfloat16 reads back the same attributes and stays >= 30 dB."""
+    source = resolve("toy-flux")
+    device = torch.device("cuda")
+    full = Generator(load(source, device, torch.bfloat16))
+    q = Generator(load(source, device, torch.bfloat16, quantize="fp8"))
+    settings = resolve_settings(source.defaults)
+    for i in range(0, len(CAPTIONS), 54):
+        image, quantized_image = full.generate(CAPTIONS[i], settings, Plan()).image, q.generate(
+            CAPTIONS[i], settings, Plan()).image
+        assert psnr(np.asarray(image), np.asarray(quantized_image)) >= 30, CAPTIONS[i]
+        want = ATTRIBUTES[i]
+        assert read_back(for_scoring(quantized_image)).matches(want) == read_back(for_scoring(image)).matches(want)

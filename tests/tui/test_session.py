@@ -918,5 +918,11 @@ def test_a_quantized_engine_says_so_when_ready(tmp_path: Path) -> None:
         await fake.drained()
         states = [m.text for m in h.since(mark, StateShown)]
         assert states[0] == "ready on cpu (float32 · int8 weights), loaded in 1.5 s"
+        mark = len(h.messages)
+        fake.deliver(protocol.Ready(device="cuda", dtype="bfloat16", load_seconds=9.0, random_weights=True,
+                                    quantization="fp8"))
+        await fake.drained()
+        states = [m.text for m in h.since(mark, StateShown)]
+        assert states[0] == "ready on cuda (bfloat16 · random weights · FP8 weights and activations), loaded in 9.0 s"
 
     scenario(body, tmp_path)
