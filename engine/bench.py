@@ -83,8 +83,10 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def capture_step_inputs(gen: Generator, settings: Settings) -> StepInputs:
-    """The arguments of the transformer's first call in a real generation (one step)."""
+@contextmanager
+def _first_call_of(module: torch.nn.Module) -> Iterator[list[StepInputs]]:
+    """Within the body, the arguments of `module`'s first call are copied into the yielded list (a hook:
+    not for compiled modules, whose hook would be traced)."""
     captured: list[StepInputs] = []
 
     def copy(value: Any) -> Any:
@@ -94,32 +96,24 @@ def capture_step_inputs(gen: Generator, settings: Settings) -> StepInputs:
         if not captured:
             captured.append(StepInputs(tuple(copy(a) for a in args), {k: copy(v) for k, v in kwargs.items()}))
 
-    handle = gen.loaded.transformer.register_forward_pre_hook(hook, with_kwargs=True)
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        gen.generate("a lighthouse at dusk", dataclasses.replace(settings, steps=1), plans.Plan(), decode=False)
+        yield captured
     finally:
         handle.remove()
+
+
+def capture_step_inputs(gen: Generator, settings: Settings) -> StepInputs:
+    """The arguments of the transformer's first call in a real generation (one step)."""
+    with _first_call_of(gen.loaded.transformer) as captured:
+        gen.generate("a lighthouse at dusk", dataclasses.replace(settings, steps=1), plans.Plan(), decode=False)
     return captured[0]
 
 
 def capture_block_inputs(transformer: torch.nn.Module, block: torch.nn.Module, inputs: StepInputs) -> StepInputs:
-    """The arguments `block` gets in one transformer call on `inputs` (copies). Not for compiled blocks
-    (a hook would be traced)."""
-    captured: list[StepInputs] = []
-
-    def copy(value: Any) -> Any:
-        return value.clone() if torch.is_tensor(value) else value
-
-    def hook(_module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if not captured:
-            captured.append(StepInputs(tuple(copy(a) for a in args), {k: copy(v) for k, v in kwargs.items()}))
-
-    handle = block.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            inputs(transformer)
-    finally:
-        handle.remove()
+    """The arguments `block` gets in one transformer call on `inputs` (copies; before compiling)."""
+    with _first_call_of(block) as captured, torch.no_grad():
+        inputs(transformer)
     return captured[0]
 
 

@@ -912,17 +912,15 @@ def test_a_sweep_is_a_job_like_a_run(tmp_path: Path) -> None:
 def test_a_quantized_engine_says_so_when_ready(tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
         fake = await h.ready_engine()
-        mark = len(h.messages)
-        fake.deliver(protocol.Ready(device="cpu", dtype="float32", load_seconds=1.5, random_weights=False,
-                                    quantization="int8"))
-        await fake.drained()
-        states = [m.text for m in h.since(mark, StateShown)]
-        assert states[0] == "ready on cpu (float32 · int8 weights), loaded in 1.5 s"
-        mark = len(h.messages)
-        fake.deliver(protocol.Ready(device="cuda", dtype="bfloat16", load_seconds=9.0, random_weights=True,
-                                    quantization="fp8"))
-        await fake.drained()
-        states = [m.text for m in h.since(mark, StateShown)]
-        assert states[0] == "ready on cuda (bfloat16 · random weights · FP8 weights and activations), loaded in 9.0 s"
+        for ready, shown in (
+            (protocol.Ready(device="cpu", dtype="float32", load_seconds=1.5, random_weights=False, quantization="int8"),
+             "ready on cpu (float32 · int8 weights), loaded in 1.5 s"),
+            (protocol.Ready(device="cuda", dtype="bfloat16", load_seconds=9.0, random_weights=True, quantization="fp8"),
+             "ready on cuda (bfloat16 · random weights · FP8 weights and activations), loaded in 9.0 s"),
+        ):
+            mark = len(h.messages)
+            fake.deliver(ready)
+            await fake.drained()
+            assert next(m.text for m in h.since(mark, StateShown)) == shown
 
     scenario(body, tmp_path)
