@@ -121,7 +121,8 @@ def check_memory(source: ModelSource, settings: Settings, options: ModelOptions,
     problem = check_request(source, settings.width, settings.height, available, where=where,
                             guidance=settings.guidance, dtype=dtype, device_kind=device.type,
                             max_sequence_length=settings.max_sequence_length,
-                            random_weights=options.random_weights, analysis=analysis, cached_spans=cached_spans)
+                            random_weights=options.random_weights, analysis=analysis, cached_spans=cached_spans,
+                            quantization=options.quantize)
     if problem is not None:
         raise UsageError(problem)
 

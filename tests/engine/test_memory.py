@@ -47,6 +47,9 @@ def test_transformer_and_vae_parameter_counts_are_exact(alias: str) -> None:
         transformer = getattr(diffusers, of.transformer_class).from_config(dict(spec.transformer))
         vae = None if spec.tiny else diffusers.AutoencoderKL.from_config(dict(spec.vae))
     assert of.transformer_parameters(spec.transformer) == sum(p.numel() for p in transformer.parameters())
+    in_blocks = sum(p.numel() for stack in of.stacks for p in getattr(transformer, stack.attr).parameters())
+    assert of.transformer_parameter_split(spec.transformer) == (
+        sum(p.numel() for p in transformer.parameters()) - in_blocks, in_blocks)
     if vae is not None:
         assert vae_parameters(spec.vae) == sum(p.numel() for p in vae.parameters())
 
@@ -275,3 +278,56 @@ def test_memory_bench_prints_a_table_and_writes_json(tmp_path: Path) -> None:
     text = table([row])
     assert text.splitlines()[0].startswith("model") and "tiny-flux" in text and "1.08" in text
     json.dumps({"rows": [row]})
+
+
+@pytest.mark.parametrize("kind", ["int8", "fp8-weights"])
+def test_quantized_transformer_weights_are_estimated_from_the_config(kind: str) -> None:
+    """--quantize stores the blocks' parameters in one byte each: the estimate against the bytes a quantized
+    toy-flux really holds (8-bit weights, their scales, the float32 rest). At toy size the uncounted
+    scales and biases (4 bytes per output channel each, of 256-wide layers) are a few percent; at real
+    size they are about 0.1% (Flux: counted on the meta device below)."""
+    import torch
+    import torch.nn as nn
+
+    pytest.importorskip("torchao")
+    from dit_explore.engine.models import load
+
+    source = resolve("toy-flux")
+    loaded = load(source, torch.device("cpu"), torch.float32, quantize=kind)
+
+    def nbytes(t: torch.Tensor) -> int:
+        if hasattr(t, "qdata"):
+            return int(t.qdata.nbytes + t.scale.nbytes)
+        return int(t.numel() * t.element_size())
+
+    held = sum(nbytes(p) for p in loaded.transformer.parameters())
+    est = estimate(source, 64, 64, dtype="float32", quantization=kind).parts["transformer weights"]
+    plain = estimate(source, 64, 64, dtype="float32").parts["transformer weights"]
+    assert est < plain / 2 and est <= held <= est * 1.08, (est, held, plain)
+
+    import diffusers
+
+    spec = MODELS["flux-schnell"]
+    with torch.device("meta"):
+        flux = diffusers.FluxTransformer2DModel.from_config(dict(spec.transformer))
+    linears = [m for stack in family("flux").stacks for m in getattr(flux, stack.attr).modules()
+               if isinstance(m, nn.Linear)]
+    uncounted = sum(2 * m.out_features * 2 for m in linears)  # a bf16 scale and a bf16 bias per output channel
+    assert uncounted < 0.002 * family("flux").transformer_parameter_split(spec.transformer)[1]  # type: ignore[index]
+
+
+def test_the_check_before_loading_counts_quantized_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real-size Flux on the CPU (float32, random weights): its transformer alone (48 GB) is refused where
+    30 GB is free, and the same request with --quantize int8 (blocks in one byte per parameter) passes.
+    Nothing is loaded: the check reads the configs only."""
+    from dit_explore.engine import headless, models
+    from dit_explore.engine.core.sampling import resolve_settings
+
+    monkeypatch.setattr(models, "free_memory", lambda _device: (30 * 10**9, "this machine"))
+    source = resolve("flux-schnell")
+    settings = resolve_settings(source.defaults)
+    plain = headless.ModelOptions(device="cpu", dtype="float32", random_weights=True)
+    with pytest.raises(headless.UsageError, match="for its weights alone but this machine has 30 GB available"):
+        headless.check_memory(source, settings, plain)
+    headless.check_memory(source, settings, headless.ModelOptions(device="cpu", dtype="float32", random_weights=True,
+                                                                  quantize="int8"))

@@ -250,6 +250,12 @@ class Family:
         """The transformer's parameter count from its config.json (diffusers' defaults where absent),
         written out from the class's layers; None where the family does not declare it. Checked against
         the real classes on the meta device by tests/engine/test_memory.py."""
+        split = self.transformer_parameter_split(config)
+        return None if split is None else sum(split)
+
+    def transformer_parameter_split(self, config: Mapping[str, Any]) -> tuple[int, int] | None:
+        """(parameters outside the blocks, parameters in the blocks) of `transformer_parameters`; the blocks'
+        are what `--quantize` stores in 8 bits. None where the family does not declare it."""
         return None
 
     # ------------------------------------------------------------------------------- size rules

@@ -105,7 +105,7 @@ class SD3(Family):
         TextEncoderShape("T5EncoderModel", 32128, 4096, 24, 10240, 64, head_dim=64, gated=True),
     ))
 
-    def transformer_parameters(self, config: Mapping[str, Any]) -> int | None:
+    def transformer_parameter_split(self, config: Mapping[str, Any]) -> tuple[int, int] | None:
         head_dim = int(config.get("attention_head_dim", 64))
         d = int(config.get("num_attention_heads", 18)) * head_dim
         caption = int(config.get("caption_projection_dim", 1152))
@@ -126,7 +126,7 @@ class SD3(Family):
         # A dual-attention block (SD3.5 Medium): a 9d norm instead of 6d, and a second attention.
         extra = _linear(d, 3 * d) + 4 * _linear(d, d) + 2 * qk
         out = patch * patch * int(config.get("out_channels") or cin)
-        return embedders + (layers - 1) * block + last + dual * extra + _linear(d, 2 * d) + _linear(d, out)
+        return embedders + _linear(d, 2 * d) + _linear(d, out), (layers - 1) * block + last + dual * extra
 
     def encode_prompt(self, pipe: Any, prompt: str, cfg: bool, max_sequence_length: int | None,
                       device: Any) -> dict[str, Any]:
