@@ -335,8 +335,11 @@ def _cached_run(generator: Any, prompt: str, settings: Settings, cache: tuple[st
     return result
 
 
-def models_command() -> int:
-    """The aliases dit-explore knows, with their stacks; torch-free and instant."""
+def models_command(memory: bool = False, device: str = "auto") -> int:
+    """The aliases dit-explore knows, with their stacks; torch-free and instant. With `memory`, what each
+    needs on `device` instead (models_memory)."""
+    if memory:
+        return models_memory(device)
     rows = [("alias", "family", "stacks", "source")]
     for spec in MODELS.values():
         stacks = " + ".join(f"{s.name} {s.blocks}" for s in spec.layout.stacks)
@@ -347,6 +350,44 @@ def models_command() -> int:
     pipelines = ", ".join(f.pipeline_class for f in all_families().values())
     print(f"\nAlso accepted: a Hugging Face repo id or a local diffusers folder of one of: {pipelines}.")
     print("--random-weights builds a real-size alias without downloading it.")
+    return 0
+
+
+def models_memory(device_name: str) -> int:
+    """`dit-explore models --memory`: each alias's predicted peak on the device for one image at its default
+    size (weights, text encoders included, and the request's working memory; engine/core/memory.py), in the
+    device's default dtype and with 8-bit blocks, against what the device has free now. Loads nothing."""
+    from dit_explore.engine.core.memory import DEVICE_KINDS, estimate, format_bytes
+    from dit_explore.engine.models import free_memory, pick_device, pick_dtype
+
+    try:
+        device = pick_device(device_name)
+        dtype = str(pick_dtype(None, device)).removeprefix("torch.")
+    except ModelError as exc:
+        raise UsageError(str(exc)) from None
+    if device.type not in DEVICE_KINDS:
+        raise UsageError(f"--memory: no memory model for {device.type} devices (known: {', '.join(DEVICE_KINDS)})")
+    available, where = free_memory(device)
+
+    def cell(need: int) -> str:
+        mark = "" if available is None else (" fits" if need <= available else " too big")
+        return f"{format_bytes(need)}{mark}"
+
+    rows = [("alias", "size", dtype, "8-bit blocks")]
+    for spec in MODELS.values():
+        source = resolve(spec.alias)
+        settings = resolve_settings(source.defaults)
+        needs = [estimate(source, settings.width, settings.height, guidance=settings.guidance, dtype=dtype,
+                          device_kind=device.type, max_sequence_length=settings.max_sequence_length,
+                          quantization=kind).total for kind in (None, "int8")]
+        rows.append((spec.alias, f"{settings.width}x{settings.height}", *(cell(n) for n in needs)))
+    free = "unknown" if available is None else format_bytes(available)
+    print(f"Predicted peak on {where} ({free} free now), nothing loaded:")
+    print("one image at each model's default size, weights and text encoders included.")
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(r[i].ljust(widths[i]) for i in range(4)).rstrip())
+    print("8-bit blocks: --quantize int8, fp8-weights, or fp8 where the GPU has FP8 matmuls (the [quantize] extra).")
     return 0
 
 

@@ -89,8 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trace-plan", metavar="FILE", help="with --cache and one prompt: save the steps the cache "
                      "computed as a static plan (replay it with --plan)")
 
-    sub.add_parser("models", prog="dit-explore models", help="list the models dit-explore knows by name",
-                   description="List model aliases with their block stacks.")
+    models = sub.add_parser("models", prog="dit-explore models", help="list the models dit-explore knows by name",
+                            description="List model aliases with their block stacks; with --memory, what each "
+                                        "needs on a device and whether it fits there now.")
+    models.add_argument("--memory", action="store_true",
+                        help="predict each model's peak memory (one image at its default size, from its configs: "
+                             "nothing is loaded) in the device's dtype and with 8-bit blocks (--quantize), against "
+                             "what the device has free now")
+    models.add_argument("--device", default="auto", type=_device, help="with --memory: cpu, cuda, cuda:N or auto "
+                        "(default auto)")
 
     analyze = sub.add_parser("analyze", prog="dit-explore analyze", help="measure block-similarity matrices and group the blocks",
                              description="Cosine similarity of every pair of block outputs (image tokens, "
@@ -331,7 +338,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     from dit_explore.engine.core.plan import Sampling
 
     if args.command == "models":
-        return headless.models_command()
+        return headless.models_command(memory=args.memory, device=args.device)
     if args.command == "plans":
         return headless.plans_command(args.model, args.from_groups, args.out, args.overwrite)
     options = headless.ModelOptions(args.device, args.dtype, args.random_weights, args.compile, args.quantize)

@@ -331,3 +331,32 @@ def test_the_check_before_loading_counts_quantized_blocks(monkeypatch: pytest.Mo
         headless.check_memory(source, settings, plain)
     headless.check_memory(source, settings, headless.ModelOptions(device="cpu", dtype="float32", random_weights=True,
                                                                   quantize="int8"))
+
+
+def test_models_memory_says_what_fits_before_loading(monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """`dit-explore models --memory`: every alias at its default size, in the device's dtype and with 8-bit
+    blocks, each need the estimate's (computed here again) and marked against the device's free memory."""
+    from dit_explore.engine import models
+    from dit_explore.engine.core.memory import format_bytes
+    from dit_explore.engine.core.sampling import resolve_settings
+    from dit_explore.tui.cli import main
+
+    free = 40 * 10**9
+    monkeypatch.setattr(models, "free_memory", lambda _device: (free, "this machine"))
+    assert main(["models", "--memory", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "Predicted peak on this machine (40 GB free now), nothing loaded:"
+    rows = {line.split()[0]: line.split() for line in lines[3:-1]}
+    assert set(rows) == set(MODELS)
+    for alias in MODELS:
+        source = resolve(alias)
+        settings = resolve_settings(source.defaults)
+        cells = []
+        for kind in (None, "int8"):
+            need = estimate(source, settings.width, settings.height, guidance=settings.guidance, dtype="float32",
+                            device_kind="cpu", max_sequence_length=settings.max_sequence_length,
+                            quantization=kind).total
+            cells += [*format_bytes(need).split(), "fits" if need <= free else "too", *([] if need <= free else ["big"])]
+        assert rows[alias][1:] == [f"{settings.width}x{settings.height}", *cells], alias
+    assert rows["flux-schnell"][4:6] == ["too", "big"] and rows["flux-schnell"][-1] == "fits"  # 72 GB; 36 GB
