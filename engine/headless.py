@@ -380,7 +380,7 @@ def models_memory(device_name: str) -> int:
         needs = [estimate(source, settings.width, settings.height, guidance=settings.guidance, dtype=dtype,
                           device_kind=device.type, max_sequence_length=settings.max_sequence_length,
                           quantization=kind).total for kind in (None, "int8")]
-        rows.append((spec.alias, f"{settings.width}x{settings.height}", *(cell(n) for n in needs)))
+        rows.append((spec.alias, f"{settings.width}x{settings.height}", cell(needs[0]), cell(needs[1])))
     free = "unknown" if available is None else format_bytes(available)
     print(f"Predicted peak on {where} ({free} free now), nothing loaded:")
     print("one image at each model's default size, weights and text encoders included.")
