@@ -123,7 +123,6 @@ def _group_against_members(members: list[torch.nn.Module], loops: int, io: Block
     blocks run one after another, `loops` times over, both from the inputs the first member gets in a
     real step: what a group costs over its members, without the rest of the step's time around it."""
     group = ParallelGroup(members, loops, io, "bench group")
-    calls: dict[str, Callable[[], None]] = {}
 
     def one_after_another() -> None:
         args, kwargs, out = block_inputs.args, block_inputs.kwargs, None
@@ -133,23 +132,21 @@ def _group_against_members(members: list[torch.nn.Module], loops: int, io: Block
                     args, kwargs = io.feed_back(args, kwargs, out, "bench chain")
                 out = member(*args, **kwargs)
 
-    calls["members"] = one_after_another
-    calls["group"] = lambda: block_inputs(group)
     running: list[Callable[[], None]] = [one_after_another]
 
-    def variant(name: str) -> Variant:
+    def using(fn: Callable[[], None]) -> Variant:
         @contextmanager
-        def using() -> Iterator[None]:
-            running[0] = calls[name]
+        def variant() -> Iterator[None]:
+            running[0] = fn
             yield
 
-        return using
+        return variant
 
     def call() -> None:
         with torch.no_grad():
             running[0]()
 
-    return {name: variant(name) for name in calls}, call
+    return {"members": using(one_after_another), "group": using(lambda: block_inputs(group))}, call
 
 
 def _cached_variant(transformer: torch.nn.Module, layout: Any, stack: str, blocks: int, span: tuple[int, int],
@@ -268,6 +265,12 @@ def run_bench(gen: Generator, settings: Settings, *, compile: bool = False, repe
         plans.validate(plan, layout)  # e.g. SD3's last block may only end the stack
         return lambda: applied_with_branches(transformer, layout, plan, [0])  # (its guidance branches too)
 
+    def against_ideal(section: str, label: str, name: str, timed: Timed, ideal: float) -> None:
+        """A row of `section`: variant `name`'s step against the full step, measured and ideal."""
+        measured = timed[name] / timed["full"]
+        report.add(section, plan=label, step_ms=timed[name], measured_ratio=measured, iqr=timed.spread(name, "full"),
+                   ideal_ratio=ideal, off_by=measured / ideal - 1)
+
     def measure(variants: dict[str, Variant], call: Callable[[], None] = step) -> Timed:
         """Interleaved per-call milliseconds of each variant, `repeats` rounds of `inner` calls."""
         samples: dict[str, list[float]] = {name: [] for name in variants}
@@ -313,11 +316,8 @@ def run_bench(gen: Generator, settings: Settings, *, compile: bool = False, repe
         say(f"skip plans on {stack.name}")
         timed = measure({"full": nullcontext, **{name: plan_variant(p) for name, p in skips.items()}})
     for name, plan in skips.items():
-        ideal = plan_flops(plan, loaded, total_flops, per_block) / total_flops
-        measured = timed[name] / timed["full"]
-        report.add("skip", plan=f"{stack.name}: {plans.format_order(plan.order(stack.name) or ())}",
-                   step_ms=timed[name], measured_ratio=measured, iqr=timed.spread(name, "full"), ideal_ratio=ideal,
-                   off_by=measured / ideal - 1)
+        against_ideal("skip", f"{stack.name}: {plans.format_order(plan.order(stack.name) or ())}", name, timed,
+                      plan_flops(plan, loaded, total_flops, per_block) / total_flops)
 
     groups = [(k, loops) for k, loops in ((2, 1), (4, 1), (4, 3)) if start + k < n - 1 and wanted("parallel")]
     if groups and group_inputs is not None:
@@ -354,11 +354,8 @@ def run_bench(gen: Generator, settings: Settings, *, compile: bool = False, repe
                   for mode in plans.CACHE_MODES}
         timed = measure({"full": nullcontext, **{mode: variant for mode, (_plan, variant) in cached.items()}})
         for mode, (plan, _variant) in cached.items():
-            ideal = plan_flops(plan, loaded, total_flops, per_block) / total_flops
-            measured = timed[mode] / timed["full"]
-            report.add("cached", plan=f"{stack.name}: {plans.format_order(plan.order(stack.name) or ())}",
-                       step_ms=timed[mode], measured_ratio=measured, iqr=timed.spread(mode, "full"), ideal_ratio=ideal,
-                       off_by=measured / ideal - 1)
+            against_ideal("cached", f"{stack.name}: {plans.format_order(plan.order(stack.name) or ())}", mode, timed,
+                          plan_flops(plan, loaded, total_flops, per_block) / total_flops)
 
     if loaded.family.guidance_halves is not None and loaded.family.uses_cfg(settings.guidance) and wanted("branches"):
         say("guidance branches")
@@ -374,10 +371,7 @@ def run_bench(gen: Generator, settings: Settings, *, compile: bool = False, repe
         for name, plan in branched_plans.items():
             extra = plan_flops(plans.Plan(orders=plan.extra.orders), loaded, total_flops, per_block) / 2 \
                 if plan.extra is not None else 0.0  # an extra pass runs the conditional half
-            ideal = 1 + extra / total_flops
-            measured = timed[name] / timed["full"]
-            report.add("branches", plan=name, step_ms=timed[name], measured_ratio=measured,
-                       iqr=timed.spread(name, "full"), ideal_ratio=ideal, off_by=measured / ideal - 1)
+            against_ideal("branches", name, name, timed, 1 + extra / total_flops)
 
     if wanted("similarity"):
         say("similarity capture")

@@ -102,19 +102,27 @@ def _load(source: ModelSource, options: ModelOptions) -> Any:
         raise UsageError(str(exc)) from None
 
 
+def _device_and_dtype(device_name: str, dtype_name: str | None) -> tuple[Any, str]:
+    """The torch device of `--device` and the dtype name of `--dtype` there (its default when None); a
+    UsageError of one line when the device cannot be used."""
+    from dit_explore.engine.models import pick_device, pick_dtype
+
+    try:
+        device = pick_device(device_name)
+        return device, str(pick_dtype(dtype_name, device)).removeprefix("torch.")
+    except ModelError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def check_memory(source: ModelSource, settings: Settings, options: ModelOptions, *, analysis: bool = False,
                  cached_spans: int = 0) -> None:
     """Refuse, before anything is loaded, a request that cannot fit in this device's memory: one line
     with what it needs and the largest size that fits (engine/core/memory.py); `cached_spans`: the
     plan's, whose residuals are kept through the run."""
     from dit_explore.engine.core.memory import DEVICE_KINDS, check_request
-    from dit_explore.engine.models import free_memory, pick_device, pick_dtype
+    from dit_explore.engine.models import free_memory
 
-    try:
-        device = pick_device(options.device)
-        dtype = str(pick_dtype(options.dtype, device)).removeprefix("torch.")
-    except ModelError as exc:
-        raise UsageError(str(exc)) from None
+    device, dtype = _device_and_dtype(options.device, options.dtype)
     if device.type not in DEVICE_KINDS:
         return
     available, where = free_memory(device)
@@ -358,13 +366,9 @@ def models_memory(device_name: str) -> int:
     size (weights, text encoders included, and the request's working memory; engine/core/memory.py), in the
     device's default dtype and with 8-bit blocks, against what the device has free now. Loads nothing."""
     from dit_explore.engine.core.memory import DEVICE_KINDS, estimate, format_bytes
-    from dit_explore.engine.models import free_memory, pick_device, pick_dtype
+    from dit_explore.engine.models import free_memory
 
-    try:
-        device = pick_device(device_name)
-        dtype = str(pick_dtype(None, device)).removeprefix("torch.")
-    except ModelError as exc:
-        raise UsageError(str(exc)) from None
+    device, dtype = _device_and_dtype(device_name, None)
     if device.type not in DEVICE_KINDS:
         raise UsageError(f"--memory: no memory model for {device.type} devices (known: {', '.join(DEVICE_KINDS)})")
     available, where = free_memory(device)
