@@ -14,9 +14,10 @@ checks that for every family, so a diffusers release that changes it fails loudl
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -324,13 +325,37 @@ class PlanList(nn.ModuleList):
 Wrap = Callable[[str, int, nn.Module], nn.Module]  # (stack, block index, block) -> module run in its place
 
 
+class Placer(Protocol):
+    """What a placement that streams blocks in from host memory (engine/placement.py) needs of the
+    executor: a stand-in for every call of a block, and the calls each installed set of lists makes."""
+
+    def wrap(self, block: nn.Module) -> nn.Module: ...
+
+    def set_schedule(self, modules: Sequence[nn.Module]) -> None: ...
+
+
+# The placer of each placed transformer: every application of a plan to it (generation, timing, bench,
+# analysis) streams its blocks, whoever applies the plan.
+_PLACERS: weakref.WeakKeyDictionary[nn.Module, Placer] = weakref.WeakKeyDictionary()
+
+
+def set_placer(transformer: nn.Module, placer: Placer | None) -> None:
+    if placer is None:
+        _PLACERS.pop(transformer, None)
+    else:
+        _PLACERS[transformer] = placer
+
+
 def build_list(blocks: nn.ModuleList, order: Order, spec: StackSpec, check: Check = _no_check,
                wrap: Wrap | None = None, keys: frozenset[CacheKey] = frozenset(),
-               residuals: Residuals | None = None) -> PlanList:
+               residuals: Residuals | None = None, placer: Placer | None = None) -> PlanList:
     """The ModuleList of one stack under `order`. `wrap`, if given, stands in for each plain block
     (the similarity analysis records outputs that way, without hooks on compiled blocks). `keys` are the
     plan's cached spans: each cached span of the order, and each plain run of a cached span's blocks
-    (which records its residual), becomes one `CachedSpan` sharing `residuals`."""
+    (which records its residual), becomes one `CachedSpan` sharing `residuals`. `placer`: every call of
+    a block goes through its stand-in (a streamed placement)."""
+    if placer is not None:
+        blocks = nn.ModuleList([placer.wrap(b) for b in blocks])
     slots = {at: (width, key) for at, width, key in cache_slots(spec.name, order, keys)} if keys else {}
     modules: list[nn.Module] = []
     i = 0
@@ -363,8 +388,10 @@ class AppliedPlan:
     first time a step needs them, and reused at every later step that runs the same orders."""
 
     def __init__(self, transformer: nn.Module, originals: Mapping[str, nn.ModuleList], plan: Plan, layout: Layout,
-                 check: Check, wrap: Wrap | None = None, residuals: Residuals | None = None) -> None:
+                 check: Check, wrap: Wrap | None = None, residuals: Residuals | None = None,
+                 placer: Placer | None = None) -> None:
         self._transformer = transformer
+        self._placer = placer
         self._originals = originals
         self._plan = plan
         self._layout = layout
@@ -405,7 +432,7 @@ class AppliedPlan:
         if lists is None:
             declared = family(self._layout.family)
             lists = {s.attr: build_list(self._originals[s.attr], orders[s.name], declared.stack(s.name),
-                                        self._check, self._wrap, self._keys, self.residuals)
+                                        self._check, self._wrap, self._keys, self.residuals, self._placer)
                      for s in self._layout.stacks}
             self._built[key] = lists
         return lists
@@ -416,6 +443,8 @@ class AppliedPlan:
         for attr, module_list in lists.items():
             setattr(self._transformer, attr, module_list)
         self._current = lists
+        if self._placer is not None:  # the lists are in layout order: the order the forward runs them
+            self._placer.set_schedule([m for module_list in lists.values() for m in module_list._modules.values()])
 
 
 @contextmanager
@@ -429,7 +458,7 @@ def applied(transformer: nn.Module, layout: Layout, plan: Plan, check: Check = _
         if not isinstance(blocks, nn.ModuleList) or isinstance(blocks, PlanList):
             raise RuntimeError(f"{attr} is not the model's own block list; was a plan left applied?")
     try:
-        handle = AppliedPlan(transformer, originals, plan, layout, check, wrap, residuals)
+        handle = AppliedPlan(transformer, originals, plan, layout, check, wrap, residuals, _PLACERS.get(transformer))
         handle.at_step(0)
         yield handle
     finally:

@@ -175,6 +175,7 @@ def run_record(loaded: Loaded, plan: Plan, plan_source: str | None, prompts: lis
         "device": str(loaded.device),
         "dtype": dtype_name(loaded.dtype),
         "quantization": loaded.quantization,  # the blocks' (--quantize); the baseline is the quantized full model
+        "placement": loaded.placement.to_record() if loaded.placement is not None else None,  # --memory
         "versions": versions(),
     }
 
@@ -224,7 +225,7 @@ class Generator:
             return cached, 0.0, True
         start = time.perf_counter()
         with torch.inference_mode(), checked(self._text_encoders(), check):
-            if self.loaded.random_weights:
+            if self.loaded.random_weights and not self._text_encoders():
                 embeds = _pseudo_embeddings(self.loaded, prompt, self._cfg(settings), settings.max_sequence_length)
             else:
                 embeds = self.loaded.family.encode_prompt(self.pipe, prompt, self._cfg(settings),

@@ -80,24 +80,28 @@ def load_plan_for(source: ModelSource, plan_path: str | None) -> plans.Plan:
 
 @dataclass(frozen=True)
 class ModelOptions:
-    """How to load the model: --device, --dtype, --random-weights, --compile, --quantize."""
+    """How to load the model: --device, --dtype, --random-weights, --compile, --quantize, --memory."""
 
     device: str = "auto"
     dtype: str | None = None
     random_weights: bool = False
     compile: bool = False
     quantize: str | None = None
+    memory: str = "auto"
 
 
-def _load(source: ModelSource, options: ModelOptions) -> Any:
-    """The loaded model (engine.models.Loaded), or one line of why not."""
+def _load(source: ModelSource, options: ModelOptions, placement: Any = None) -> Any:
+    """The loaded model (engine.models.Loaded), or one line of why not. `placement`: where the weights go
+    (`check_memory`'s); None: planned here for an image at the model's default size."""
     from dit_explore.engine.models import load, pick_device, pick_dtype
 
+    if placement is None:
+        placement = check_memory(source, resolve_settings(source.defaults), options)
     try:
         device = pick_device(options.device)
         dtype = pick_dtype(options.dtype, device)
         return load(source, device, dtype, random_weights=options.random_weights, compile=options.compile,
-                    quantize=options.quantize, on_status=lambda stage, _f: _say(f"{stage}…"))
+                    quantize=options.quantize, placement=placement, on_status=lambda stage, _f: _say(f"{stage}…"))
     except ModelError as exc:
         raise UsageError(str(exc)) from None
 
@@ -115,24 +119,33 @@ def _device_and_dtype(device_name: str, dtype_name: str | None) -> tuple[Any, st
 
 
 def check_memory(source: ModelSource, settings: Settings, options: ModelOptions, *, analysis: bool = False,
-                 cached_spans: int = 0) -> None:
-    """Refuse, before anything is loaded, a request that cannot fit in this device's memory: one line
-    with what it needs and the largest size that fits (engine/core/memory.py); `cached_spans`: the
-    plan's, whose residuals are kept through the run."""
+                 cached_spans: int = 0) -> Any:
+    """The memory plan of a request, before anything is loaded (engine/core/placement.py): where the
+    weights go (`--memory`, `auto`: the most resident placement that fits), or one line refusing it: on a
+    GPU, naming the setting that would fit; on the CPU, what it needs and the largest size that fits
+    (engine/core/memory.py). `cached_spans`: the plan's, whose residuals are kept through the run."""
     from dit_explore.engine.core.memory import DEVICE_KINDS, check_request
+    from dit_explore.engine.core.placement import PlacementError, plan_placement
     from dit_explore.engine.models import free_memory
 
     device, dtype = _device_and_dtype(options.device, options.dtype)
     if device.type not in DEVICE_KINDS:
-        return
+        return None
     available, where = free_memory(device)
-    problem = check_request(source, settings.width, settings.height, available, where=where,
-                            guidance=settings.guidance, dtype=dtype, device_kind=device.type,
-                            max_sequence_length=settings.max_sequence_length,
-                            random_weights=options.random_weights, analysis=analysis, cached_spans=cached_spans,
-                            quantization=options.quantize)
-    if problem is not None:
-        raise UsageError(problem)
+    request: dict[str, Any] = dict(guidance=settings.guidance, dtype=dtype, max_sequence_length=settings.max_sequence_length,
+                   random_weights=options.random_weights, analysis=analysis, cached_spans=cached_spans,
+                   quantization=options.quantize)
+    try:
+        placement = plan_placement(source, settings.width, settings.height, available, options.memory,
+                                   device_kind=device.type, where=where, **request)
+    except PlacementError as exc:
+        raise UsageError(str(exc)) from None
+    if device.type == "cpu":
+        problem = check_request(source, settings.width, settings.height, available, where=where,
+                                device_kind=device.type, **request)
+        if problem is not None:
+            raise UsageError(problem)
+    return placement
 
 
 @dataclass(frozen=True)
@@ -207,7 +220,7 @@ def run_command(req: RunRequest) -> int:
     except (plans.PlanError, ModelError) as exc:
         raise UsageError(str(exc)) from None
     cache = _check_cache(req, source, prompts)
-    check_memory(source, settings, req.options, cached_spans=len(plans.cache_keys(plan)))
+    placement = check_memory(source, settings, req.options, cached_spans=len(plans.cache_keys(plan)))
     from dit_explore.engine.core.runs import OutputError, RunWriter
 
     # The destination is claimed before the model loads: the staging folder (with its owner marker) is
@@ -217,13 +230,13 @@ def run_command(req: RunRequest) -> int:
     except OutputError as exc:
         raise UsageError(str(exc)) from None
     try:
-        return _generate_all(req, source, plan, prompts, settings, writer, cache)
+        return _generate_all(req, source, plan, prompts, settings, writer, cache, placement)
     finally:
         writer.abort()  # nothing once committed or kept elsewhere; else (an error, an interrupt) all of it
 
 
 def _generate_all(req: RunRequest, source: ModelSource, plan: plans.Plan, prompts: list[str], settings: Settings,
-                  writer: Any, cache: tuple[str, float] | None = None) -> int:
+                  writer: Any, cache: tuple[str, float] | None = None, placement: Any = None) -> int:
     """Load, generate every prompt, commit the run; under a diffusers cache when `cache` (its kind and
     threshold, checked by `_check_cache`) is given."""
     from dit_explore.engine.core.protocol import Status, to_json
@@ -231,9 +244,11 @@ def _generate_all(req: RunRequest, source: ModelSource, plan: plans.Plan, prompt
     from dit_explore.engine.core.text import shown
     from dit_explore.engine.generate import Generator, NonFiniteError, run_record
 
-    loaded = _load(source, req.options)
+    loaded = _load(source, req.options, placement)
     _say(f"{source.name} ready in {loaded.load_seconds:.1f} s ({loaded.device}, {loaded.precision}); "
          f"{source.layout.describe()}")
+    if loaded.placement is not None and loaded.placement.setting != "full":
+        _say(f"memory: {loaded.placement.describe()}")
 
     generator = Generator(loaded, on_warning=lambda message: _say(f"warning: {message}"))
     started = time.perf_counter()
@@ -423,7 +438,7 @@ def analyze_command(req: AnalyzeRequest) -> int:
         raise UsageError(str(exc)) from None
     if req.groups is not None and req.groups < 1:
         raise UsageError(f"--groups {req.groups}: must be at least 1")
-    check_memory(source, settings, req.options, analysis=True)
+    placement = check_memory(source, settings, req.options, analysis=True)
     prompts = read_prompts(list(req.prompts), req.prompts_file, None) if (req.prompts or req.prompts_file) \
         else list(analysis_prompts(source.name, DEFAULT_PROMPTS))
 
@@ -433,13 +448,13 @@ def analyze_command(req: AnalyzeRequest) -> int:
     except OutputError as exc:
         raise UsageError(str(exc)) from None
     try:
-        return _analyze_into(req, source, settings, prompts, staged)
+        return _analyze_into(req, source, settings, prompts, staged, placement)
     finally:
         staged.abort()  # nothing once committed or kept elsewhere
 
 
 def _analyze_into(req: AnalyzeRequest, source: ModelSource, settings: Settings, prompts: list[str],
-                  staged: Any) -> int:
+                  staged: Any, placement: Any = None) -> int:
     import json
 
     from dit_explore.engine.analysis import cached_analysis
@@ -449,7 +464,7 @@ def _analyze_into(req: AnalyzeRequest, source: ModelSource, settings: Settings, 
     from dit_explore.engine.core.text import shown
     from dit_explore.engine.generate import Generator
 
-    loaded = _load(source, req.options)
+    loaded = _load(source, req.options, placement)
     started = time.perf_counter()
 
     def progress(p: int, count: int, done: int, total: int) -> None:
@@ -554,14 +569,14 @@ def bench_command(req: BenchRequest) -> int:
         source.check_size(settings.width, settings.height)
     except (plans.PlanError, ModelError) as exc:
         raise UsageError(str(exc)) from None
-    check_memory(source, settings, req.options)
+    placement = check_memory(source, settings, req.options)
 
     from dit_explore.engine.bench import run_bench
     from dit_explore.engine.generate import Generator
 
     # Bench compiles the blocks itself, to time the compilation.
     loaded = _load(source, ModelOptions(req.options.device, req.options.dtype, req.options.random_weights,
-                                        quantize=req.options.quantize))
+                                        quantize=req.options.quantize, memory=req.options.memory), placement)
     report = run_bench(Generator(loaded), settings, compile=req.options.compile, say=lambda m: _say(f"bench: {m}…"),
                        only=req.only)
     report.header["load_s"] = round(loaded.load_seconds, 2)

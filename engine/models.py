@@ -25,10 +25,12 @@ from typing import Any
 
 import torch
 
-from dit_explore.engine.core.families import Family
+from dit_explore.engine.core.families import Family, TextEncoderShape
 from dit_explore.engine.core.layout import Layout
+from dit_explore.engine.core.placement import Placement
 from dit_explore.engine.core.resolve import ModelError, ModelSource, cache_dir
-from dit_explore.engine.executor import prepare_averaging
+from dit_explore.engine.executor import prepare_averaging, set_placer
+from dit_explore.engine.placement import Residency
 
 # Built-in models (random tiny ones, trained toys): --random-weights has nothing to build for them.
 BUILT_IN = ("tiny", "toy")
@@ -50,6 +52,8 @@ class Loaded:
     compiled: bool = False  # blocks are compiled (regional torch.compile)
     compile_error: str | None = None  # why compilation was given up, if it was
     quantization: str | None = None  # the blocks' quantization (--quantize), None: the model's dtype
+    placement: Placement | None = None  # where the weights live (--memory); None: all on the device
+    residency: Residency | None = None  # what moves the weights of a placement other than full
 
     @property
     def precision(self) -> str:
@@ -321,9 +325,11 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-def build_random(source: ModelSource, device: torch.device, dtype: torch.dtype) -> object:
+def build_random(source: ModelSource, device: torch.device, dtype: torch.dtype, text_encoders: bool = False) -> object:
     """The real-size transformer and VAE from their configs, initialised on the device (no download, no
-    host copy), in a pipeline without text encoders."""
+    host copy), in a pipeline without text encoders; with `text_encoders`, the family's real-size text
+    encoders too (random weights from their declared shapes, initialised on the device the same way; the
+    tokenizers of the family's toy model, whose ids all fall inside the real vocabularies)."""
     import diffusers
 
     family = source.family_info
@@ -336,7 +342,40 @@ def build_random(source: ModelSource, device: torch.device, dtype: torch.dtype) 
     scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(dict(source.scheduler_config))
     components: dict[str, object] = {"transformer": transformer.eval(), "vae": vae.eval(), "scheduler": scheduler}
     components.update({slot: None for slot in family.text_slots})
+    if text_encoders:
+        components.update(_random_text_encoders(family, device, dtype))
     return pipeline_cls(**components)
+
+
+def encoder_config(shape: TextEncoderShape) -> Any:
+    """The transformers config of a declared text encoder shape (engine/core/families/)."""
+    import transformers
+
+    if shape.model_class.startswith("CLIP"):
+        return transformers.CLIPTextConfig(vocab_size=shape.vocab, hidden_size=shape.width, intermediate_size=shape.ff,
+                                           num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
+                                           max_position_embeddings=shape.positions,
+                                           projection_dim=shape.projection or shape.width)
+    config = transformers.UMT5Config if shape.model_class.startswith("UMT5") else transformers.T5Config
+    return config(vocab_size=shape.vocab, d_model=shape.width, d_kv=shape.head_dim or shape.width // shape.heads,
+                  d_ff=shape.ff, num_layers=shape.layers, num_heads=shape.heads,
+                  feed_forward_proj="gated-gelu" if shape.gated else "relu")
+
+
+def _random_text_encoders(family: Family, device: torch.device, dtype: torch.dtype) -> dict[str, object]:
+    import transformers
+
+    from dit_explore.engine.core.resolve import resolve
+
+    if family.memory is None or family.toy is None:
+        raise ModelError(f"the {family.name} family declares no text encoder shapes to build")
+    toy = Path(toy_path(resolve(f"toy-{family.name}")))
+    out: dict[str, object] = {}
+    for spec, shape in zip(family.toy.text_encoders, family.memory.text_encoders, strict=True):
+        with torch.device(device), _default_dtype(dtype):
+            out[spec.slot] = getattr(transformers, shape.model_class)(encoder_config(shape)).eval()
+        out[spec.tokenizer_slot] = transformers.AutoTokenizer.from_pretrained(toy / spec.tokenizer_slot)
+    return out
 
 
 def load(
@@ -347,20 +386,30 @@ def load(
     random_weights: bool = False,
     compile: bool = False,
     quantize: str | None = None,
+    placement: Placement | None = None,
+    random_text_encoders: bool = False,
     on_status: Callable[[str, float | None], None] = lambda _stage, _fraction: None,
 ) -> Loaded:
     """Load `source` onto `device`; raises ModelError with one actionable line when it cannot.
+    `placement`: where the weights live (engine/core/placement.py; None: all on the device);
+    `random_text_encoders`: --random-weights builds the real-size text encoders too.
     `on_status(stage, fraction)` reports progress (fraction in [0, 1], or None when unknown)."""
     import time
+
+    from dit_explore.engine.placement import place
 
     quiet_libraries()
     start = time.perf_counter()
     problem = quantization_problem(quantize, device) if quantize is not None else None
+    streamed = placement is not None and placement.setting != "full"
+    if problem is None and streamed and quantize is not None:
+        problem = (f"--quantize {quantize} with --memory {placement.setting} is not supported: quantized blocks "  # type: ignore[union-attr]
+                   "stay on the device (use --memory full, which 8-bit blocks make smaller)")
     if problem is not None:
         raise ModelError(problem)
     if random_weights and source.kind not in BUILT_IN:
         on_status(f"building random {source.name} weights on {device}", None)
-        pipe = build_random(source, device, dtype)
+        pipe = build_random(source, device, dtype, text_encoders=random_text_encoders)
     else:
         if source.kind == "tiny":
             on_status(f"building {source.name} (first use only)" if not tiny_built(source) else
@@ -372,9 +421,12 @@ def load(
             location = source.location
         with _component_progress(on_status):
             pipe = _from_pretrained(source, location, dtype)
-        on_status(f"moving {source.name} to {device}", 1.0)
-        pipe.to(device)  # type: ignore[attr-defined]
     pipe.set_progress_bar_config(disable=True)  # type: ignore[attr-defined]
+    on_status(f"placing {source.name} on {device}" + (f" ({placement.describe()})" if streamed else ""), 1.0)  # type: ignore[union-attr]
+    stacks = [stack.attr for stack in source.layout.stacks]
+    residency = place(pipe, placement, device, stacks, source.family_info.text_slots)
+    if residency is not None:
+        set_placer(pipe.transformer, residency)  # type: ignore[attr-defined]
     if quantize is not None:
         on_status(f"quantizing the blocks ({quantize})", 1.0)
         quantize_blocks(pipe.transformer, source.layout, quantize)  # type: ignore[attr-defined]
@@ -384,7 +436,7 @@ def load(
     random = random_weights and source.kind not in BUILT_IN
     settle_objects()
     return Loaded(source, pipe, device, dtype, random, time.perf_counter() - start, revision(source, pipe, random),
-                  compiled=compile, quantization=quantize)
+                  compiled=compile, quantization=quantize, placement=placement, residency=residency)
 
 
 def revision(source: ModelSource, pipe: object, random_weights: bool) -> str:

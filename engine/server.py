@@ -406,7 +406,8 @@ class Engine:
             protocol=protocol.PROTOCOL_VERSION, model=source.name, location=source.location, kind=source.kind,
             family=source.family, layout=source.layout, defaults=source.defaults,
             size_multiple=source.size_multiple, max_side=source.max_side, pid=os.getpid(), log=self.args.log,
-            device=self.args.device, dtype=self.args.dtype, random_weights=self.args.random_weights))
+            device=self.args.device, dtype=self.args.dtype, random_weights=self.args.random_weights,
+            memory=self.args.memory))
         threading.Thread(target=self.read_requests, args=(stdin,), name="requests", daemon=True).start()
         self._state = EngineState.LOADING
         if not self.load():
@@ -450,8 +451,10 @@ class Engine:
             dtype = pick_dtype(self.args.dtype, device)
             if device.type == "cpu":
                 _leave_a_core_to_the_client()
+            placement = self._placement(device, dtype_name(dtype))
             loaded = load(self.source, device, dtype, random_weights=self.args.random_weights,
-                          compile=self.args.compile, quantize=self.args.quantize, on_status=progress)
+                          compile=self.args.compile, quantize=self.args.quantize, placement=placement,
+                          on_status=progress)
         except ModelError as exc:
             self.send_error(str(exc), fatal=True)
             return False
@@ -465,8 +468,31 @@ class Engine:
 
         self.send(protocol.Ready(device=str(device), dtype=dtype_name(dtype), load_seconds=loaded.load_seconds,
                                  random_weights=loaded.random_weights, available=free_memory(device)[0],
-                                 quantization=loaded.quantization))
+                                 quantization=loaded.quantization,
+                                 placement=(loaded.placement.describe() if loaded.placement is not None
+                                            and loaded.placement.setting != "full" else None)))
         return True
+
+    def _placement(self, device: Any, dtype: str) -> Any:
+        """The memory plan for an image at the model's default size (engine/core/placement.py); a
+        ModelError of one line when nothing fits (or `--memory` asks for what does not)."""
+        from dit_explore.engine.core.memory import DEVICE_KINDS
+        from dit_explore.engine.core.placement import PlacementError, plan_placement
+        from dit_explore.engine.core.sampling import resolve_settings
+        from dit_explore.engine.models import free_memory
+
+        assert self.source is not None
+        if device.type not in DEVICE_KINDS:
+            return None
+        settings = resolve_settings(self.source.defaults)
+        available, where = free_memory(device)
+        try:
+            return plan_placement(self.source, settings.width, settings.height, available, self.args.memory,
+                                  device_kind=device.type, where=where, guidance=settings.guidance, dtype=dtype,
+                                  max_sequence_length=settings.max_sequence_length,
+                                  random_weights=self.args.random_weights, quantization=self.args.quantize)
+        except PlacementError as exc:
+            raise ModelError(str(exc)) from None
 
     # ----------------------------------------------------------------------------------- running
 
@@ -721,6 +747,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--random-weights", action="store_true")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--quantize", default=None)
+    p.add_argument("--memory", default="auto")
     p.add_argument("--log", default=None, help="path of this process's stderr log, reported in error events")
     return p.parse_args(argv)
 

@@ -608,14 +608,14 @@ def sweep(req: headless.SweepRequest) -> int:
     source, settings, prompts, seeds, window, base, dtype = _prepare(req)
     _precheck(req.out, req.resume, req.overwrite, {"model": source.name, "kind": req.kind, "dtype": dtype,
                                                    "settings": replace(settings, seed=0).to_json()})
-    headless.check_memory(source, settings, req.options)
+    placement = headless.check_memory(source, settings, req.options)
     if req.gpus is not None:
         from dit_explore.engine.sweep_ranks import launch
 
         return launch(req)
     from dit_explore.engine.generate import Generator
 
-    loaded = headless._load(source, req.options)
+    loaded = headless._load(source, req.options, placement)
     generator = Generator(loaded, on_warning=lambda message: headless._say(f"warning: {message}"))
     items, meta = plan_sweep(req.kind, generator, source, settings, window, base, prompts, seeds)
     columns = [(p, s) for p in prompts for s in seeds]

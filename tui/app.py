@@ -94,6 +94,7 @@ class ExplorerApp(App[int]):
         random_weights: bool = False,
         compile: bool = False,
         quantize: str | None = None,
+        memory: str = "auto",
         typed: str = "",
     ) -> None:
         """`typed`: keys the user typed before the interface was up (tui/probe.py), delivered on mount."""
@@ -109,7 +110,7 @@ class ExplorerApp(App[int]):
         self._user_keys = dict(keymap or {})
         factory = engine_factory or (lambda: EngineClient(
             source.name, device=device, dtype=dtype, random_weights=random_weights, compile=compile,
-            quantize=quantize))
+            quantize=quantize, memory=memory))
         self.session = Session(source.layout, factory, self.post_message, runs_dir=runs_dir,
                                ensure_engine=self.start_engine)
         self.sub_title = f"{source.name} · {source.family} · {source.layout.describe()}"

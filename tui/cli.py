@@ -19,6 +19,7 @@ from typing import NoReturn
 
 from dit_explore.engine.core.catalog import DEFAULT_MODEL
 from dit_explore.engine.core.devices import QUANTIZATIONS
+from dit_explore.engine.core.placement import CHOICES as PLACEMENTS
 
 EXIT_USAGE = 2
 
@@ -60,6 +61,10 @@ def _add_device(p: argparse.ArgumentParser) -> None:
                    help="quantize the transformer blocks with torchao (int8: int8 weights; fp8: FP8 weights and "
                         "activations, GPUs with FP8 matmuls; fp8-weights: FP8 weights; the baseline is the "
                         "quantized full model); needs the [quantize] extra")
+    p.add_argument("--memory", choices=PLACEMENTS, default="auto",
+                   help="where the weights live on a GPU: full (all on it), offload (text encoders visit it to "
+                        "encode), sequential (blocks stream in from host memory, as many as fit stay); auto "
+                        "(default): the first of these that fits, decided before loading")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -271,7 +276,7 @@ def tui_main(argv: list[str]) -> int:
     app = ExplorerApp(source, plan=plan, graphics=graphics, plans_dir=args.plans_dir, runs_dir=args.runs_dir,
                       theme=theme, keymap=config.keymap, device=args.device, dtype=args.dtype,
                       random_weights=args.random_weights, compile=args.compile, quantize=args.quantize,
-                      typed=facts.typed)
+                      memory=args.memory, typed=facts.typed)
     result = app.run()
     # A crash (Textual printed the traceback) leaves return_code 1 and no result: never report success.
     return app.return_code or (result or 0)
@@ -341,7 +346,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return headless.models_command(memory=args.memory, device=args.device)
     if args.command == "plans":
         return headless.plans_command(args.model, args.from_groups, args.out, args.overwrite)
-    options = headless.ModelOptions(args.device, args.dtype, args.random_weights, args.compile, args.quantize)
+    options = headless.ModelOptions(args.device, args.dtype, args.random_weights, args.compile, args.quantize,
+                                    args.memory)
     if args.command == "eval":
         return headless.eval_command(headless.EvalRequest(
             model=args.model, plan=args.plan, sampling=Sampling(seed=args.seed, steps=args.steps, guidance=args.guidance),

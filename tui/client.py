@@ -59,6 +59,7 @@ class EngineClient:
         random_weights: bool = False,
         compile: bool = False,
         quantize: str | None = None,
+        memory: str = "auto",
         log_path: Path | None = None,
         heartbeat: float = 1.0,
         unresponsive_after: float = 5.0,
@@ -71,6 +72,7 @@ class EngineClient:
         self.random_weights = random_weights
         self.compile = compile
         self.quantize = quantize
+        self.memory = memory
         self.log_path = log_path or default_log_path()
         self.heartbeat = heartbeat
         self.unresponsive_after = unresponsive_after
@@ -116,6 +118,8 @@ class EngineClient:
             args.append("--compile")
         if self.quantize:
             args += ["--quantize", self.quantize]
+        if self.memory != "auto":
+            args += ["--memory", self.memory]
         env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", **self._env}
         try:
             self._proc = await asyncio.create_subprocess_exec(

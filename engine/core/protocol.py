@@ -199,6 +199,7 @@ class Hello:
     device: str = doc("device as requested")
     dtype: str | None = doc("dtype as requested, or null: the device's default")
     random_weights: bool = doc("real-size architecture with random weights")
+    memory: str = doc("the placement as requested (`--memory`): `auto`, `full`, `offload` or `sequential`", "auto")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -221,6 +222,8 @@ class Ready:
                                 None)
     quantization: str | None = doc("the blocks' quantization (`int8`, `fp8`, `fp8-weights`), or null: the model's "
                                    "dtype; its baseline is the quantized full model", None)
+    placement: str | None = doc("where the weights live, in words (`sequential (31 of 57 blocks resident, text "
+                                "encoders offloaded); peak about 21 GB`), or null: all on the device", None)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,7 +18,7 @@ import pytest
 
 from dit_explore.engine.core import memory
 from dit_explore.engine.core.catalog import MODELS
-from dit_explore.engine.core.families import TextEncoderShape, family
+from dit_explore.engine.core.families import family
 from dit_explore.engine.core.memory import (
     check_fits,
     check_request,
@@ -28,6 +28,7 @@ from dit_explore.engine.core.memory import (
     vae_parameters,
 )
 from dit_explore.engine.core.resolve import resolve
+from dit_explore.engine.models import encoder_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,6 +51,10 @@ def test_transformer_and_vae_parameter_counts_are_exact(alias: str) -> None:
     in_blocks = sum(p.numel() for stack in of.stacks for p in getattr(transformer, stack.attr).parameters())
     assert of.transformer_parameter_split(spec.transformer) == (
         sum(p.numel() for p in transformer.parameters()) - in_blocks, in_blocks)
+    counts = of.block_parameters(spec.transformer)
+    assert counts is not None
+    assert counts[1] == {stack.name: [sum(p.numel() for p in block.parameters())
+                                      for block in getattr(transformer, stack.attr)] for stack in of.stacks}
     if vae is not None:
         assert vae_parameters(spec.vae) == sum(p.numel() for p in vae.parameters())
 
@@ -63,20 +68,9 @@ def test_sd35_medium_dual_attention_is_counted() -> None:
     with torch.device("meta"):
         model = diffusers.SD3Transformer2DModel.from_config(config)
     assert family("sd3").transformer_parameters(config) == sum(p.numel() for p in model.parameters())
-
-
-def _encoder_config(shape: TextEncoderShape) -> Any:
-    import transformers
-
-    if shape.model_class.startswith("CLIP"):
-        return transformers.CLIPTextConfig(vocab_size=shape.vocab, hidden_size=shape.width, intermediate_size=shape.ff,
-                                           num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
-                                           max_position_embeddings=shape.positions,
-                                           projection_dim=shape.projection or shape.width)
-    config = transformers.UMT5Config if shape.model_class.startswith("UMT5") else transformers.T5Config
-    return config(vocab_size=shape.vocab, d_model=shape.width, d_kv=shape.head_dim or shape.width // shape.heads,
-                  d_ff=shape.ff, num_layers=shape.layers, num_heads=shape.heads,
-                  feed_forward_proj="gated-gelu" if shape.gated else "relu")
+    counts = family("sd3").block_parameters(config)
+    assert counts is not None and counts[1]["double"] == [sum(p.numel() for p in b.parameters())
+                                                          for b in model.transformer_blocks]
 
 
 def test_declared_text_encoders_count_as_their_classes() -> None:
@@ -87,7 +81,7 @@ def test_declared_text_encoders_count_as_their_classes() -> None:
     counted = {}
     for shape in shapes:
         with torch.device("meta"):
-            model = getattr(transformers, shape.model_class)(_encoder_config(shape))
+            model = getattr(transformers, shape.model_class)(encoder_config(shape))
         counted[shape] = sum(p.numel() for p in model.parameters())
         assert text_encoder_parameters(shape) == counted[shape], shape
     # The published sizes: CLIP-L 123M (124M with its projection), CLIP-G 695M, the T5-XXL encoder 4.76B,

@@ -92,7 +92,7 @@ class AuraFlow(Family):
         TextEncoderShape("UMT5EncoderModel", 32128, 2048, 24, 5120, 32, head_dim=64, gated=True),
     ))
 
-    def transformer_parameter_split(self, config: Mapping[str, Any]) -> tuple[int, int] | None:
+    def block_parameters(self, config: Mapping[str, Any]) -> tuple[int, dict[str, list[int]]] | None:
         d = int(config.get("num_attention_heads", 18)) * int(config.get("attention_head_dim", 128))
         patch = int(config.get("patch_size", 2))
         cin = int(config.get("in_channels", 4))
@@ -104,8 +104,8 @@ class AuraFlow(Family):
         joint = 2 * 6 * d * d + 8 * d * d + 2 * mlp  # two AdaLayerNormZero (no bias), eight projections, two MLPs
         single = 6 * d * d + 4 * d * d + mlp
         out = patch * patch * int(config.get("out_channels") or cin)
-        blocks = int(config.get("num_mmdit_layers", 4)) * joint + int(config.get("num_single_dit_layers", 32)) * single
-        return embedders + 2 * d * d + d * out, blocks
+        return embedders + 2 * d * d + d * out, {"double": [joint] * int(config.get("num_mmdit_layers", 4)),
+                                                  "single": [single] * int(config.get("num_single_dit_layers", 32))}
 
     def encode_prompt(self, pipe: Any, prompt: str, cfg: bool, max_sequence_length: int | None,
                       device: Any) -> dict[str, Any]:

@@ -256,6 +256,13 @@ class Family:
     def transformer_parameter_split(self, config: Mapping[str, Any]) -> tuple[int, int] | None:
         """(parameters outside the blocks, parameters in the blocks) of `transformer_parameters`; the blocks'
         are what `--quantize` stores in 8 bits. None where the family does not declare it."""
+        counts = self.block_parameters(config)
+        return None if counts is None else (counts[0], sum(sum(stack) for stack in counts[1].values()))
+
+    def block_parameters(self, config: Mapping[str, Any]) -> tuple[int, dict[str, list[int]]] | None:
+        """(parameters outside the blocks, each stack's blocks' parameter counts in model order): what the
+        memory plan (engine/core/placement.py) keeps on the device or streams in, block by block. None where
+        the family does not declare it."""
         return None
 
     # ------------------------------------------------------------------------------- size rules

@@ -102,7 +102,7 @@ class Flux(Family):
         TextEncoderShape("T5EncoderModel", 32128, 4096, 24, 10240, 64, head_dim=64, gated=True),
     ))
 
-    def transformer_parameter_split(self, config: Mapping[str, Any]) -> tuple[int, int] | None:
+    def block_parameters(self, config: Mapping[str, Any]) -> tuple[int, dict[str, list[int]]] | None:
         head_dim = int(config.get("attention_head_dim", 128))
         d = int(config.get("num_attention_heads", 24)) * head_dim
         cin = int(config.get("in_channels", 64))
@@ -115,8 +115,8 @@ class Flux(Family):
         double = 2 * _linear(d, 6 * d) + 8 * _linear(d, d) + 2 * (_linear(d, 4 * d) + _linear(4 * d, d)) + 4 * head_dim
         # Single: AdaLayerNormZeroSingle (3d), q/k/v, the 4x MLP in, one projection out of attention + MLP.
         single = _linear(d, 3 * d) + 3 * _linear(d, d) + _linear(d, 4 * d) + _linear(5 * d, d) + 2 * head_dim
-        blocks = int(config.get("num_layers", 19)) * double + int(config.get("num_single_layers", 38)) * single
-        return embedders + _linear(d, 2 * d) + _linear(d, out), blocks
+        return embedders + _linear(d, 2 * d) + _linear(d, out), {
+            "double": [double] * int(config.get("num_layers", 19)), "single": [single] * int(config.get("num_single_layers", 38))}
 
     def encode_prompt(self, pipe: Any, prompt: str, cfg: bool, max_sequence_length: int | None,
                       device: Any) -> dict[str, Any]:

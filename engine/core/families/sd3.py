@@ -105,7 +105,7 @@ class SD3(Family):
         TextEncoderShape("T5EncoderModel", 32128, 4096, 24, 10240, 64, head_dim=64, gated=True),
     ))
 
-    def transformer_parameter_split(self, config: Mapping[str, Any]) -> tuple[int, int] | None:
+    def block_parameters(self, config: Mapping[str, Any]) -> tuple[int, dict[str, list[int]]] | None:
         head_dim = int(config.get("attention_head_dim", 64))
         d = int(config.get("num_attention_heads", 18)) * head_dim
         caption = int(config.get("caption_projection_dim", 1152))
@@ -113,7 +113,6 @@ class SD3(Family):
         cin = int(config.get("in_channels", 16))
         layers = int(config.get("num_layers", 18))
         qk = 0 if config.get("qk_norm") is None else head_dim  # one RMSNorm weight per normalized q or k
-        dual = len(config.get("dual_attention_layers", ()) or ())
         embedders = (cin * patch * patch * d + d  # the patchifying convolution
                      + _linear(256, d) + _linear(d, d)
                      + _linear(int(config.get("pooled_projection_dim", 2048)), d) + _linear(d, d)
@@ -126,7 +125,9 @@ class SD3(Family):
         # A dual-attention block (SD3.5 Medium): a 9d norm instead of 6d, and a second attention.
         extra = _linear(d, 3 * d) + 4 * _linear(d, d) + 2 * qk
         out = patch * patch * int(config.get("out_channels") or cin)
-        return embedders + _linear(d, 2 * d) + _linear(d, out), (layers - 1) * block + last + dual * extra
+        dual_layers = {int(i) for i in config.get("dual_attention_layers", ()) or ()}
+        counts = [(last if i == layers - 1 else block) + (extra if i in dual_layers else 0) for i in range(layers)]
+        return embedders + _linear(d, 2 * d) + _linear(d, out), {"double": counts}
 
     def encode_prompt(self, pipe: Any, prompt: str, cfg: bool, max_sequence_length: int | None,
                       device: Any) -> dict[str, Any]:

@@ -1,0 +1,284 @@
+"""Placements that keep every number: weights that live in host memory and visit the device to run.
+
+engine/core/placement.py decides what stays on the device; this module moves the weights. A `Unit` is a
+module whose parameters have a host copy (pinned on CUDA, so copies run asynchronously) and, while it is on
+the device, a device copy its parameters point at (`param.data`). The same tensors in the same kernels:
+a streamed block computes exactly what a resident one does.
+
+`Residency` holds a loaded pipeline's units:
+- each text encoder is a unit, fetched by a forward pre-hook when the family's encode calls it and dropped
+  by a forward hook when it returns (text encoders are never compiled, so hooks cost nothing there);
+- each block is a unit, run through a `Streamed` stand-in the executor puts wherever the plan calls the
+  block (plain, parallel-group member, cached span), so nothing hooks the (compiled) blocks. The stand-in
+  waits for its block's copy, starts the copy of the next block the plan will call that is not on the
+  device yet, on a side stream, runs the block, and drops it unless it is resident. The plan's call order
+  is read off the block lists the executor installs (`schedule`), so a plan that reorders, repeats or
+  groups blocks is prefetched in its own order; a call the schedule did not foresee (a cached span that
+  reuses its residual) only costs a prefetch, never a wrong number.
+
+On the CPU everything is in one memory; the same code runs there with copies standing in for the device
+(what tests/engine/test_placement.py checks the mechanics with).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from dit_explore.engine.core.placement import Placement
+from dit_explore.engine.executor import CachedSpan, ParallelGroup, StandIn
+
+
+class Unit:
+    """One module's parameters, in host memory and, while fetched, on the device."""
+
+    def __init__(self, module: nn.Module, device: torch.device, name: str) -> None:
+        self.module = module
+        self.device = device
+        self.name = name
+        self.params = [p for p in module.parameters()]
+        pin = device.type == "cuda"
+        self.host = [self._host_copy(p.data, pin) for p in self.params]
+        for p, h in zip(self.params, self.host):
+            p.data = h
+        for sub in module.modules():  # buffers (position ids, ...) are small: they stay on the device
+            for key, buffer in list(sub._buffers.items()):
+                if buffer is not None:
+                    sub._buffers[key] = buffer.to(device)
+        self.bytes = sum(h.numel() * h.element_size() for h in self.host)
+        self.on_device = False
+        self._ready: torch.cuda.Event | None = None
+
+    @staticmethod
+    def _host_copy(tensor: torch.Tensor, pin: bool) -> torch.Tensor:
+        host = tensor.detach().to("cpu")
+        if pin:
+            return host.pin_memory()
+        return host if host is not tensor else host.clone()  # on the CPU: a copy stands in for the device's
+
+    def fetch(self, stream: torch.cuda.Stream | None) -> None:
+        """Start copying to the device (on `stream`, asynchronously, on CUDA); `wait` before use."""
+        if self.on_device:
+            return
+        if stream is not None:
+            with torch.cuda.stream(stream):
+                copies = [h.to(self.device, non_blocking=True) for h in self.host]
+                self._ready = torch.cuda.Event()
+                self._ready.record(stream)
+        else:
+            copies = [h.to(self.device, copy=True) for h in self.host]
+        for p, c in zip(self.params, copies):
+            p.data = c
+        self.on_device = True
+
+    def wait(self) -> None:
+        """Make the current stream wait for the copies; they then belong to it (for the allocator)."""
+        if self._ready is None:
+            return
+        current = torch.cuda.current_stream(self.device)
+        current.wait_event(self._ready)
+        for p in self.params:
+            p.data.record_stream(current)
+        self._ready = None
+
+    def drop(self) -> None:
+        """Point the parameters back at the host copies; the device's are freed once no kernel uses them."""
+        if not self.on_device:
+            return
+        self.wait()
+        for p, h in zip(self.params, self.host):
+            p.data = h
+        self.on_device = False
+
+
+class Streamed(StandIn):
+    """Runs one block of a streamed transformer, fetching it first (see the module's docstring)."""
+
+    def __init__(self, block: nn.Module, residency: Residency) -> None:
+        super().__init__()
+        self.block = block
+        object.__setattr__(self, "_residency", residency)  # not a submodule: one residency for every block
+
+    def standing_for(self) -> nn.Module | None:
+        return self.block
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        residency: Residency = self._residency
+        residency.before(self.block)
+        out = self.block(*args, **kwargs)
+        residency.after(self.block)
+        return out
+
+
+class Residency:
+    """The units of a placed pipeline and the policy that moves them (see the module's docstring)."""
+
+    def __init__(self, blocks: Sequence[nn.Module], encoders: Sequence[nn.Module], placement: Placement,
+                 device: torch.device) -> None:
+        self.placement = placement
+        self.device = device
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.blocks = {id(b): Unit(b, device, f"block {i}") for i, b in enumerate(blocks)}
+        self.order = [id(b) for b in blocks]
+        self.resident = set(self.order[:placement.resident_blocks])
+        self.encoders = [Unit(e, device, f"text encoder {i}") for i, e in enumerate(encoders)]
+        self.schedule: list[int] = []
+        self._cursor = 0  # where the schedule is expected to go on
+        self._at: int | None = None  # the schedule position of the block running
+        self.fetches = 0  # blocks copied in (a test and the bench read it)
+        self.log: list[str] | None = None  # when a list: "fetch i" / "drop i" by block index, in order
+        self._index = {key: i for i, key in enumerate(self.order)}
+        self._hooks = []
+        for unit in self.encoders:
+            self._hooks.append(unit.module.register_forward_pre_hook(self._encoder_in(unit)))
+            self._hooks.append(unit.module.register_forward_hook(self._encoder_out(unit)))
+        for key in self.order:
+            if key in self.resident:
+                self._fetch(key)
+        self._wait_all()
+
+    # ------------------------------------------------------------------------------------ blocks
+
+    def wrap(self, block: nn.Module) -> nn.Module:
+        """The module the executor runs in `block`'s place: itself if it never leaves the device."""
+        return Streamed(block, self) if id(block) in self.blocks and self.placement.streams else block
+
+    def set_schedule(self, lists: Sequence[nn.Module]) -> None:
+        """The block calls one transformer call makes under the lists just installed, in order."""
+        self.schedule = [id(b) for b in _calls(lists) if id(b) in self.blocks]
+        self._cursor, self._at = 0, None
+        for key in self.order:  # what the last schedule prefetched: at most two streamed blocks at a time
+            if key not in self.resident and self.blocks[key].on_device:
+                self._drop(key)
+
+    def before(self, block: nn.Module) -> None:
+        key = id(block)
+        unit = self.blocks[key]
+        if not unit.on_device:
+            self._fetch(key)
+        unit.wait()
+        self._at = self._position(key)
+        if self._at is not None:
+            self._cursor = (self._at + 1) % len(self.schedule)
+        following = self._upcoming()
+        if following is not None and not self.blocks[following].on_device:
+            self._fetch(following)
+
+    def after(self, block: nn.Module) -> None:
+        key = id(block)
+        if key not in self.resident and (self._at is None or self._upcoming() != key):
+            self._drop(key)
+
+    def _position(self, key: int) -> int | None:
+        """Where the schedule calls `key` next, from the cursor on (None: the schedule never does)."""
+        n = len(self.schedule)
+        for offset in range(n):
+            at = (self._cursor + offset) % n
+            if self.schedule[at] == key:
+                return at
+        return None
+
+    def _upcoming(self) -> int | None:
+        """The first block after the current call that will need its copy: streamed, or resident but not on
+        the device (evicted for encoding); one transformer call ahead at most, the next call's first blocks
+        included (the schedule repeats every step)."""
+        if self._at is None:
+            return None
+        n = len(self.schedule)
+        for offset in range(1, n + 1):
+            candidate = self.schedule[(self._at + offset) % n]
+            if candidate not in self.resident or not self.blocks[candidate].on_device:
+                return candidate
+        return None
+
+    def _fetch(self, key: int) -> None:
+        self.blocks[key].fetch(self.stream)
+        self.fetches += 1
+        if self.log is not None:
+            self.log.append(f"fetch {self._index[key]}")
+
+    def _drop(self, key: int) -> None:
+        self.blocks[key].drop()
+        if self.log is not None:
+            self.log.append(f"drop {self._index[key]}")
+
+    def _wait_all(self) -> None:
+        for unit in self.blocks.values():
+            unit.wait()
+
+    def evict_blocks(self) -> None:
+        """Every block off the device (they come back as the next denoising calls them)."""
+        for key in self.order:
+            if self.blocks[key].on_device:
+                self._drop(key)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # ---------------------------------------------------------------------------------- encoders
+
+    def _encoder_in(self, unit: Unit) -> Any:
+        def hook(_module: nn.Module, _args: Any) -> None:
+            if self.placement.evict_for_encoding:
+                self.evict_blocks()
+            unit.fetch(self.stream)
+            unit.wait()
+        return hook
+
+    def _encoder_out(self, unit: Unit) -> Any:
+        def hook(_module: nn.Module, _args: Any, _out: Any) -> None:
+            unit.drop()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        return hook
+
+    def close(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+
+
+def _calls(modules: Sequence[nn.Module]) -> Iterator[nn.Module]:
+    """The blocks a list of executor modules calls, in order: a parallel group's members (its loops
+    times), a cached span's blocks, what any other stand-in (a streamed block, a capture) stands for."""
+    for module in modules:
+        if isinstance(module, ParallelGroup):
+            for _ in range(module.loops):
+                yield from _calls(list(module.members))
+        elif isinstance(module, CachedSpan):
+            yield from _calls(list(module.blocks))
+        elif isinstance(module, StandIn):
+            inner = module.standing_for()
+            if inner is not None:
+                yield from _calls([inner])
+        else:
+            yield module
+
+
+def place(pipe: Any, placement: Placement | None, device: torch.device, stacks: Sequence[str],
+          text_slots: Sequence[str]) -> Residency | None:
+    """Put `pipe` (anywhere: host memory, or the device) where `placement` says and return the residency
+    that moves its units, or None for `full` (or None: the whole pipeline on the device). `stacks`: the
+    transformer's block-list attributes; `text_slots`: the pipeline's text-encoder attributes."""
+    if placement is None or placement.setting == "full":
+        pipe.to(device)
+        return None
+    transformer = pipe.transformer
+    blocks = [b for attr in stacks for b in getattr(transformer, attr)]
+    encoders = [m for m in (getattr(pipe, slot, None) for slot in text_slots) if isinstance(m, nn.Module)]
+    residency = Residency(blocks, encoders, placement, device)
+    # What stays: the transformer outside its blocks, the VAE, anything else the pipeline holds.
+    for name, child in transformer.named_children():
+        if name not in stacks:
+            child.to(device)
+    for value in transformer._parameters.values():
+        if value is not None:
+            value.data = value.data.to(device)
+    for key, value in list(transformer._buffers.items()):
+        if value is not None:
+            transformer._buffers[key] = value.to(device)
+    for module in vars(pipe).values():
+        if isinstance(module, nn.Module) and module is not transformer and not any(module is e for e in encoders):
+            module.to(device)
+    return residency
