@@ -131,9 +131,9 @@ class Residency:
         self.fetches = 0  # blocks copied in (a test and the bench read it)
         self.log: list[str] | None = None  # when a list: "fetch i" / "drop i" by block index, in order
         self._index = {key: i for i, key in enumerate(self.order)}
-        self._hooks = []
+        self._hooks: list[Any] = []
         for unit in self.encoders:
-            self._hooks.append(unit.module.register_forward_pre_hook(self._encoder_in(unit)))
+            self._hooks.append(unit.module.register_forward_pre_hook(self._encoder_in(unit), with_kwargs=True))
             self._hooks.append(unit.module.register_forward_hook(self._encoder_out(unit)))
         for key in self.order:
             if key in self.resident:
@@ -220,11 +220,17 @@ class Residency:
     # ---------------------------------------------------------------------------------- encoders
 
     def _encoder_in(self, unit: Unit) -> Any:
-        def hook(_module: nn.Module, _args: Any) -> None:
+        """Fetch the encoder, and bring its inputs along: diffusers puts them where the encoder's weights
+        were (host memory) a moment before."""
+        device = self.device
+
+        def hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
             if self.placement.evict_for_encoding:
                 self.evict_blocks()
             unit.fetch(self.stream)
             unit.wait()
+            moved = [a.to(device) if isinstance(a, torch.Tensor) else a for a in args]
+            return tuple(moved), {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
         return hook
 
     def _encoder_out(self, unit: Unit) -> Any:
