@@ -37,6 +37,10 @@ from dit_explore.engine.core.resolve import ModelSource
 SETTINGS = ("full", "offload", "sequential")  # from the most resident to the least
 CHOICES = ("auto", *SETTINGS)  # --memory
 PREFETCH = 1  # blocks copied ahead of the one running: two streamed blocks on the device at a time
+# Weights copied in unit by unit (encoders, blocks) take more than their bytes: the caching allocator rounds
+# each tensor up (large ones to 2 MiB). Measured on an H200: SD3's T5-XXL encoding beside its blocks took
+# 3.6% over the prediction without this (docs/bench-2026-11-27-placement/).
+COPY_ROUNDING = 1.04
 
 
 class PlacementError(ValueError):
@@ -87,7 +91,8 @@ class Placement:
 class _Parts:
     """The bytes the placements move around, from the configs."""
 
-    overhead: int  # context, runtime, allocator and the phases' working memory: on the device whatever the setting
+    overhead: int  # context, runtime, allocator and every phase's working memory (the phases' reservations add up)
+    encoding: int  # context, runtime, allocator and the text encoding's working memory: while an encoder runs
     vae: int
     outside: int  # the transformer outside its blocks
     blocks: list[int]  # each block, in model order (stacks in layout order)
@@ -105,8 +110,9 @@ def _parts(est: MemoryEstimate, source: ModelSource, random_weights: bool, quant
         blocks = [n * (1 if quantization else size) for stack in source.layout.stacks for n in counts[1][stack.name]]
     encoders = [] if random_weights and source.kind not in ("tiny", "toy") and not est.parts["text encoder weights"] \
         else [text_encoder_parameters(e) * size for e in text_encoders(source)]
-    return _Parts(overhead=est.context + est.working, vae=est.parts["VAE weights"], outside=outside, blocks=blocks,
-                  encoders=encoders)
+    encoding = est.context + est.runtime + est.allocator + est.phases.get("text encoding", 0)
+    return _Parts(overhead=est.context + est.working, encoding=encoding, vae=est.parts["VAE weights"], outside=outside,
+                  blocks=blocks, encoders=encoders)
 
 
 def _full(parts: _Parts, available: int | None) -> Placement:
@@ -116,33 +122,44 @@ def _full(parts: _Parts, available: int | None) -> Placement:
 
 
 def _offload(parts: _Parts, available: int | None) -> Placement:
-    total = sum(parts.blocks)
-    largest = max(parts.encoders, default=0)
-    fixed = parts.overhead + parts.vae + parts.outside
-    beside = fixed + total + largest
+    """The blocks stay; the encoders come one at a time, each beside the blocks if there is room, else
+    with the blocks out of the way. Encoding and denoising peak apart: an encoder leaves (and the allocator
+    gives its memory back) before the denoising's working memory is taken."""
+    total = _moved(sum(parts.blocks))
+    largest = _moved(max(parts.encoders, default=0))
+    weights = parts.vae + parts.outside
+    denoise = parts.overhead + weights + total
+    beside = max(denoise, parts.encoding + weights + total + largest)
     evict = available is not None and beside > available
-    peak = fixed + max(total, largest) if evict else beside
-    return Placement("offload", total, total, len(parts.blocks), len(parts.blocks), True, evict, peak, available)
+    peak = max(denoise, parts.encoding + weights + largest) if evict else beside
+    return Placement("offload", sum(parts.blocks), sum(parts.blocks), len(parts.blocks), len(parts.blocks), True,
+                     evict, peak, available)
 
 
 def _sequential(parts: _Parts, available: int | None) -> Placement:
     """As many blocks resident as fit beside two streamed ones; all of them when nothing is known."""
-    total = sum(parts.blocks)
-    largest = max(parts.encoders, default=0)
-    fixed = parts.overhead + parts.vae + parts.outside
-    room = None if available is None else available - fixed
+    blocks = [_moved(b) for b in parts.blocks]
+    largest = _moved(max(parts.encoders, default=0))
+    weights = parts.vae + parts.outside
+    room = None if available is None else available - parts.overhead - weights
     resident, count = 0, 0
-    for size in parts.blocks:
-        rest = parts.blocks[count + 1:]
-        buffer = (PREFETCH + 1) * max(rest, default=0)
+    for size in blocks:
+        buffer = (PREFETCH + 1) * max(blocks[count + 1:], default=0)
         if room is not None and resident + size + buffer > room:
             break
         resident, count = resident + size, count + 1
-    streamed = parts.blocks[count:]
-    buffer = (PREFETCH + 1) * max(streamed, default=0)
-    evict = room is not None and resident + buffer + largest > room
-    peak = fixed + (max(resident + buffer, largest) if evict else resident + buffer + largest)
-    return Placement("sequential", total, resident, count, len(parts.blocks), True, evict, peak, available)
+    buffer = (PREFETCH + 1) * max(blocks[count:], default=0)
+    denoise = parts.overhead + weights + resident + buffer
+    beside = max(denoise, parts.encoding + weights + resident + buffer + largest)
+    evict = available is not None and beside > available
+    peak = max(denoise, parts.encoding + weights + largest) if evict else beside
+    return Placement("sequential", sum(parts.blocks), sum(parts.blocks[:count]), count, len(parts.blocks), True, evict,
+                     peak, available)
+
+
+def _moved(size: int) -> int:
+    """What weights copied in tensor by tensor take on the device (COPY_ROUNDING)."""
+    return int(size * COPY_ROUNDING)
 
 
 _BUILDERS = {"full": _full, "offload": _offload, "sequential": _sequential}
