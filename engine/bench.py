@@ -239,7 +239,8 @@ def run_bench(gen: Generator, settings: Settings, *, compile: bool = False, repe
         "model": loaded.source.name, "random_weights": loaded.random_weights, "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if cuda else "none", "dtype": str(loaded.dtype).removeprefix("torch."),
         "size": f"{settings.width}x{settings.height}", "steps": settings.steps, "torch": torch.__version__,
-        "compile": compile, "quantization": loaded.quantization, "date": time.strftime("%Y-%m-%d"),
+        "compile": compile, "quantization": loaded.quantization, "placement": loaded.offloaded or "full",
+        "date": time.strftime("%Y-%m-%d"),
     })
     inputs = capture_step_inputs(gen, settings)
     stack = max(layout.stacks, key=lambda s: s.blocks)

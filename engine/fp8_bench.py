@@ -17,6 +17,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from typing import Any
 
 import torch
@@ -52,14 +53,16 @@ def main(argv: list[str] | None = None) -> int:
         for quantize in (None, "fp8"):
             loaded = load(source, device, torch.bfloat16, random_weights=random, compile=compiled, quantize=quantize)
             generator = Generator(loaded)
-            for _ in range(2):
-                generator.generate(prompts[0], settings, Plan())
+            start = time.perf_counter()
+            generator.generate(prompts[0], settings, Plan())
+            first_s = time.perf_counter() - start
+            generator.generate(prompts[0], settings, Plan())
             steps: list[float] = []
             for _ in range(args.runs):
                 steps += generator.generate(prompts[0], settings, Plan()).timing.transformer_steps
             images[quantize or "bf16", compiled] = [generator.generate(t, settings, Plan()).image for t in prompts]
             row = {"precision": quantize or "bf16", "compiled": compiled, "step_ms": 1000 * statistics.median(steps),
-                   "steps_measured": len(steps)}
+                   "steps_measured": len(steps), "first_image_s": first_s}
             rows.append(row)
             print(json.dumps(row), flush=True)
             del generator, loaded

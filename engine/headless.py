@@ -247,8 +247,8 @@ def _generate_all(req: RunRequest, source: ModelSource, plan: plans.Plan, prompt
     loaded = _load(source, req.options, placement)
     _say(f"{source.name} ready in {loaded.load_seconds:.1f} s ({loaded.device}, {loaded.precision}); "
          f"{source.layout.describe()}")
-    if loaded.placement is not None and loaded.placement.setting != "full":
-        _say(f"memory: {loaded.placement.describe()}")
+    if loaded.offloaded:
+        _say(f"memory: {loaded.offloaded}")
 
     generator = Generator(loaded, on_warning=lambda message: _say(f"warning: {message}"))
     started = time.perf_counter()
@@ -282,7 +282,7 @@ def _generate_all(req: RunRequest, source: ModelSource, plan: plans.Plan, prompt
         name = f"{len(writer.images):03d}.png"
         try:
             writer.add_image(result.image, image_plan(plan, source.name, settings.for_prompt(prompt)),
-                             generator.loaded.quantization)
+                             generator.loaded.quantization, generator.loaded.offloaded)
         except OSError as exc:  # a full disk, a folder gone read-only, ...: keep what was written, if it can be
             problem = f"--out {shown(req.out)}: cannot write {name}: {exc.strerror or exc}"
             if not results:
@@ -392,21 +392,33 @@ def models_memory(device_name: str) -> int:
         mark = "" if available is None else (" fits" if need <= available else " too big")
         return f"{format_bytes(need)}{mark}"
 
-    rows = [("alias", "size", dtype, "8-bit blocks")]
+    from dit_explore.engine.core.placement import PlacementError, plan_placement
+
+    def placed(source: ModelSource, settings: Settings) -> str:
+        try:
+            return plan_placement(source, settings.width, settings.height, available, device_kind=device.type,
+                                  guidance=settings.guidance, dtype=dtype,
+                                  max_sequence_length=settings.max_sequence_length).describe()
+        except PlacementError:
+            return "none fits"
+
+    rows = [("alias", "size", dtype, "8-bit blocks", "--memory auto")]
     for spec in MODELS.values():
         source = resolve(spec.alias)
         settings = resolve_settings(source.defaults)
         needs = [estimate(source, settings.width, settings.height, guidance=settings.guidance, dtype=dtype,
                           device_kind=device.type, max_sequence_length=settings.max_sequence_length,
                           quantization=kind).total for kind in (None, "int8")]
-        rows.append((spec.alias, f"{settings.width}x{settings.height}", cell(needs[0]), cell(needs[1])))
+        rows.append((spec.alias, f"{settings.width}x{settings.height}", cell(needs[0]), cell(needs[1]),
+                     placed(source, settings)))
     free = "unknown" if available is None else format_bytes(available)
     print(f"Predicted peak on {where} ({free} free now), nothing loaded:")
     print("one image at each model's default size, weights and text encoders included.")
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
-        print("  ".join(r[i].ljust(widths[i]) for i in range(4)).rstrip())
+        print("  ".join(r[i].ljust(widths[i]) for i in range(5)).rstrip())
     print("8-bit blocks: --quantize int8, fp8-weights, or fp8 where the GPU has FP8 matmuls (the [quantize] extra).")
+    print("--memory auto: where the weights would live (offload and sequential keep weights in host memory).")
     return 0
 
 

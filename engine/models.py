@@ -70,6 +70,14 @@ class Loaded:
         return self.compile_error
 
     @property
+    def offloaded(self) -> str | None:
+        """The placement in words when some weights live in host memory (`--memory offload`, `sequential`);
+        None when all are on the device."""
+        if self.placement is None or self.placement.setting == "full":
+            return None
+        return self.placement.describe()
+
+    @property
     def layout(self) -> Layout:
         return self.source.layout
 

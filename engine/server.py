@@ -469,8 +469,7 @@ class Engine:
         self.send(protocol.Ready(device=str(device), dtype=dtype_name(dtype), load_seconds=loaded.load_seconds,
                                  random_weights=loaded.random_weights, available=free_memory(device)[0],
                                  quantization=loaded.quantization,
-                                 placement=(loaded.placement.describe() if loaded.placement is not None
-                                            and loaded.placement.setting != "full" else None)))
+                                 placement=loaded.offloaded))
         return True
 
     def _placement(self, device: Any, dtype: str) -> Any:
@@ -614,7 +613,8 @@ class Engine:
         result = self.generator.generate(prompt, settings, job.plan, check=self.check(job),
                                          on_step=self.on_step(job, index, Role.PLAN))
         quantization = self.generator.loaded.quantization
-        png = png_bytes(result.image, image_plan(job.plan, source.name, settings.for_prompt(prompt)), quantization)
+        png = png_bytes(result.image, image_plan(job.plan, source.name, settings.for_prompt(prompt)), quantization,
+                        self.generator.loaded.offloaded)
         mine = Rendered(png, result.timing, result.block_runs)
         self.deliver(job, index, Role.PLAN, prompt, mine, live, cached=False)
         if not job.baseline:
@@ -643,7 +643,7 @@ class Engine:
         base = self.generator.generate(prompt, settings, plans.Plan(), check=self.check(job),
                                        on_step=self.on_step(job, index, Role.BASELINE))
         base_png = png_bytes(base.image, image_plan(plans.Plan(), source.name, settings.for_prompt(prompt)),
-                             self.generator.loaded.quantization)
+                             self.generator.loaded.quantization, self.generator.loaded.offloaded)
         rendered = self._remember(key, Rendered(base_png, base.timing, base.block_runs))
         self.deliver(job, index, Role.BASELINE, prompt, rendered, live, cached=False)
 

@@ -596,7 +596,8 @@ def plan_sweep(kind: str, generator: Any, source: ModelSource, settings: Setting
         middle = largest_middle(source.layout, {n: list(s.groups) for n, s in result.stacks.items()})
     items = sweep_items(kind, source.layout, middle or largest_middle(source.layout, None), settings.steps, window, base)
     meta = {"model": source.name, "revision": loaded.revision, "kind": kind, "dtype": loaded.precision,
-            "device": str(loaded.device), "settings": replace(settings, seed=0).to_json(), "prompts": prompts,
+            "device": str(loaded.device), "placement": loaded.offloaded or "full",
+            "settings": replace(settings, seed=0).to_json(), "prompts": prompts,
             "seeds": seeds, "middle_group": list(middle) if middle else None, "window": window,
             "plans": [{"label": i.label, "series": i.series, "x": i.x, "text": plans.dumps(i.plan)} for i in items]}
     return items, meta

@@ -327,9 +327,10 @@ class RunWriter(StagedDirectory):
         super().__init__(out, overwrite, marker=RUN_JSON, what="run")
         self.images: list[str] = []
 
-    def add_image(self, image: Image.Image, plan_for_image: plans.Plan, quantization: str | None = None) -> str:
+    def add_image(self, image: Image.Image, plan_for_image: plans.Plan, quantization: str | None = None,
+                  placement: str | None = None) -> str:
         name = f"{len(self.images):03d}.png"
-        write_atomic(self.staging / name, png_bytes(image, plan_for_image, quantization))
+        write_atomic(self.staging / name, png_bytes(image, plan_for_image, quantization, placement))
         self.images.append(name)
         return name
 
@@ -416,15 +417,20 @@ def mark_ended(path: Path, status: Status) -> bool:
 
 
 PNG_QUANTIZATION_KEY = "dit-explore-quantization"  # present when the blocks were quantized (--quantize)
+PNG_PLACEMENT_KEY = "dit-explore-placement"  # present when weights were offloaded (--memory offload, sequential)
 
 
-def png_bytes(image: Image.Image, plan_for_image: plans.Plan, quantization: str | None = None) -> bytes:
-    """PNG bytes carrying the image's plan file (sampling filled in), for replay with --plan, and the
-    blocks' quantization when they were quantized (a replay without it draws other numbers)."""
+def png_bytes(image: Image.Image, plan_for_image: plans.Plan, quantization: str | None = None,
+              placement: str | None = None) -> bytes:
+    """PNG bytes carrying the image's plan file (sampling filled in), for replay with --plan, the
+    blocks' quantization when they were quantized (a replay without it draws other numbers), and where the
+    weights lived when not all on the device (`--memory`: the same numbers, for the record)."""
     info = PngInfo()
     info.add_itxt(plans.PNG_PLAN_KEY, plans.dumps(plan_for_image))
     if quantization is not None:
         info.add_itxt(PNG_QUANTIZATION_KEY, quantization)
+    if placement is not None:
+        info.add_itxt(PNG_PLACEMENT_KEY, placement)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info, compress_level=4)
     return buffer.getvalue()

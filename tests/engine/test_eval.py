@@ -18,8 +18,8 @@ from dit_explore.engine.eval import for_scoring, selected
 from dit_explore.tui.cli import main
 
 SKIP_SINGLE_2_5 = 'version = 1\nmodel = "tiny-flux"\n[order]\nsingle = "0-1, 6-7"\n'
-REPORT_KEYS = {"model", "plan", "prompts", "sampling", "device", "dtype", "quantization", "versions", "seeds", "limit",
-               "scored_at", "scores", "seconds_per_image", "block_runs", "images"}
+REPORT_KEYS = {"model", "plan", "prompts", "sampling", "device", "dtype", "quantization", "placement", "versions", "seeds",
+               "limit", "scored_at", "scores", "seconds_per_image", "block_runs", "images"}
 
 
 def cli(*args: str) -> int:

@@ -67,14 +67,14 @@ def test_auto_picks_the_most_resident_setting_that_fits() -> None:
     denoise = fixed + moved(sum(blocks))
     offload = plan_placement(source, 1024, 1024, denoise + 1, **options)
     assert offload.setting == "offload" and offload.evict_for_encoding and offload.peak == denoise
-    # A 24 GB card: 22.5 GB for the allocator. The first k blocks stay, with two streamed ones beside them.
+    # A 24 GB card: 22.5 GB for the allocator. The first k blocks stay, with three streamed ones' room.
     cap = int(22.5 * GB)
     seq = plan_placement(source, 1024, 1024, cap, **options)
     k = seq.resident_blocks
     copied = [moved(b) for b in blocks]
     assert seq.setting == "sequential" and 0 < k < len(blocks) and seq.peak <= cap
-    buffer = 2 * max(copied[k:])
-    assert fixed + sum(copied[:k]) + buffer <= cap < fixed + sum(copied[:k + 1]) + 2 * max(copied[k + 1:] or [0])
+    buffer = 3 * max(copied[k:])  # the running block, the prefetched one, the one just dropped
+    assert fixed + sum(copied[:k]) + buffer <= cap < fixed + sum(copied[:k + 1]) + 3 * max(copied[k + 1:] or [0])
     assert seq.resident_bytes == sum(blocks[:k]) and seq.evict_for_encoding
     assert seq.peak == max(fixed + sum(copied[:k]) + buffer, encoding + moved(max(encoders)))
     assert f"{k} of 57 blocks resident" in seq.describe()
@@ -221,3 +221,21 @@ def test_the_similarity_analysis_runs_on_streamed_blocks(toy: Callable[..., Any]
     full = analyze(Generator(toy("full")), ["a red circle"], settings)
     streamed = analyze(Generator(toy("sequential", 3)), ["a red circle"], settings)
     assert torch.equal(torch.as_tensor(full.matrix), torch.as_tensor(streamed.matrix))
+
+
+def test_run_json_and_png_record_the_placement(tmp_path: Path) -> None:
+    import json
+
+    from PIL import Image
+
+    from dit_explore.engine.core.runs import PNG_PLACEMENT_KEY, png_bytes
+    from dit_explore.tui.cli import main
+
+    assert main(["run", "toy-flux", "--device", "cpu", "--steps", "2", "--out", str(tmp_path / "o")]) == 0
+    record = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert record["placement"]["setting"] == "full" and record["placement"]["resident_blocks"] == 18
+    with Image.open(tmp_path / "o" / "000.png") as image:
+        assert PNG_PLACEMENT_KEY not in image.text  # all on the device: nothing to say
+    (tmp_path / "p.png").write_bytes(png_bytes(Image.new("RGB", (8, 8)), Plan(), None, "sequential (3 of 18 blocks)"))
+    with Image.open(tmp_path / "p.png") as image:
+        assert image.text[PNG_PLACEMENT_KEY] == "sequential (3 of 18 blocks)"
