@@ -11,9 +11,11 @@ Three ways in, one way out (a `Loaded`):
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import hashlib
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -333,26 +335,57 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-def build_random(source: ModelSource, device: torch.device, dtype: torch.dtype, text_encoders: bool = False) -> object:
-    """The real-size transformer and VAE from their configs, initialised on the device (no download, no
-    host copy), in a pipeline without text encoders; with `text_encoders`, the family's real-size text
-    encoders too (random weights from their declared shapes, initialised on the device the same way; the
-    tokenizers of the family's toy model, whose ids all fall inside the real vocabularies)."""
+def build_random(source: ModelSource, device: torch.device, dtype: torch.dtype, text_encoders: bool = False,
+                 on_host: bool = False) -> object:
+    """The real-size transformer and VAE from their configs with random weights, in a pipeline without text
+    encoders; with `text_encoders`, the family's real-size text encoders too (from their declared shapes;
+    the tokenizers of the family's toy model, whose ids all fall inside the real vocabularies).
+
+    Fast at any size: each model is built with its parameters on the meta device (its buffers real), then
+    every parameter is drawn on `device` from one seeded generator, in the model's order, and put on the
+    device, or with `on_host` in host memory one parameter at a time (a placement that streams weights: the
+    model never has to fit the device whole). Matrices are drawn from N(0, 1/fan_in) (the scale torch's
+    default initialisation keeps), 1-D weights are ones and biases zeros (norms and their shifts): the
+    same values wherever they are put, so every placement draws the same images."""
     import diffusers
 
     family = source.family_info
     transformer_cls = getattr(diffusers, family.transformer_class)
     pipeline_cls = getattr(diffusers, family.pipeline_class)
-    torch.manual_seed(0)
-    with torch.device(device), _default_dtype(dtype):
-        transformer = transformer_cls.from_config(dict(source.transformer_config))
-        vae = diffusers.AutoencoderKL.from_config(dict(source.vae_config))
+    target = torch.device("cpu") if on_host else device
+    generator = torch.Generator(device).manual_seed(0)
+    transformer = _materialized(lambda: transformer_cls.from_config(dict(source.transformer_config)), device,
+                                target, dtype, generator)
+    vae = _materialized(lambda: diffusers.AutoencoderKL.from_config(dict(source.vae_config)), device, target, dtype,
+                        generator)
     scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(dict(source.scheduler_config))
     components: dict[str, object] = {"transformer": transformer.eval(), "vae": vae.eval(), "scheduler": scheduler}
     components.update({slot: None for slot in family.text_slots})
     if text_encoders:
-        components.update(_random_text_encoders(family, device, dtype))
+        components.update(_random_text_encoders(family, device, target, dtype, generator))
     return pipeline_cls(**components)
+
+
+def _materialized(build: Callable[[], torch.nn.Module], device: torch.device, target: torch.device,
+                  dtype: torch.dtype, generator: torch.Generator) -> torch.nn.Module:
+    """`build()` with random parameters drawn on `device` and put on `target` (see build_random)."""
+    from accelerate import init_empty_weights
+    from accelerate.utils import set_module_tensor_to_device
+
+    with init_empty_weights(include_buffers=False), _default_dtype(dtype):
+        module = build()
+    for name, param in list(module.named_parameters()):
+        shape = tuple(param.shape)
+        if len(shape) >= 2:
+            fan_in = math.prod(shape[1:])
+            value = torch.randn(shape, generator=generator, device=device, dtype=torch.float32) / math.sqrt(fan_in)
+        elif name.endswith("weight"):
+            value = torch.ones(shape, device=device)
+        else:
+            value = torch.zeros(shape, device=device)
+        set_module_tensor_to_device(module, name, target, value=value.to(dtype))
+    module.to(target, dtype)
+    return module
 
 
 def encoder_config(shape: TextEncoderShape) -> Any:
@@ -370,7 +403,8 @@ def encoder_config(shape: TextEncoderShape) -> Any:
                   feed_forward_proj="gated-gelu" if shape.gated else "relu")
 
 
-def _random_text_encoders(family: Family, device: torch.device, dtype: torch.dtype) -> dict[str, object]:
+def _random_text_encoders(family: Family, device: torch.device, target: torch.device, dtype: torch.dtype,
+                          generator: torch.Generator) -> dict[str, object]:
     import transformers
 
     from dit_explore.engine.core.resolve import resolve
@@ -380,8 +414,8 @@ def _random_text_encoders(family: Family, device: torch.device, dtype: torch.dty
     toy = Path(toy_path(resolve(f"toy-{family.name}")))
     out: dict[str, object] = {}
     for spec, shape in zip(family.toy.text_encoders, family.memory.text_encoders, strict=True):
-        with torch.device(device), _default_dtype(dtype):
-            out[spec.slot] = getattr(transformers, shape.model_class)(encoder_config(shape)).eval()
+        out[spec.slot] = _materialized(functools.partial(getattr(transformers, shape.model_class), encoder_config(shape)),
+                                       device, target, dtype, generator).eval()
         out[spec.tokenizer_slot] = transformers.AutoTokenizer.from_pretrained(toy / spec.tokenizer_slot)
     return out
 
@@ -417,7 +451,7 @@ def load(
         raise ModelError(problem)
     if random_weights and source.kind not in BUILT_IN:
         on_status(f"building random {source.name} weights on {device}", None)
-        pipe = build_random(source, device, dtype, text_encoders=random_text_encoders)
+        pipe = build_random(source, device, dtype, text_encoders=random_text_encoders, on_host=streamed)
     else:
         if source.kind == "tiny":
             on_status(f"building {source.name} (first use only)" if not tiny_built(source) else

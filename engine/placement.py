@@ -22,18 +22,38 @@ On the CPU everything is in one memory; the same code runs there with copies sta
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from dit_explore.engine.core.placement import Placement
+from dit_explore.engine.core.placement import SLOTS, Placement
 from dit_explore.engine.executor import CachedSpan, ParallelGroup, StandIn
+
+ALIGN = 512  # bytes: where each tensor starts in a slot (any dtype's alignment, and what kernels assume)
+
+
+def _aligned(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+class Slot:
+    """A fixed buffer on the device that streamed blocks take turns in: allocated once, so streaming never
+    asks the allocator for anything (its peak is exact, and nothing waits on memory being given back).
+    `free_after`: recorded on the compute stream when the last occupant left; the next copy into the slot
+    waits for it on the copy stream, never on the host."""
+
+    def __init__(self, size: int, device: torch.device) -> None:
+        self.buffer = torch.empty(size, dtype=torch.uint8, device=device)
+        self.occupant: Unit | None = None
+        self.free_after: torch.cuda.Event | None = None
 
 
 class Unit:
-    """One module's parameters, in host memory and, while fetched, on the device."""
+    """One module's parameters, in host memory and, while fetched, on the device: in a slot (a streamed
+    block) or in tensors of its own (an encoder, a resident block)."""
 
     def __init__(self, module: nn.Module, device: torch.device, name: str) -> None:
         self.module = module
@@ -49,48 +69,73 @@ class Unit:
                 if buffer is not None:
                     sub._buffers[key] = buffer.to(device)
         self.bytes = sum(h.numel() * h.element_size() for h in self.host)
+        self.packed = sum(_aligned(h.numel() * h.element_size()) for h in self.host)  # its size in a slot
         self.on_device = False
+        self.slot: Slot | None = None
         self._ready: torch.cuda.Event | None = None
 
     @staticmethod
     def _host_copy(tensor: torch.Tensor, pin: bool) -> torch.Tensor:
-        host = tensor.detach().to("cpu")
+        host = tensor.detach().to("cpu").contiguous()
         if pin:
             return host.pin_memory()
         return host if host is not tensor else host.clone()  # on the CPU: a copy stands in for the device's
 
-    def fetch(self, stream: torch.cuda.Stream | None) -> None:
-        """Start copying to the device (on `stream`, asynchronously, on CUDA); `wait` before use."""
+    def fetch(self, stream: torch.cuda.Stream | None, slot: Slot | None = None) -> None:
+        """Start copying to the device, into `slot` if given (on `stream`, asynchronously, on CUDA);
+        `wait` before use."""
         if self.on_device:
             return
-        if stream is not None:
-            with torch.cuda.stream(stream):
-                copies = [h.to(self.device, non_blocking=True) for h in self.host]
+        if slot is not None:
+            slot.occupant, self.slot = self, slot
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            if slot is not None and slot.free_after is not None and stream is not None:
+                stream.wait_event(slot.free_after)  # the compute stream is done with the last occupant
+            copies = self._places(slot)
+            for c, h in zip(copies, self.host):
+                c.copy_(h, non_blocking=stream is not None)
+            if stream is not None:
                 self._ready = torch.cuda.Event()
                 self._ready.record(stream)
-        else:
-            copies = [h.to(self.device, copy=True) for h in self.host]
         for p, c in zip(self.params, copies):
             p.data = c
         self.on_device = True
 
+    def _places(self, slot: Slot | None) -> list[torch.Tensor]:
+        if slot is None:
+            return [torch.empty_like(h, device=self.device) for h in self.host]
+        places, at = [], 0
+        for h in self.host:
+            size = h.numel() * h.element_size()
+            places.append(slot.buffer.narrow(0, at, size).view(h.dtype).view(h.shape))
+            at += _aligned(size)
+        return places
+
     def wait(self) -> None:
-        """Make the current stream wait for the copies; they then belong to it (for the allocator)."""
+        """Make the compute stream wait for the copies; tensors of its own then belong to it (for the
+        allocator; a slot is never given back)."""
         if self._ready is None:
             return
         current = torch.cuda.current_stream(self.device)
         current.wait_event(self._ready)
-        for p in self.params:
-            p.data.record_stream(current)
+        if self.slot is None:
+            for p in self.params:
+                p.data.record_stream(current)
         self._ready = None
 
     def drop(self) -> None:
-        """Point the parameters back at the host copies; the device's are freed once no kernel uses them."""
+        """Point the parameters back at the host copies; the device's memory is free once the compute
+        stream is past this point (a slot's next copy waits for that)."""
         if not self.on_device:
             return
         self.wait()
         for p, h in zip(self.params, self.host):
             p.data = h
+        if self.slot is not None:
+            if self.device.type == "cuda":
+                self.slot.free_after = torch.cuda.Event()
+                self.slot.free_after.record(torch.cuda.current_stream(self.device))
+            self.slot.occupant, self.slot = None, None
         self.on_device = False
 
 
@@ -124,6 +169,9 @@ class Residency:
         self.blocks = {id(b): Unit(b, device, f"block {i}") for i, b in enumerate(blocks)}
         self.order = [id(b) for b in blocks]
         self.resident = set(self.order[:placement.resident_blocks])
+        streamed = [self.blocks[key].packed for key in self.order if key not in self.resident]
+        # The running block's and the prefetched one's (engine/core/placement.py counts them).
+        self.slots = [Slot(max(streamed), device) for _ in range(SLOTS)] if streamed else []
         self.encoders = [Unit(e, device, f"text encoder {i}") for i, e in enumerate(encoders)]
         self.schedule: list[int] = []
         self._cursor = 0  # where the schedule is expected to go on
@@ -195,10 +243,24 @@ class Residency:
         return None
 
     def _fetch(self, key: int) -> None:
-        self.blocks[key].fetch(self.stream)
+        self.blocks[key].fetch(self.stream, None if key in self.resident else self._free_slot())
         self.fetches += 1
         if self.log is not None:
             self.log.append(f"fetch {self._index[key]}")
+
+    def _free_slot(self) -> Slot:
+        """A slot for a streamed block: a free one, else the one a prefetched block holds (a call the
+        schedule did not foresee: the prefetch is given up, never the block running)."""
+        for slot in self.slots:
+            if slot.occupant is None:
+                return slot
+        running = None if self._at is None else self.schedule[self._at]
+        for slot in self.slots:
+            assert slot.occupant is not None
+            if id(slot.occupant.module) != running:
+                self._drop(id(slot.occupant.module))
+                return slot
+        raise RuntimeError("no slot free for a streamed block")
 
     def _drop(self, key: int) -> None:
         self.blocks[key].drop()

@@ -37,10 +37,9 @@ from dit_explore.engine.core.resolve import ModelSource
 SETTINGS = ("full", "offload", "sequential")  # from the most resident to the least
 CHOICES = ("auto", *SETTINGS)  # --memory
 PREFETCH = 1  # blocks copied ahead of the one running
-# Streamed blocks on the device at once, as the allocator sees them: the one running, the one prefetched,
-# and the one just dropped, whose memory comes back only once the compute stream is past it (the copies
-# are made on a side stream and `record_stream`ed). Measured on an H100 with two counted: 0.9% over.
-STREAMED_BUFFERS = PREFETCH + 2
+# Streamed blocks take turns in fixed buffers on the device (engine/placement.py), each the size of the
+# largest streamed block: the one running, and the one prefetched.
+SLOTS = PREFETCH + 1
 # Weights copied in unit by unit (encoders, blocks) take more than their bytes: the caching allocator rounds
 # each tensor up (large ones to 2 MiB). Measured on an H200: SD3's T5-XXL encoding beside its blocks took
 # 3.6% over the prediction without this (docs/bench-2026-11-27-placement/).
@@ -148,11 +147,11 @@ def _sequential(parts: _Parts, available: int | None) -> Placement:
     room = None if available is None else available - parts.overhead - weights
     resident, count = 0, 0
     for size in blocks:
-        buffer = STREAMED_BUFFERS * max(blocks[count + 1:], default=0)
+        buffer = SLOTS * max(parts.blocks[count + 1:], default=0)
         if room is not None and resident + size + buffer > room:
             break
         resident, count = resident + size, count + 1
-    buffer = STREAMED_BUFFERS * max(blocks[count:], default=0)
+    buffer = SLOTS * max(parts.blocks[count:], default=0)
     denoise = parts.overhead + weights + resident + buffer
     beside = max(denoise, parts.encoding + weights + resident + buffer + largest)
     evict = available is not None and beside > available

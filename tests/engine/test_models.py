@@ -142,6 +142,27 @@ def test_random_weights_build_the_architecture_and_generate_with_pseudo_embeddin
     assert image.size == (64, 64) and np.asarray(image).std() > 0
 
 
+def test_random_weights_are_drawn_alike_on_the_device_and_on_the_host(tmp_path: Path) -> None:
+    """build_random draws every parameter from one seeded generator (N(0, 1/fan_in) matrices, ones and zeros
+    for norms' weights and biases), wherever it puts them; nothing is left on the meta device."""
+    from dit_explore.engine.models import build_random
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_path(resolve("tiny-flux")), folder)
+    source = resolve(str(folder))
+    cpu = torch.device("cpu")
+    direct = build_random(source, cpu, torch.float32).transformer  # type: ignore[attr-defined]
+    hosted = build_random(source, cpu, torch.float32, on_host=True).transformer  # type: ignore[attr-defined]
+    for (name, a), (_, b) in zip(direct.named_parameters(), hosted.named_parameters(), strict=True):
+        assert a.device.type == "cpu" and torch.equal(a, b), name
+        if a.dim() >= 2 and a.numel() >= 4096:
+            fan_in = a[0].numel()
+            assert 0.9 < float(a.detach().std()) * fan_in ** 0.5 < 1.1, name
+        elif a.dim() == 1:
+            assert torch.equal(a, torch.ones_like(a) if name.endswith("weight") else torch.zeros_like(a)), name
+    assert all(not b.is_meta for b in direct.buffers())
+
+
 def test_prompt_embeddings_are_cached(load_tiny: Callable[[str], Loaded]) -> None:
     gen = Generator(load_tiny("tiny-sd3"))
     settings = Settings(seed=0, steps=1, width=64, height=64, guidance=7.0, max_sequence_length=32)

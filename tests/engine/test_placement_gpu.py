@@ -50,9 +50,16 @@ def test_streamed_placements_draw_the_full_placements_images(compile: bool) -> N
         for name, plan in (("identity", Plan()), ("reordered", REORDERED)):
             got = np.asarray(generator.generate("a red circle", settings, plan).image)
             assert np.array_equal(got, want[name]), (setting, resident, name, compile)
-        # The streamed blocks' weights are pinned on the host between uses; the encoders left the device.
-        units = [u for key, u in loaded.residency.blocks.items() if key not in loaded.residency.resident]
+        # The streamed blocks' weights are pinned on the host between uses, and on the device only ever in
+        # the two slots; the encoders left the device.
+        residency = loaded.residency
+        units = [u for key, u in residency.blocks.items() if key not in residency.resident]
         assert all(h.is_pinned() for u in units for h in u.host)
+        slots = {s.buffer.untyped_storage().data_ptr() for s in residency.slots}
+        assert len(slots) == (2 if units else 0)
+        for u in units:
+            if u.on_device:
+                assert {p.data.untyped_storage().data_ptr() for p in u.params} <= slots
         assert not any(u.on_device for u in loaded.residency.encoders)
         del generator, loaded
         torch.cuda.empty_cache()
