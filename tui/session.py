@@ -308,7 +308,7 @@ class Session:
                 self.ready = event
                 kind = " · random weights" if event.random_weights else ""
                 kind += f" · {QUANTIZED.get(event.quantization, event.quantization)}" if event.quantization else ""
-                kind += f" · memory {event.placement.split(';')[0]}" if event.placement else ""
+                kind += f" · memory {event.placement.split()[0]}" if event.placement else ""  # the setting's name
                 self._post(StateShown(f"ready on {event.device} ({event.dtype}{kind}), loaded in "
                                       f"{event.load_seconds:.1f} s", "green"))
                 self._post(ProgressShown(0, 0))

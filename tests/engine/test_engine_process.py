@@ -410,6 +410,28 @@ def test_unknown_model_fails_start_with_one_line(tmp_path: Path) -> None:
     assert "unknown model 'no-such-model'" in message and "\n" not in message
 
 
+def test_a_placement_that_cannot_apply_is_one_fatal_line_before_loading(tmp_path: Path) -> None:
+    """--memory reaches the engine (hello echoes it); on the CPU only `full` applies: one fatal error line,
+    before any weights load (no `loading` of a component follows)."""
+    async def scenario() -> tuple[protocol.Hello, list[Any]]:
+        client = EngineClient("toy-flux", device="cpu", memory="sequential", log_path=tmp_path / "e.log")
+        hello = await client.start()
+        seen: list[Any] = []
+        async for event in client.events():
+            seen.append(event)
+            if isinstance(event, protocol.Error) and event.fatal:
+                break
+        await client.shutdown()
+        return hello, seen
+
+    hello, seen = asyncio.run(scenario())
+    assert hello.memory == "sequential"
+    errors = [e for e in seen if isinstance(e, protocol.Error)]
+    assert len(errors) == 1 and "\n" not in errors[0].message
+    assert errors[0].message.startswith("--memory sequential moves weights between host memory and a GPU")
+    assert not any(isinstance(e, protocol.Loading) and e.stage.startswith("loading ") for e in seen)
+
+
 def test_preview_shows_the_latent_image(engine: EngineClient, run: Any) -> None:
     """The preview is the linear latent->RGB map of the step's latents, not a decoded image."""
     drain(engine)

@@ -917,6 +917,9 @@ def test_a_quantized_engine_says_so_when_ready(tmp_path: Path) -> None:
              "ready on cpu (float32 · int8 weights), loaded in 1.5 s"),
             (protocol.Ready(device="cuda", dtype="bfloat16", load_seconds=9.0, random_weights=True, quantization="fp8"),
              "ready on cuda (bfloat16 · random weights · FP8 weights and activations), loaded in 9.0 s"),
+            (protocol.Ready(device="cuda:0", dtype="bfloat16", load_seconds=30.0, random_weights=False,
+                            placement="sequential (26 of 57 blocks resident, text encoders offloaded, peak about 22 GB)"),
+             "ready on cuda:0 (bfloat16 · memory sequential), loaded in 30.0 s"),
         ):
             mark = len(h.messages)
             fake.deliver(ready)
