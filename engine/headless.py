@@ -402,7 +402,9 @@ def models_memory(device_name: str) -> int:
         except PlacementError:
             return "none fits"
 
-    rows = [("alias", "size", dtype, "8-bit blocks", "--memory auto")]
+    # Where the weights would live: a GPU's question (on the CPU there is one memory, and only full).
+    gpu = device.type == "cuda"
+    rows = [("alias", "size", dtype, "8-bit blocks", *(["--memory auto"] if gpu else []))]
     for spec in MODELS.values():
         source = resolve(spec.alias)
         settings = resolve_settings(source.defaults)
@@ -410,15 +412,16 @@ def models_memory(device_name: str) -> int:
                           device_kind=device.type, max_sequence_length=settings.max_sequence_length,
                           quantization=kind).total for kind in (None, "int8")]
         rows.append((spec.alias, f"{settings.width}x{settings.height}", cell(needs[0]), cell(needs[1]),
-                     placed(source, settings)))
+                     *([placed(source, settings)] if gpu else [])))
     free = "unknown" if available is None else format_bytes(available)
     print(f"Predicted peak on {where} ({free} free now), nothing loaded:")
     print("one image at each model's default size, weights and text encoders included.")
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        print("  ".join(r[i].ljust(widths[i]) for i in range(5)).rstrip())
+        print("  ".join(cell.ljust(width) for cell, width in zip(r, widths)).rstrip())
     print("8-bit blocks: --quantize int8, fp8-weights, or fp8 where the GPU has FP8 matmuls (the [quantize] extra).")
-    print("--memory auto: where the weights would live (offload and sequential keep weights in host memory).")
+    if gpu:
+        print("--memory auto: where the weights would live (offload and sequential keep some in host memory).")
     return 0
 
 

@@ -239,3 +239,75 @@ def test_run_json_and_png_record_the_placement(tmp_path: Path) -> None:
     (tmp_path / "p.png").write_bytes(png_bytes(Image.new("RGB", (8, 8)), Plan(), None, "sequential (3 of 18 blocks)"))
     with Image.open(tmp_path / "p.png") as image:
         assert image.text[PNG_PLACEMENT_KEY] == "sequential (3 of 18 blocks)"
+
+
+BRANCHED = """version = 2
+name = "steps and branches"
+
+[order]
+double = "0-5, 7, 6, 8-11"
+
+[[steps]]
+steps = "0"
+[steps.order]
+
+[uncond]
+steps = "0-4"
+[uncond.order]
+double = "0-3, 8-11"
+
+[extra]
+scale = 2.0
+steps = "1-3"
+[extra.order]
+double = "0-1, 6-11"
+"""
+
+
+def test_step_tables_and_guidance_branches_stream_too() -> None:
+    """toy-sd3 (classifier-free guidance): a plan whose orders change by step, whose unconditional pass runs
+    its own order and which adds an extra pass, under `sequential` with 4 of 12 blocks resident, draws the
+    full placement's image bit for bit: every set of lists the executor installs gets its own schedule."""
+    import torch
+
+    from dit_explore.engine.core import plan as plans
+    from dit_explore.engine.core.sampling import resolve_settings
+    from dit_explore.engine.generate import Generator
+    from dit_explore.engine.models import load
+
+    source = resolve("toy-sd3")
+    plan = plans.loads(BRANCHED, "branched.plan.toml")
+    settings = dataclasses.replace(resolve_settings(source.defaults), steps=5, guidance=4.0)
+    place = dataclasses.replace(candidates(source, 64, 64, None, device_kind="cpu", dtype="float32")["sequential"],
+                                resident_blocks=4, evict_for_encoding=True)
+    full = Generator(load(source, torch.device("cpu"), torch.float32))
+    streamed = Generator(load(source, torch.device("cpu"), torch.float32, placement=place))
+    want = np.asarray(full.generate("a red circle", settings, plan).image)
+    assert np.array_equal(np.asarray(streamed.generate("a red circle", settings, plan).image), want)
+    assert streamed.loaded.residency.fetches > 0
+
+
+def test_models_memory_on_a_gpu_says_where_auto_puts_each_alias(monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """On a GPU, `dit-explore models --memory` adds the placement `--memory auto` would pick (a 24 GB card's
+    22.5 GB here, stood in for on the CPU machine), the plan's own description."""
+    import torch
+
+    from dit_explore.engine import headless, models
+    from dit_explore.engine.core.sampling import resolve_settings
+    from dit_explore.tui.cli import main
+
+    free = int(22.5 * GB)
+    monkeypatch.setattr(headless, "_device_and_dtype", lambda _name, _dtype: (torch.device("cuda"), "bfloat16"))
+    monkeypatch.setattr(models, "free_memory", lambda _device: (free, "cuda:0 (a 24 GB card)"))
+    assert main(["models", "--memory", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].endswith("--memory auto")
+    for alias in ("flux-schnell", "sd3-medium", "toy-flux"):
+        source = resolve(alias)
+        settings = resolve_settings(source.defaults)
+        want = plan_placement(source, settings.width, settings.height, free, guidance=settings.guidance,
+                              dtype="bfloat16", max_sequence_length=settings.max_sequence_length).describe()
+        assert next(line for line in lines if line.startswith(alias + " ")).endswith(want), alias
+    flux = next(line for line in lines if line.startswith("flux-schnell "))
+    assert "sequential (" in flux and lines[-1].startswith("--memory auto:")
