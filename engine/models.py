@@ -445,8 +445,9 @@ def load(
     problem = quantization_problem(quantize, device) if quantize is not None else None
     streamed = placement is not None and placement.setting != "full"
     if problem is None and streamed and quantize is not None:
-        problem = (f"--quantize {quantize} with --memory {placement.setting} is not supported: quantized blocks "  # type: ignore[union-attr]
-                   "stay on the device (use --memory full, which 8-bit blocks make smaller)")
+        problem = (f"--quantize {quantize} with --memory {placement.setting} is not supported: torchao's "  # type: ignore[union-attr]
+                   "quantized tensors cannot be copied in and out the way a placement streams weights (they lack "
+                   "empty_like and views); 8-bit blocks take half the memory with --memory full")
     if problem is not None:
         raise ModelError(problem)
     if random_weights and source.kind not in BUILT_IN:

@@ -311,3 +311,17 @@ def test_models_memory_on_a_gpu_says_where_auto_puts_each_alias(monkeypatch: pyt
         assert next(line for line in lines if line.startswith(alias + " ")).endswith(want), alias
     flux = next(line for line in lines if line.startswith("flux-schnell "))
     assert "sequential (" in flux and lines[-1].startswith("--memory auto:")
+
+
+def test_quantized_blocks_with_a_streaming_placement_are_refused_with_the_reason() -> None:
+    import torch
+
+    from dit_explore.engine.core.resolve import ModelError
+    from dit_explore.engine.models import load
+
+    source = resolve("toy-flux")
+    place = candidates(source, 64, 64, None, device_kind="cpu", dtype="float32")["sequential"]
+    with pytest.raises(ModelError) as refused:
+        load(source, torch.device("cpu"), torch.float32, quantize="int8", placement=place)
+    assert str(refused.value).startswith("--quantize int8 with --memory sequential is not supported: torchao's")
+    assert "\n" not in str(refused.value)
