@@ -11,7 +11,8 @@ a streamed block computes exactly what a resident one does.
 - each block is a unit, run through a `Streamed` stand-in the executor puts wherever the plan calls the
   block (plain, parallel-group member, cached span), so nothing hooks the (compiled) blocks. The stand-in
   waits for its block's copy, starts the copy of the next block the plan will call that is not on the
-  device yet, on a side stream, runs the block, and drops it unless it is resident. The plan's call order
+  device yet, on a side stream, runs the block, and drops it unless it is resident. Streamed blocks take
+  turns in two fixed `Slot`s on the device (resident ones keep tensors of their own). The plan's call order
   is read off the block lists the executor installs (`schedule`), so a plan that reorders, repeats or
   groups blocks is prefetched in its own order; a call the schedule did not foresee (a cached span that
   reuses its residual) only costs a prefetch, never a wrong number.
@@ -182,7 +183,8 @@ class Residency:
         self._hooks: list[Any] = []
         for unit in self.encoders:
             self._hooks.append(unit.module.register_forward_pre_hook(self._encoder_in(unit), with_kwargs=True))
-            self._hooks.append(unit.module.register_forward_hook(self._encoder_out(unit)))
+            # always_call: an encoder interrupted by a cancel (or any error) still leaves the device.
+            self._hooks.append(unit.module.register_forward_hook(self._encoder_out(unit), always_call=True))
         for key in self.order:
             if key in self.resident:
                 self._fetch(key)

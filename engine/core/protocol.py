@@ -222,8 +222,8 @@ class Ready:
                                 None)
     quantization: str | None = doc("the blocks' quantization (`int8`, `fp8`, `fp8-weights`), or null: the model's "
                                    "dtype; its baseline is the quantized full model", None)
-    placement: str | None = doc("where the weights live, in words (`sequential (31 of 57 blocks resident, text "
-                                "encoders offloaded); peak about 21 GB`), or null: all on the device", None)
+    placement: str | None = doc("where the weights live, in words (`sequential (27 of 57 blocks resident, text "
+                                "encoders offloaded, peak about 22 GB)`), or null: all on the device", None)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -210,6 +210,25 @@ def test_encoders_visit_the_device_once_per_new_prompt(toy: Callable[..., Any]) 
             hook.remove()
 
 
+def test_a_cancel_inside_an_encoder_still_sends_it_off_the_device(toy: Callable[..., Any]) -> None:
+    from dit_explore.engine.core.sampling import resolve_settings
+    from dit_explore.engine.executor import Cancelled
+    from dit_explore.engine.generate import Generator
+
+    residency = toy("offload", 18).residency
+    calls = [0]
+
+    def check() -> None:  # runs before each layer of the text encoders: cancel inside the first one
+        calls[0] += 1
+        if calls[0] == 3:
+            raise Cancelled()
+
+    settings = resolve_settings(resolve("toy-flux").defaults)
+    with pytest.raises(Cancelled):
+        Generator(toy("offload", 18)).embeddings("a cancelled prompt", settings, check)
+    assert calls[0] == 3 and not any(u.on_device for u in residency.encoders)
+
+
 def test_the_similarity_analysis_runs_on_streamed_blocks(toy: Callable[..., Any]) -> None:
     import torch
 
