@@ -79,8 +79,8 @@ def evaluate(req: headless.EvalRequest) -> int:
                                   f"2**63-1-{indices[-1]}")
     if req.json_path is not None and (req.json_path.is_dir() or req.json_path.parent.is_file()):
         raise headless.UsageError(f"--json {shown(req.json_path)}: not a file path (a folder, or under a file)")
-    headless.check_memory(source, settings, req.options)
-    report = _run(req, source, plan, settings, indices)
+    placement = headless.check_memory(source, settings, req.options)
+    report = _run(req, source, plan, settings, indices, placement)
     print(_summary(report))
     if req.json_path is not None:
         from dit_explore.engine.core.runs import write_atomic
@@ -96,11 +96,11 @@ def evaluate(req: headless.EvalRequest) -> int:
 
 
 def _run(req: headless.EvalRequest, source: ModelSource, plan: plans.Plan, settings: Settings,
-         indices: list[int]) -> dict[str, Any]:
+         indices: list[int], placement: Any = None) -> dict[str, Any]:
     """Generate and read back every selected caption; the report (what --json writes)."""
     from dit_explore.engine.generate import Generator, NonFiniteError, run_record
 
-    loaded = headless._load(source, req.options)
+    loaded = headless._load(source, req.options, placement)
     headless._say(f"{source.name} ready in {loaded.load_seconds:.1f} s ({loaded.device}, {loaded.precision}); "
                   f"{source.layout.describe()}")
     generator = Generator(loaded, on_warning=lambda message: headless._say(f"warning: {message}"))

@@ -124,25 +124,22 @@ def check_memory(source: ModelSource, settings: Settings, options: ModelOptions,
     weights go (`--memory`, `auto`: the most resident placement that fits), or one line refusing it: on a
     GPU, naming the setting that would fit; on the CPU, what it needs and the largest size that fits
     (engine/core/memory.py). `cached_spans`: the plan's, whose residuals are kept through the run."""
-    from dit_explore.engine.core.memory import DEVICE_KINDS, check_request
-    from dit_explore.engine.core.placement import PlacementError, plan_placement
-    from dit_explore.engine.models import free_memory
+    from dit_explore.engine.core.memory import check_request
+    from dit_explore.engine.models import free_memory, plan_memory
 
     device, dtype = _device_and_dtype(options.device, options.dtype)
-    if device.type not in DEVICE_KINDS:
-        return None
-    available, where = free_memory(device)
-    request: dict[str, Any] = dict(guidance=settings.guidance, dtype=dtype, max_sequence_length=settings.max_sequence_length,
-                   random_weights=options.random_weights, analysis=analysis, cached_spans=cached_spans,
-                   quantization=options.quantize)
     try:
-        placement = plan_placement(source, settings.width, settings.height, available, options.memory,
-                                   device_kind=device.type, where=where, **request)
-    except PlacementError as exc:
+        placement = plan_memory(source, settings, device, dtype, options.memory, random_weights=options.random_weights,
+                                quantization=options.quantize, analysis=analysis, cached_spans=cached_spans)
+    except ModelError as exc:
         raise UsageError(str(exc)) from None
-    if device.type == "cpu":
+    if device.type == "cpu":  # one memory: the request's own size check, naming the largest size that fits
+        available, where = free_memory(device)
         problem = check_request(source, settings.width, settings.height, available, where=where,
-                                device_kind=device.type, **request)
+                                guidance=settings.guidance, dtype=dtype, device_kind=device.type,
+                                max_sequence_length=settings.max_sequence_length,
+                                random_weights=options.random_weights, analysis=analysis, cached_spans=cached_spans,
+                                quantization=options.quantize)
         if problem is not None:
             raise UsageError(problem)
     return placement

@@ -31,6 +31,7 @@ from dit_explore.engine.core.families import Family, TextEncoderShape
 from dit_explore.engine.core.layout import Layout
 from dit_explore.engine.core.placement import Placement
 from dit_explore.engine.core.resolve import ModelError, ModelSource, cache_dir
+from dit_explore.engine.core.sampling import Settings
 from dit_explore.engine.executor import prepare_averaging, set_placer
 from dit_explore.engine.placement import Residency
 
@@ -232,6 +233,27 @@ def free_memory(device: torch.device) -> tuple[int | None, str]:
     from dit_explore.engine.core.memory import available_memory
 
     return available_memory(), "this machine"
+
+
+def plan_memory(source: ModelSource, settings: Settings, device: torch.device, dtype: str, requested: str, *,
+                random_weights: bool = False, quantization: str | None = None, analysis: bool = False,
+                cached_spans: int = 0) -> Placement | None:
+    """The memory plan of a request on `device` (engine/core/placement.py) against what it has free now:
+    where the weights go (`requested`: --memory), or a ModelError of one line naming what would fit.
+    None on a device kind the memory model does not know."""
+    from dit_explore.engine.core.memory import DEVICE_KINDS
+    from dit_explore.engine.core.placement import PlacementError, plan_placement
+
+    if device.type not in DEVICE_KINDS:
+        return None
+    available, where = free_memory(device)
+    try:
+        return plan_placement(source, settings.width, settings.height, available, requested, device_kind=device.type,
+                              where=where, guidance=settings.guidance, dtype=dtype,
+                              max_sequence_length=settings.max_sequence_length, random_weights=random_weights,
+                              analysis=analysis, cached_spans=cached_spans, quantization=quantization)
+    except PlacementError as exc:
+        raise ModelError(str(exc)) from None
 
 
 def parameter_bytes(pipe: object) -> int:

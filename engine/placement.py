@@ -56,10 +56,9 @@ class Unit:
     """One module's parameters, in host memory and, while fetched, on the device: in a slot (a streamed
     block) or in tensors of its own (an encoder, a resident block)."""
 
-    def __init__(self, module: nn.Module, device: torch.device, name: str) -> None:
+    def __init__(self, module: nn.Module, device: torch.device) -> None:
         self.module = module
         self.device = device
-        self.name = name
         self.params = [p for p in module.parameters()]
         pin = device.type == "cuda"
         self.host = [self._host_copy(p.data, pin) for p in self.params]
@@ -69,7 +68,6 @@ class Unit:
             for key, buffer in list(sub._buffers.items()):
                 if buffer is not None:
                     sub._buffers[key] = buffer.to(device)
-        self.bytes = sum(h.numel() * h.element_size() for h in self.host)
         self.packed = sum(_aligned(h.numel() * h.element_size()) for h in self.host)  # its size in a slot
         self.on_device = False
         self.slot: Slot | None = None
@@ -167,13 +165,13 @@ class Residency:
         self.placement = placement
         self.device = device
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        self.blocks = {id(b): Unit(b, device, f"block {i}") for i, b in enumerate(blocks)}
+        self.blocks = {id(b): Unit(b, device) for b in blocks}
         self.order = [id(b) for b in blocks]
         self.resident = set(self.order[:placement.resident_blocks])
         streamed = [self.blocks[key].packed for key in self.order if key not in self.resident]
         # The running block's and the prefetched one's (engine/core/placement.py counts them).
         self.slots = [Slot(max(streamed), device) for _ in range(SLOTS)] if streamed else []
-        self.encoders = [Unit(e, device, f"text encoder {i}") for i, e in enumerate(encoders)]
+        self.encoders = [Unit(e, device) for e in encoders]
         self.schedule: list[int] = []
         self._cursor = 0  # where the schedule is expected to go on
         self._at: int | None = None  # the schedule position of the block running

@@ -443,15 +443,19 @@ class Engine:
             self.send(protocol.Loading(stage=stage, fraction=fraction, elapsed=time.perf_counter() - started))
 
         progress("starting torch")
+        from dit_explore.engine.core.sampling import resolve_settings
         from dit_explore.engine.generate import Generator, dtype_name
-        from dit_explore.engine.models import load, pick_device, pick_dtype
+        from dit_explore.engine.models import load, pick_device, pick_dtype, plan_memory
 
         try:
             device = pick_device(self.args.device)
             dtype = pick_dtype(self.args.dtype, device)
             if device.type == "cpu":
                 _leave_a_core_to_the_client()
-            placement = self._placement(device, dtype_name(dtype))
+            # Planned for an image at the model's default size, before any weight loads.
+            placement = plan_memory(self.source, resolve_settings(self.source.defaults), device, dtype_name(dtype),
+                                    self.args.memory, random_weights=self.args.random_weights,
+                                    quantization=self.args.quantize)
             loaded = load(self.source, device, dtype, random_weights=self.args.random_weights,
                           compile=self.args.compile, quantize=self.args.quantize, placement=placement,
                           on_status=progress)
@@ -471,27 +475,6 @@ class Engine:
                                  quantization=loaded.quantization,
                                  placement=loaded.offloaded))
         return True
-
-    def _placement(self, device: Any, dtype: str) -> Any:
-        """The memory plan for an image at the model's default size (engine/core/placement.py); a
-        ModelError of one line when nothing fits (or `--memory` asks for what does not)."""
-        from dit_explore.engine.core.memory import DEVICE_KINDS
-        from dit_explore.engine.core.placement import PlacementError, plan_placement
-        from dit_explore.engine.core.sampling import resolve_settings
-        from dit_explore.engine.models import free_memory
-
-        assert self.source is not None
-        if device.type not in DEVICE_KINDS:
-            return None
-        settings = resolve_settings(self.source.defaults)
-        available, where = free_memory(device)
-        try:
-            return plan_placement(self.source, settings.width, settings.height, available, self.args.memory,
-                                  device_kind=device.type, where=where, guidance=settings.guidance, dtype=dtype,
-                                  max_sequence_length=settings.max_sequence_length,
-                                  random_weights=self.args.random_weights, quantization=self.args.quantize)
-        except PlacementError as exc:
-            raise ModelError(str(exc)) from None
 
     # ----------------------------------------------------------------------------------- running
 

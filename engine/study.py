@@ -120,23 +120,23 @@ def study(req: headless.StudyRequest) -> int:
         check_destination(req.out, req.overwrite, RESULTS_JSON, "study")
     except (plans.PlanError, ModelError, ValueError) as exc:
         raise headless.UsageError(str(exc)) from None
-    headless.check_memory(source, settings, req.options)
+    placement = headless.check_memory(source, settings, req.options)
     try:
         staged = StagedDirectory(req.out, req.overwrite, marker=RESULTS_JSON, what="study")
     except OutputError as exc:
         raise headless.UsageError(str(exc)) from None
     try:
-        return _run(req, source, studied, prompts, seeds, settings, staged)
+        return _run(req, source, studied, prompts, seeds, settings, staged, placement)
     finally:
         staged.abort()  # nothing once committed
 
 
 def _run(req: headless.StudyRequest, source: ModelSource, studied: list[StudyPlan], prompts: list[str], seeds: list[int],
-         settings: Settings, staged: Any) -> int:
+         settings: Settings, staged: Any, placement: Any = None) -> int:
     from dit_explore.engine.core.runs import OutputError
     from dit_explore.engine.generate import Generator, run_record
 
-    loaded = headless._load(source, req.options)
+    loaded = headless._load(source, req.options, placement)
     headless._say(f"{source.name} ready in {loaded.load_seconds:.1f} s ({loaded.device}, {loaded.precision}); "
                   f"{source.layout.describe()}")
     generator = Generator(loaded, on_warning=lambda message: headless._say(f"warning: {message}"))

@@ -56,14 +56,12 @@ class Placement:
     whether the text encoders leave it after encoding, and the predicted peak on the device."""
 
     setting: str
-    blocks_total: int  # bytes of all the blocks
     resident_bytes: int  # bytes of blocks that stay on the device (all for full and offload)
     resident_blocks: int  # how many blocks that is (the first ones in model order)
     block_count: int
     encoders_offloaded: bool
     evict_for_encoding: bool  # the resident blocks leave the device while an encoder runs
     peak: int  # predicted peak on the device, bytes
-    available: int | None  # what the device had free when planned, bytes
 
     @property
     def streams(self) -> bool:
@@ -102,7 +100,7 @@ class _Parts:
     encoders: list[int]  # each text encoder
 
 
-def _parts(est: MemoryEstimate, source: ModelSource, random_weights: bool, quantization: str | None) -> _Parts:
+def _parts(est: MemoryEstimate, source: ModelSource, quantization: str | None) -> _Parts:
     size = DTYPE_BYTES[est.dtype]
     family = source.family_info
     counts = family.block_parameters(source.transformer_config)
@@ -111,8 +109,9 @@ def _parts(est: MemoryEstimate, source: ModelSource, random_weights: bool, quant
     else:
         outside = counts[0] * size
         blocks = [n * (1 if quantization else size) for stack in source.layout.stacks for n in counts[1][stack.name]]
-    encoders = [] if random_weights and source.kind not in ("tiny", "toy") and not est.parts["text encoder weights"] \
-        else [text_encoder_parameters(e) * size for e in text_encoders(source)]
+    # None where the estimate counts none (--random-weights builds a real-size alias without them).
+    encoders = [text_encoder_parameters(e) * size for e in text_encoders(source)] \
+        if est.parts["text encoder weights"] else []
     encoding = est.context + est.runtime + est.allocator + est.phases.get("text encoding", 0)
     return _Parts(overhead=est.context + est.working, encoding=encoding, vae=est.parts["VAE weights"], outside=outside,
                   blocks=blocks, encoders=encoders)
@@ -121,43 +120,39 @@ def _parts(est: MemoryEstimate, source: ModelSource, random_weights: bool, quant
 def _full(parts: _Parts, available: int | None) -> Placement:
     total = sum(parts.blocks)
     peak = parts.overhead + parts.vae + parts.outside + total + sum(parts.encoders)
-    return Placement("full", total, total, len(parts.blocks), len(parts.blocks), False, False, peak, available)
+    return Placement("full", total, len(parts.blocks), len(parts.blocks), False, False, peak)
+
+
+def _with_encoders(parts: _Parts, on_device: int, available: int | None) -> tuple[bool, int]:
+    """(whether the blocks step aside while an encoder runs, the peak) with `on_device` bytes of blocks on
+    the device and the encoders visiting one at a time: beside the blocks if there is room, else with the
+    blocks out of the way. Encoding and denoising peak apart: an encoder leaves (and the allocator gives its
+    memory back) before the denoising's working memory is taken."""
+    largest = _moved(max(parts.encoders, default=0))
+    weights = parts.vae + parts.outside
+    denoise = parts.overhead + weights + on_device
+    beside = max(denoise, parts.encoding + weights + on_device + largest)
+    evict = available is not None and beside > available
+    return evict, max(denoise, parts.encoding + weights + largest) if evict else beside
 
 
 def _offload(parts: _Parts, available: int | None) -> Placement:
-    """The blocks stay; the encoders come one at a time, each beside the blocks if there is room, else
-    with the blocks out of the way. Encoding and denoising peak apart: an encoder leaves (and the allocator
-    gives its memory back) before the denoising's working memory is taken."""
-    total = _moved(sum(parts.blocks))
-    largest = _moved(max(parts.encoders, default=0))
-    weights = parts.vae + parts.outside
-    denoise = parts.overhead + weights + total
-    beside = max(denoise, parts.encoding + weights + total + largest)
-    evict = available is not None and beside > available
-    peak = max(denoise, parts.encoding + weights + largest) if evict else beside
-    return Placement("offload", sum(parts.blocks), sum(parts.blocks), len(parts.blocks), len(parts.blocks), True,
-                     evict, peak, available)
+    """Every block stays; the encoders visit."""
+    evict, peak = _with_encoders(parts, _moved(sum(parts.blocks)), available)
+    return Placement("offload", sum(parts.blocks), len(parts.blocks), len(parts.blocks), True, evict, peak)
 
 
 def _sequential(parts: _Parts, available: int | None) -> Placement:
-    """As many blocks resident as fit beside two streamed ones; all of them when nothing is known."""
-    blocks = [_moved(b) for b in parts.blocks]
-    largest = _moved(max(parts.encoders, default=0))
-    weights = parts.vae + parts.outside
-    room = None if available is None else available - parts.overhead - weights
+    """As many blocks resident as fit beside the two slots streamed ones take turns in; all of them when
+    nothing is known. The encoders visit."""
+    room = None if available is None else available - parts.overhead - parts.vae - parts.outside
     resident, count = 0, 0
-    for size in blocks:
-        buffer = SLOTS * max(parts.blocks[count + 1:], default=0)
-        if room is not None and resident + size + buffer > room:
+    for size in (_moved(b) for b in parts.blocks):
+        if room is not None and resident + size + SLOTS * max(parts.blocks[count + 1:], default=0) > room:
             break
         resident, count = resident + size, count + 1
-    buffer = SLOTS * max(parts.blocks[count:], default=0)
-    denoise = parts.overhead + weights + resident + buffer
-    beside = max(denoise, parts.encoding + weights + resident + buffer + largest)
-    evict = available is not None and beside > available
-    peak = max(denoise, parts.encoding + weights + largest) if evict else beside
-    return Placement("sequential", sum(parts.blocks), sum(parts.blocks[:count]), count, len(parts.blocks), True, evict,
-                     peak, available)
+    evict, peak = _with_encoders(parts, resident + SLOTS * max(parts.blocks[count:], default=0), available)
+    return Placement("sequential", sum(parts.blocks[:count]), count, len(parts.blocks), True, evict, peak)
 
 
 def _moved(size: int) -> int:
@@ -171,13 +166,13 @@ _BUILDERS = {"full": _full, "offload": _offload, "sequential": _sequential}
 def candidates(source: ModelSource, width: int, height: int, available: int | None, *, guidance: float | None = None,
                dtype: str | None = None, device_kind: str = "cuda", max_sequence_length: int | None = None,
                random_weights: bool = False, analysis: bool = False, cached_spans: int = 0,
-               quantization: str | None = None, random_text_encoders: bool = False) -> dict[str, Placement]:
+               quantization: str | None = None) -> dict[str, Placement]:
     """Every setting's placement of one `width` x `height` request on a device with `available` bytes
-    free (None: unknown). `random_text_encoders`: --random-weights builds the real-size encoders too."""
+    free (None: unknown)."""
     est = estimate(source, width, height, None, guidance, dtype, device_kind, max_sequence_length=max_sequence_length,
-                   random_weights=random_weights and not random_text_encoders, analysis=analysis,
-                   cached_spans=cached_spans, quantization=quantization)
-    parts = _parts(est, source, random_weights and not random_text_encoders, quantization)
+                   random_weights=random_weights, analysis=analysis, cached_spans=cached_spans,
+                   quantization=quantization)
+    parts = _parts(est, source, quantization)
     return {name: build(parts, available) for name, build in _BUILDERS.items()}
 
 
@@ -192,7 +187,6 @@ def plan_placement(source: ModelSource, width: int, height: int, available: int 
             raise PlacementError(f"--memory {requested} moves weights between host memory and a GPU; on the "
                                  f"{device_kind} everything is in one memory already (use --memory full or auto)")
         return candidates(source, width, height, None, device_kind=device_kind, **options)["full"]
-    options.pop("device_kind", None)
     placements = candidates(source, width, height, available, device_kind=device_kind, **options)
     fitting = [name for name in SETTINGS if available is None or placements[name].peak <= available]
     if requested != "auto" and requested in fitting:
@@ -203,10 +197,10 @@ def plan_placement(source: ModelSource, width: int, height: int, available: int 
     has = f"{where} has {format_bytes(available or 0)} free"
     if fitting:  # the one asked for does not fit, another does
         alternative = placements[fitting[0]]
-        raise PlacementError(f"--memory {requested} needs about {format_bytes(placements[requested].peak)} for {size} but "
-                       f"{has}; --memory {fitting[0]} fits ({alternative.details()})")
+        raise PlacementError(f"--memory {requested} needs about {format_bytes(placements[requested].peak)} for {size} "
+                             f"but {has}; --memory {fitting[0]} fits ({alternative.details()})")
     least = placements["sequential"]
     hint = "" if options.get("quantization") else "; --quantize int8 stores the blocks in half the bytes"
     raise PlacementError(f"{size} needs about {format_bytes(least.peak)} even streaming every block (--memory "
-                   f"sequential) but {has}{hint}; a smaller size needs less")
+                         f"sequential) but {has}{hint}; a smaller size needs less")
 
