@@ -26,7 +26,6 @@ Torch-free: the TUI reads sweep folders with it.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 
 from dit_explore.engine.core.layout import Layout
 from dit_explore.engine.core.text import shown
+from dit_explore.engine.core.userfiles import finite_number
 
 RESULTS_JSON = "results.json"  # engine/study.py's and engine/sweep.py's names (engine side: not importable here)
 SWEEP_JSON = "sweep.json"
@@ -207,7 +207,7 @@ def _number(value: Any, metric: Metric) -> float | None:
     """A row's value of the metric (all-correct is true or false: 1 or 0), or None."""
     if isinstance(value, bool):
         return float(value) if metric.name == "all_correct" else None
-    if isinstance(value, (int, float)) and math.isfinite(value):
+    if finite_number(value):
         return float(value)
     return None
 

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple, TypeVar, cast
 
 from dit_explore.engine.core.layout import Layout
 from dit_explore.engine.core.text import escape_controls, shown
-from dit_explore.engine.core.userfiles import UserFileError, open_user_file, read_user_text
+from dit_explore.engine.core.userfiles import UserFileError, finite_number, open_user_file, read_user_text
 
 T = TypeVar("T")
 PLAN_VERSION = 2  # the newest plan file version read and written (2 only for plans with [[steps]] tables)
@@ -1078,7 +1078,7 @@ def _branch_from(data: Mapping[str, Any], name: str, version: object, source: st
             problems.append(f"{where}.scale: missing (how strongly the pass guides, like 2.8)")
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
             problems.append(f"{where}.scale: expected a number like 2.8, got {_kind(value)}")
-        elif not (math.isfinite(value) and abs(value) <= MAX_BRANCH_SCALE):
+        elif not (finite_number(value) and abs(value) <= MAX_BRANCH_SCALE):
             problems.append(f"{where}.scale: must be a finite number within ±{MAX_BRANCH_SCALE:g} at "
                             f"'{_shown_value(value)}'")
         else:

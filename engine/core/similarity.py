@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 
 from dit_explore.engine.core.plan import span_text
 from dit_explore.engine.core.text import shown
-from dit_explore.engine.core.userfiles import read_user_text
+from dit_explore.engine.core.userfiles import finite_number, read_user_text
 
 SIMILARITY_JSON = "similarity.json"
 SIMILARITY_PNG = "similarity.png"
@@ -179,7 +178,7 @@ class SimilarityResult:
                 raise ResultError(f"{where}.blocks: must be at least 1, got {blocks}")
             if not (isinstance(matrix, list) and len(matrix) == blocks and all(
                     isinstance(row, list) and len(row) == blocks and all(
-                        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in row)
+                        finite_number(x) for x in row)
                     for row in matrix)):
                 raise ResultError(f"{where}.matrix: not {blocks} x {blocks} finite numbers")
             if not all(0 <= a <= b < blocks for a, b in groups):

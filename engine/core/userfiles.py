@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import stat
 from collections.abc import Iterator
@@ -23,6 +24,18 @@ from dit_explore.engine.core.text import escape_controls
 _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 _CHUNK = 1 << 16
+
+
+def finite_number(value: object) -> bool:
+    """A number read from a user's file (TOML, JSON) that is finite as a float: not a boolean, not NaN or
+    infinite, and not an integer too large for a float (`math.isfinite` and `float` raise OverflowError on
+    one: TOML and JSON both allow them)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 class UserFileError(ValueError):

@@ -17,6 +17,7 @@ from dit_explore.engine.core import plan as plans
 from dit_explore.engine.core.catalog import MODELS
 from dit_explore.engine.core.plan import Branch, PlanError
 from dit_explore.engine.core.sampling import block_runs, resolve_settings
+from dit_explore.engine.core.text import shown
 
 SD3 = MODELS["tiny-sd3"].layout  # double 6 (block 5 returns no text stream)
 AURA = MODELS["tiny-auraflow"].layout
@@ -63,6 +64,9 @@ def test_branch_tables_load_round_trip_and_summarize() -> None:
     (SLG.replace("scale = 2.8\n", ""), "p.toml: extra.scale: missing (how strongly the pass guides, like 2.8)"),
     (SLG.replace("2.8", '"high"'), "p.toml: extra.scale: expected a number like 2.8, got the string 'high'"),
     (SLG.replace("2.8", "1e9"), "p.toml: extra.scale: must be a finite number within ±100 at '1000000000.0'"),
+    # An integer too large for a float (TOML allows it): refused, not an OverflowError (found by the fuzz test).
+    (SLG.replace("2.8", "9" * 400), "p.toml: extra.scale: must be a finite number within ±100 at '" + shown("9" * 400)
+     + "'"),
     (SLG.replace("version = 2", "version = 1"), "p.toml: extra: [extra] needs version = 2 (this file says version = 1)"),
     (SLG + "[extra.more]\n", "p.toml: extra.more: unknown key (known: scale, steps, order)"),
     (SLG.replace('"0-1, 4-5"', '"0-1, 4-6"'), "p.toml: extra.order.double: block index out of range at '6' "

@@ -248,6 +248,8 @@ def _bad_results() -> dict[str, Any]:
     stacks_list["stacks"] = ["single"]
     not_finite = json.loads(json.dumps(good))
     not_finite["all"]["matrix"][0][0] = float("nan")
+    huge = json.loads(json.dumps(good))
+    huge["all"]["matrix"][0][0] = 10**400  # JSON allows it; float() of it overflows
     return {
         "nested": (NESTED_JSON, "not a similarity result: nested too deeply"),
         "a list": ("[1, 2]", "expected a JSON object, got list"),
@@ -257,6 +259,7 @@ def _bad_results() -> dict[str, Any]:
         "wrong matrix": (json.dumps(wrong_matrix), "stacks.single.matrix: not 8 x 8 finite numbers"),
         "group outside": (json.dumps(outside), "stacks.single.groups: a group outside blocks 0-7"),
         "nan": (json.dumps(not_finite), "all.matrix: not 12 x 12 finite numbers"),
+        "huge integer": (json.dumps(huge), "all.matrix: not 12 x 12 finite numbers"),
         "long int": ('{"stacks": {"s": {"blocks": ' + "9" * 5000 + "}}}", "not JSON (Exceeds the limit"),
     }
 
