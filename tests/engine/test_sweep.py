@@ -172,12 +172,24 @@ def test_batches_are_formed_from_the_job_list_and_split_by_cost() -> None:
     assert [sum(b.cost for b in share) for share in split_by_cost(mixed, 2)] == [90, 90]
 
 
-def test_two_processes_make_the_images_of_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_two_processes_make_the_images_of_one(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """--gpus 2 on the CPU (two processes over gloo): the same batches, so the same bytes in every image,
-    and one results folder gathered from both processes' items files."""
+    and one results folder gathered from both processes' items files. Each process takes its share of the
+    cores; the one-process run here takes the same number of threads (the CPU's sums follow them)."""
+    import torch
+
+    from dit_explore.engine.sweep_ranks import threads_per_process
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     common = ["tiny-flux", "skip-each", "--steps", "2", "--device", "cpu", "--batch", "2",
               "--prompt", "a red circle", "--prompt", "b", "--prompt", "c"]
-    assert sweep_cli(*common, "--out", str(tmp_path / "one")) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads_per_process(2))
+    try:
+        assert sweep_cli(*common, "--out", str(tmp_path / "one")) == 0
+    finally:
+        torch.set_num_threads(threads)
     assert sweep_cli(*common, "--gpus", "2", "--out", str(tmp_path / "two")) == 0
     said = capsys.readouterr().err
     assert "39 items, 39 run now, 0 from before, 0 failed; batches of 2" in said, said
@@ -190,6 +202,18 @@ def test_two_processes_make_the_images_of_one(tmp_path: Path, capsys: pytest.Cap
     ranks = json.loads((tmp_path / "two" / "ranks.json").read_text())
     assert ranks["processes"] == 2 and sorted(r["items"] for r in ranks["ranks"]) == [19, 20]
     assert {p.name for p in (tmp_path / "two").glob("items*.jsonl")} == {"items.rank0.jsonl", "items.rank1.jsonl"}
+
+
+def test_cpu_processes_share_the_cores_unless_omp_num_threads_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dit_explore.engine import sweep_ranks
+
+    monkeypatch.setattr(sweep_ranks.os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert [sweep_ranks.threads_per_process(n) for n in (1, 2, 3, 16)] == [8, 4, 2, 1]
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert sweep_ranks.threads_per_process(2) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "")  # empty or nonsense: the share
+    assert sweep_ranks.threads_per_process(2) == 4
 
 
 def test_a_batch_of_one_is_the_single_image_and_a_batch_starts_from_each_seeds_noise() -> None:
