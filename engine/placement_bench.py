@@ -124,7 +124,7 @@ def unplace(loaded: Loaded) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dit_explore.engine.placement_bench")
     p.add_argument("model")
-    p.add_argument("--caps", default="22.5,38.5", help="GB the allocator may hold, comma-separated")
+    p.add_argument("--caps", default="22.5,38.5", help="GB the allocator may hold, comma-separated (empty: the full baseline only)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--json", default=None)
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     rows.append({"cap_gb": None, "setting": "full", "placement": full.describe(), "predicted_peak": full.peak - context,
                  **base})
     say(rows[-1])
-    for cap in (float(c) for c in args.caps.split(",")):
+    for cap in (float(c) for c in args.caps.split(",") if c.strip()):
         for setting in SETTINGS:
             row: dict[str, Any] = {"cap_gb": cap, "setting": setting}
             try:
