@@ -124,7 +124,8 @@ def unplace(loaded: Loaded) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dit_explore.engine.placement_bench")
     p.add_argument("model")
-    p.add_argument("--caps", default="22.5,38.5", help="GB the allocator may hold, comma-separated (empty: the full baseline only)")
+    p.add_argument("--caps", default="22.5,38.5",
+                   help="GB the allocator may hold, comma-separated (empty: the full baseline only)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--json", default=None)
