@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
@@ -45,6 +46,11 @@ def test_the_status_says_how_each_number_was_measured() -> None:
     text = str(timing_text(timing((9.0, 0.25, 0.27)), timing((9.0, 0.5)), runs, speed))
     assert "(median of 2 warm steps)" in text
     assert "measured 1.92× (side by side, 3 warm calls each) · predicted 2.00×" in text
+    fast = Timing(total=0.0094, text_encode=0.0123, text_encode_cached=False, transformer_steps=(0.5, 0.0042),
+                  decode=0.00031)
+    assert "total 9.4 ms · transformer 4.2 ms/step (1 warm step: noisy) · text encode 12 ms · decode 0.3 ms" in str(
+        timing_text(fast, None, runs))
+    assert "total 12.5 s" in str(timing_text(replace(fast, total=12.5), None, runs))
 
 
 def step_inputs(gen: Generator):  # type: ignore[no-untyped-def]
