@@ -34,9 +34,11 @@ The shipped folders live in engine/toys/<alias>/ (package data); the catalog's t
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import platform
+import signal
 import sys
 import tarfile
 import time
@@ -57,6 +59,8 @@ from dit_explore.engine.core import shapes
 from dit_explore.engine.core.catalog import MODELS
 from dit_explore.engine.core.families import Family, ToySpec, family
 from dit_explore.engine.core.resolve import resolve
+from dit_explore.engine.core.runs import OWNER_FILE, StagedDirectory, write_atomic
+from dit_explore.engine.core.signals import Terminated, stopped_like_ctrl_c
 from dit_explore.engine.core.toy_vocab import T5_SPECIALS, clip_vocabulary, t5_pieces
 from dit_explore.engine.models import load, pick_device, quiet_libraries
 from dit_explore.engine.tiny import _scheduler, _text_encoder, _without_transformers_progress_bars
@@ -131,17 +135,18 @@ def build_pipeline(of: Family, spec: ToySpec | None = None, seed: int = 0) -> An
 
 
 def save_pipeline(pipe: Any, out_dir: Path, dtype: torch.dtype = torch.bfloat16) -> None:
-    """save_pretrained in `dtype` (safetensors only) into `out_dir`, which must not exist yet."""
-    if out_dir.exists():
+    """save_pretrained in `dtype` (safetensors only) into `out_dir`, which must not exist yet or hold
+    nothing but a staging folder's owner marker."""
+    if out_dir.exists() and any(p.name != OWNER_FILE for p in out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} already exists")
     pipe.to("cpu", dtype)
-    out_dir.mkdir(parents=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     with _without_transformers_progress_bars():
         pipe.save_pretrained(out_dir, safe_serialization=True)
 
 
 def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.name != OWNER_FILE)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -415,6 +420,32 @@ def run(model: str, out_dir: Path, config: TrainConfig, device: torch.device, *,
     spec = spec or spec_of(of)
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} already exists (the trained folder is written there)")
+    # Built in a hidden staging folder beside `out_dir` and renamed into place once training.json is in
+    # it: an interrupted or failed run leaves nothing behind (a killed one, a folder the next run sweeps).
+    staged = StagedDirectory(out_dir, marker=TRAINING_RECORD, what="toy model")
+    try:
+        record = _train_into(model, of, spec, staged.staging, config, device, captions=captions,
+                             eval_batch=eval_batch, log=log, command=command, init=init)
+        staged.commit()
+    except BaseException:
+        staged.abort()
+        raise
+    write_atomic(out_dir.parent / f"{out_dir.name}-samples.png", record.pop("samples"))
+    if archive:
+        archive_path = out_dir.parent / f"{out_dir.name}.tar.gz"
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            tar.add(out_dir, arcname=out_dir.name)
+        write_atomic(archive_path, buffer.getvalue())
+    log(f"wrote {out_dir} ({record['folder_bytes'] / 1e6:.1f} MB) in {record['wall_seconds']:.0f} s")
+    return record
+
+
+def _train_into(model: str, of: Family, spec: ToySpec, out_dir: Path, config: TrainConfig, device: torch.device, *,
+                captions: Sequence[str], eval_batch: int, log: Callable[[str], None], command: Sequence[str],
+                init: Path | None) -> dict[str, Any]:
+    """`run` inside the (staging) folder `out_dir`: train, save, score, write training.json; the record,
+    with the sample grid's PNG bytes under "samples" (written beside the folder once it is in place)."""
     quiet_libraries()
     wall = time.perf_counter()
     torch.manual_seed(config.seed)
@@ -450,7 +481,7 @@ def run(model: str, out_dir: Path, config: TrainConfig, device: torch.device, *,
                         check=check if config.eval_every > 0 else None)
     ema.swap()  # ship the average
     log(f"trained {result.steps} steps in {result.seconds:.1f} s")
-    save_pipeline(pipe, out_dir)  # (moves it to the CPU)
+    save_pipeline(pipe, out_dir)  # (moves it to the CPU; into the staging folder, which exists)
 
     # Score what ships: the saved folder, loaded the way the explorer loads a folder.
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -468,7 +499,8 @@ def run(model: str, out_dir: Path, config: TrainConfig, device: torch.device, *,
             + "  ".join(f"{k} {v:.1%}" for k, v in scores["accuracy"].items() if k != "all"))
         samples = images if samples is None else samples
     assert samples is not None
-    grid(samples).save(out_dir.parent / f"{out_dir.name}-samples.png")
+    png = io.BytesIO()
+    grid(samples).save(png, format="PNG")
 
     record: dict[str, Any] = {
         "model": model,
@@ -498,12 +530,7 @@ def run(model: str, out_dir: Path, config: TrainConfig, device: torch.device, *,
     record["folder_bytes"] = folder_bytes(out_dir)  # the pipeline's files, this record aside
     text = json.dumps(record, indent=1) + "\n"
     (out_dir / TRAINING_RECORD).write_text(text, encoding="utf-8")
-    record = json.loads(text)
-    if archive:
-        with tarfile.open(out_dir.parent / f"{out_dir.name}.tar.gz", "w:gz") as tar:
-            tar.add(out_dir, arcname=out_dir.name)
-    log(f"wrote {out_dir} ({record['folder_bytes'] / 1e6:.1f} MB) in {record['wall_seconds']:.0f} s")
-    return record
+    return {**json.loads(text), "samples": png.getvalue()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -540,12 +567,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{args.model}] {line}", flush=True)
 
     try:
-        device = pick_device(args.device)
-        run(args.model, args.out, config, device, archive=not args.no_archive, log=log, init=args.init,
-            command=["python", "-m", "dit_explore.engine.toy", *(sys.argv[1:] if argv is None else argv)])
+        with stopped_like_ctrl_c():
+            device = pick_device(args.device)
+            run(args.model, args.out, config, device, archive=not args.no_archive, log=log, init=args.init,
+                command=["python", "-m", "dit_explore.engine.toy", *(sys.argv[1:] if argv is None else argv)])
     except (ValueError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Terminated as exc:
+        print(f"[{args.model}] stopped by {signal.Signals(exc.signum).name}: nothing written", file=sys.stderr)
+        return 128 + exc.signum
+    except KeyboardInterrupt:
+        print(f"[{args.model}] interrupted: nothing written", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -8,18 +8,17 @@ exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import sys
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from dit_explore.engine.core.catalog import DEFAULT_MODEL
 from dit_explore.engine.core.devices import QUANTIZATIONS
 from dit_explore.engine.core.placement import CHOICES as PLACEMENTS
+from dit_explore.engine.core.signals import Terminated, stopped_like_ctrl_c
 
 EXIT_USAGE = 2
 
@@ -163,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="the Painters study: saved strategies x prompts, metrics and a contact sheet",
                            description="Run the full model and each plan (default: the study's six saved "
                            "strategies for MODEL) on every prompt and seed; measure each image against the full "
-                           "model's (PSNR, MAD, SSIM, MS-SSIM; the shapes scorer for toy captions). Writes "
+                           "model's (PSNR, MAD, SSIM, MS-SSIM, HaarPSI and FSIM with piq; the shapes scorer for toy "
+                           "captions). Writes "
                            "contact_sheet.png, results.csv, results.json, summary.md and images/ to --out.")
     study.add_argument("model", metavar="MODEL", nargs="?", default=DEFAULT_MODEL)
     study.add_argument("--plans", nargs="+", metavar="FILE", help="plan files to study instead of the saved six")
@@ -293,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from dit_explore.engine.headless import UsageError
 
     try:
-        with _stopped_like_ctrl_c():
+        with stopped_like_ctrl_c():
             return _dispatch(args)
     except UsageError as exc:
         from dit_explore.engine.core.text import printable_lines
@@ -307,35 +307,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"dit-explore {args.command}: interrupted", file=sys.stderr)
         return 130
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP during a headless command: unwinds like ctrl+c (a KeyboardInterrupt), so the
-    output being staged is removed the same way; the exit code is 128 + the signal's number."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-@contextlib.contextmanager
-def _stopped_like_ctrl_c() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise Terminated while the block runs (the main thread only: elsewhere Python
-    cannot set handlers); the previous handlers come back after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum: int, _frame: object) -> None:
-        raise Terminated(signum)
-
-    wanted = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
-    previous = {s: signal.signal(s, stop) for s in wanted}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -250,6 +250,45 @@ def test_a_run_writes_the_folder_its_record_and_its_archive(trained: tuple[Path,
     assert "toy-flux/transformer/diffusion_pytorch_model.safetensors" in names
 
 
+def test_a_run_that_fails_after_saving_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The folder is built in a hidden staging folder and renamed into place with its training.json: a
+    failure while scoring the saved pipeline (or ctrl+c) removes it, and no samples or archive appear."""
+    saved: list[Path] = []
+    real_save = toy.save_pipeline
+
+    def save(pipe: Any, folder: Path, *args: Any) -> None:
+        real_save(pipe, folder, *args)
+        saved.append(folder)
+        assert (folder / "model_index.json").is_file() and not (tmp_path / "toy-flux").exists()
+
+    def scoring(*_args: Any, **_kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(toy, "save_pipeline", save)
+    monkeypatch.setattr(toy, "evaluate", scoring)
+    config = toy.TrainConfig(seconds=60, max_steps=1, batch=2, jitters=1, eval_every=0, log_every=1)
+    with pytest.raises(KeyboardInterrupt):
+        toy.run("toy-flux", tmp_path / "toy-flux", config, CPU, captions=shapes.CAPTIONS[:2], eval_batch=2,
+                log=lambda _line: None, spec=tiny_spec(family("flux")))
+    assert len(saved) == 1 and saved[0].parent == tmp_path and saved[0].name.startswith(".toy-flux.partial-")
+    assert list(tmp_path.iterdir()) == []  # no folder, no staging folder, no samples, no archive
+
+
+def test_sigterm_stops_the_training_command_in_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+    import signal
+
+    def run(*_args: Any, **_kwargs: Any) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("the signal did not stop the run")
+
+    monkeypatch.setattr(toy, "run", run)
+    assert toy.main(["train", "toy-flux", "--out", "unused", "--device", "cpu"]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err == "[toy-flux] stopped by SIGTERM: nothing written\n"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is given back
+
+
 def _safetensors_header(path: Path) -> str:
     raw = path.read_bytes()
     size = int.from_bytes(raw[:8], "little")
