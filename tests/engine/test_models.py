@@ -238,3 +238,23 @@ def test_loading_settles_its_objects_out_of_the_collectors_way() -> None:
     frozen = gc.get_freeze_count()
     walked = len(gc.get_objects())  # the objects a full collection would walk now
     assert frozen > 50_000 and walked < frozen / 20, (frozen, walked)
+
+
+def test_the_engines_modules_import_the_libraries_quietly() -> None:
+    """`python -m dit_explore.engine.…` entry points print nothing while diffusers, transformers and torchao
+    are imported (their chatter about optional kernels and torchvision; engine/__init__.py). The control:
+    the same imports with the libraries' own verbosity set back to warning do print it, so the quiet run
+    is not quiet by accident; and a user's setting wins."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, dit_explore.engine.toy; from diffusers import FluxPipeline, StableDiffusion3Pipeline, "
+            "AuraFlowPipeline; print(os.environ['DIFFUSERS_VERBOSITY'])")
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_VERBOSITY")}
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert quiet.returncode == 0 and quiet.stdout.strip() == "error", quiet.stderr[-2000:]
+    assert quiet.stderr == ""
+    loud = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**env, "DIFFUSERS_VERBOSITY": "warning", "TRANSFORMERS_VERBOSITY": "warning"})
+    assert loud.returncode == 0 and loud.stdout.strip() == "warning" and loud.stderr.strip(), loud.stderr[-2000:]
