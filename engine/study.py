@@ -28,6 +28,7 @@ import io
 import json
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -279,12 +280,13 @@ def summarize(rows: list[dict[str, Any]], labels: list[str]) -> list[dict[str, A
     return out
 
 
-def to_csv(rows: list[dict[str, Any]]) -> str:
+def to_csv(rows: list[dict[str, Any]], fields: Sequence[str] = CSV_FIELDS) -> str:
+    """`fields` of each row, one line a row (a missing or None value: an empty cell)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_FIELDS})
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in fields})
     return buffer.getvalue()
 
 

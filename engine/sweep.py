@@ -14,11 +14,12 @@ largest stack):
   window's first step).
 
 Each plan runs on every prompt and seed through `study.measure_item` (the one generation path), measured
-against the full model's image of the same prompt and seed (PSNR, MAD, SSIM, MS-SSIM; the shapes scorer
-for toy captions). DIR holds `sweep.json` (what this sweep is), `items.jsonl` (one line per finished item,
-appended and synced as it finishes: an interrupted sweep loses at most the item it was on), `images/`, and
-at the end `results.json`, `results.csv`, `plot.png` (the metric against x, one line per series, the full
-model as reference) and, up to 60 plans, `contact_sheet.png`. `--resume` continues a sweep in DIR: items
+against the full model's image of the same prompt and seed (PSNR, MAD, SSIM, MS-SSIM, HaarPSI and FSIM
+with piq; the shapes scorer for toy captions). DIR holds `sweep.json` (what this sweep is), `items.jsonl`
+(one line per finished item, appended and synced as it finishes: an interrupted sweep loses at most the
+item it was on), `images/`, and at the end `results.json`, `results.csv` (the series and x first, the batch
+last), `plot.png` (the metric against x, one line per series, the full model as reference) and, up to 60
+plans, `contact_sheet.png`. `--resume` continues a sweep in DIR: items
 are keyed by model, revision, dtype, plan, prompt, seed and settings, so nothing runs twice. A plan that
 cannot run (refused by the model's layout, non-finite latents, out of memory) is recorded with its error
 and the sweep goes on.
@@ -47,6 +48,7 @@ from dit_explore.engine.core.resolve import ModelError, ModelSource
 from dit_explore.engine.core.sampling import Settings, resolve_settings
 from dit_explore.engine.core.text import shown
 from dit_explore.engine.study import (
+    CSV_FIELDS,
     FULL,
     RESULTS_CSV,
     RESULTS_JSON,
@@ -65,6 +67,8 @@ CONTACT_SHEET = "contact_sheet.png"
 SHEET_MAX_PLANS = 60
 REQUEST_JSON = "sweep-request.json"  # engine/sweep_ranks.py's
 MAX_BATCH = 16
+# results.csv: the study's columns, after the sweep's own axis (which series, which x) and before the batch.
+SWEEP_CSV_FIELDS = ("series", "x", *CSV_FIELDS, "batch")
 
 
 @dataclass(frozen=True)
@@ -691,7 +695,7 @@ def _finish(out: Path, meta: dict[str, Any], every: list[SweepItem], rows: list[
     record = {**meta, "rows": rows, "summary": summarize(rows, [i.label for i in every])}
     try:
         write_atomic(out / RESULTS_JSON, (json.dumps(record, indent=1) + "\n").encode())
-        write_atomic(out / RESULTS_CSV, to_csv(rows).encode())
+        write_atomic(out / RESULTS_CSV, to_csv(rows, SWEEP_CSV_FIELDS).encode())
         write_atomic(out / PLOT, plot(meta["kind"], every, record["summary"], toy))
         if len(every) <= SHEET_MAX_PLANS:
             sheet = results_sheet(out, [i.label for i in every], rows, prompts, seeds, settings, cell=96)

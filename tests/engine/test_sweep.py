@@ -3,6 +3,7 @@ a refused plan recorded while the sweep goes on, and bad input."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 from dataclasses import replace
@@ -88,6 +89,12 @@ def test_a_sweep_end_to_end_then_resumed_after_an_interruption(tmp_path: Path,
     assert [r["block_executions"] for r in rows[1:]] == [(18 - n) * 4 for n in range(7)]
     assert rows[1]["identical"] and rows[1]["ssim"] == pytest.approx(1.0)  # n = 0 is the full model
     assert Image.open(out / "plot.png").size[0] > 500
+    with open(out / "results.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0])[:4] == ["series", "x", "plan", "plan_file"] and list(table[0])[-1] == "batch"
+    assert [(t["series"], t["x"], t["plan"], t["batch"]) for t in table] == [
+        ("" if r["series"] is None else str(r["series"]), "" if r["x"] is None else str(r["x"]), r["plan"],
+         str(r["batch"])) for r in rows]
     # Interrupted: three items finished, a fourth cut short mid-line.
     lines = (out / ITEMS).read_text().splitlines()
     (out / ITEMS).write_text("\n".join(lines[:3]) + "\n" + lines[3][:40])
