@@ -38,7 +38,6 @@ import io
 import json
 import math
 import platform
-import signal
 import sys
 import tarfile
 import time
@@ -60,7 +59,7 @@ from dit_explore.engine.core.catalog import MODELS
 from dit_explore.engine.core.families import Family, ToySpec, family
 from dit_explore.engine.core.resolve import resolve
 from dit_explore.engine.core.runs import OWNER_FILE, StagedDirectory, write_atomic
-from dit_explore.engine.core.signals import Terminated, stopped_like_ctrl_c
+from dit_explore.engine.core.signals import how_stopped, stopped_like_ctrl_c
 from dit_explore.engine.core.toy_vocab import T5_SPECIALS, clip_vocabulary, t5_pieces
 from dit_explore.engine.models import load, pick_device, quiet_libraries
 from dit_explore.engine.tiny import _scheduler, _text_encoder, _without_transformers_progress_bars
@@ -574,12 +573,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except Terminated as exc:
-        print(f"[{args.model}] stopped by {signal.Signals(exc.signum).name}: nothing written", file=sys.stderr)
-        return 128 + exc.signum
-    except KeyboardInterrupt:
-        print(f"[{args.model}] interrupted: nothing written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # ctrl+c, SIGTERM, SIGHUP
+        what, code = how_stopped(exc)
+        print(f"[{args.model}] {what}: nothing written", file=sys.stderr)
+        return code
     return 0
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import NoReturn
 from dit_explore.engine.core.catalog import DEFAULT_MODEL
 from dit_explore.engine.core.devices import QUANTIZATIONS
 from dit_explore.engine.core.placement import CHOICES as PLACEMENTS
-from dit_explore.engine.core.signals import Terminated, stopped_like_ctrl_c
+from dit_explore.engine.core.signals import how_stopped, stopped_like_ctrl_c
 
 EXIT_USAGE = 2
 
@@ -301,12 +300,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in printable_lines(str(exc)).split("\n"):  # control characters escaped, one problem a line
             print(f"dit-explore {args.command}: error: {line}", file=sys.stderr)
         return EXIT_USAGE
-    except Terminated as exc:
-        print(f"dit-explore {args.command}: stopped by {signal.Signals(exc.signum).name}", file=sys.stderr)
-        return 128 + exc.signum
-    except KeyboardInterrupt:
-        print(f"dit-explore {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # ctrl+c, SIGTERM, SIGHUP
+        what, code = how_stopped(exc)
+        print(f"dit-explore {args.command}: {what}", file=sys.stderr)
+        return code
 
 
 def _dispatch(args: argparse.Namespace) -> int:

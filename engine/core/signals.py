@@ -37,3 +37,11 @@ def stopped_like_ctrl_c() -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def how_stopped(exc: KeyboardInterrupt) -> tuple[str, int]:
+    """What stopped a command, in words, and its exit code: "stopped by SIGTERM" and 143 (128 + the
+    signal's number) for a Terminated, "interrupted" and 130 for ctrl+c."""
+    if isinstance(exc, Terminated):
+        return f"stopped by {signal.Signals(exc.signum).name}", 128 + exc.signum
+    return "interrupted", 130
