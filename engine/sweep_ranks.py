@@ -101,15 +101,17 @@ def launch(req: headless.SweepRequest) -> int:
     return 0
 
 
-def threads_per_process(world: int) -> int:
-    """CPU threads for each of `world` processes on this machine: OMP_NUM_THREADS when set (torchrun sets
-    1), else an equal share of the cores this process may use. torch's default, every core in every
+def threads_per_process(local_world: int) -> int:
+    """CPU threads for each of `local_world` processes on this machine: OMP_NUM_THREADS when set (torchrun
+    sets 1), else an equal share of the cores this process may use. torch's default, every core in every
     process, oversubscribes them and the thread pools spin against each other (a 2-process tiny-flux sweep
     on 2 cores ran 11x slower than one process)."""
     given = os.environ.get("OMP_NUM_THREADS", "")
     if given.isdigit() and int(given) > 0:
         return int(given)
-    return max(1, len(os.sched_getaffinity(0)) // world)
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere every core
+    cores = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
+    return max(1, cores // local_world)
 
 
 def _compile_cache() -> Path:
@@ -147,7 +149,8 @@ def _rank(req: headless.SweepRequest) -> int:
     cpu = req.options.device == "cpu" or not torch.cuda.is_available()
     if cpu:
         device = "cpu"
-        torch.set_num_threads(threads_per_process(world))
+        # The processes on this machine (torchrun and accelerate set LOCAL_WORLD_SIZE; --gpus N: all N).
+        torch.set_num_threads(threads_per_process(int(os.environ.get("LOCAL_WORLD_SIZE", world))))
         dist.init_process_group("gloo", rank=rank, world_size=world, timeout=BARRIER_TIMEOUT)
     else:
         device = f"cuda:{local}"

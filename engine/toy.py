@@ -575,7 +575,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:  # ctrl+c, SIGTERM, SIGHUP
         what, code = how_stopped(exc)
-        print(f"[{args.model}] {what}: nothing written", file=sys.stderr)
+        # --out did not exist when the run began: if it does now, the stop came after the folder was in
+        # place, while its samples or archive were written beside it.
+        written = f"{args.out} is complete, its samples or archive may be missing" if args.out.exists() else \
+            "nothing written"
+        print(f"[{args.model}] {what}: {written}", file=sys.stderr)
         return code
     return 0
 

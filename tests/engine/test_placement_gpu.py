@@ -41,7 +41,7 @@ def test_streamed_placements_draw_the_full_placements_images(compile: bool) -> N
     gpu tests in one pytest process (which compile the same block code quantized, at other sizes and
     batches), the compiled full and offload loads drew a plan 1 level apart in some pixels (H100), even
     after torch._dynamo.reset(); alone, every placement matched bit for bit, eager and compiled."""
-    code = f"import {__name__} as test; test.check_placements({compile})"
+    code = f"import runpy; runpy.run_path({__file__!r})['check_placements']({compile})"  # any import mode
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]

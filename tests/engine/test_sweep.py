@@ -221,6 +221,9 @@ def test_cpu_processes_share_the_cores_unless_omp_num_threads_says(monkeypatch: 
     assert sweep_ranks.threads_per_process(2) == 3
     monkeypatch.setenv("OMP_NUM_THREADS", "")  # empty or nonsense: the share
     assert sweep_ranks.threads_per_process(2) == 4
+    monkeypatch.delattr(sweep_ranks.os, "sched_getaffinity")  # macOS: every core
+    monkeypatch.setattr(sweep_ranks.os, "cpu_count", lambda: 6)
+    assert sweep_ranks.threads_per_process(4) == 1 and sweep_ranks.threads_per_process(3) == 2
 
 
 def test_a_batch_of_one_is_the_single_image_and_a_batch_starts_from_each_seeds_noise() -> None:

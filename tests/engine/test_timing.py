@@ -51,6 +51,7 @@ def test_the_status_says_how_each_number_was_measured() -> None:
     assert "total 9.4 ms · transformer 4.2 ms/step (1 warm step: noisy) · text encode 12 ms · decode 0.3 ms" in str(
         timing_text(fast, None, runs))
     assert "total 12.5 s" in str(timing_text(replace(fast, total=12.5), None, runs))
+    assert "total 10 ms" in str(timing_text(replace(fast, total=0.00996), None, runs))  # never "10.0 ms"
 
 
 def step_inputs(gen: Generator):  # type: ignore[no-untyped-def]

@@ -274,7 +274,7 @@ def test_a_run_that_fails_after_saving_leaves_nothing_behind(tmp_path: Path, mon
     assert list(tmp_path.iterdir()) == []  # no folder, no staging folder, no samples, no archive
 
 
-def test_sigterm_stops_the_training_command_in_one_line(monkeypatch: pytest.MonkeyPatch,
+def test_sigterm_stops_the_training_command_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     import os
     import signal
@@ -287,6 +287,15 @@ def test_sigterm_stops_the_training_command_in_one_line(monkeypatch: pytest.Monk
     assert toy.main(["train", "toy-flux", "--out", "unused", "--device", "cpu"]) == 128 + signal.SIGTERM
     assert capsys.readouterr().err == "[toy-flux] stopped by SIGTERM: nothing written\n"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is given back
+
+    def late(_model: str, out: Path, *_args: Any, **_kwargs: Any) -> None:  # stopped once the folder is in place
+        out.mkdir()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(toy, "run", late)
+    assert toy.main(["train", "toy-flux", "--out", str(tmp_path / "toy"), "--device", "cpu"]) == 130
+    assert capsys.readouterr().err == (f"[toy-flux] interrupted: {tmp_path / 'toy'} is complete, its samples or "
+                                       "archive may be missing\n")
 
 
 def _safetensors_header(path: Path) -> str:

@@ -15,7 +15,7 @@ from dit_explore.engine.core.sampling import BlockRuns, Timing
 
 def _ms(seconds: float) -> str:
     """Under 10 ms with a decimal (a toy's decode is a fraction of one: never "0 ms"), then whole ms, then s."""
-    if seconds < 0.01:
+    if round(seconds * 1000, 1) < 10:
         return f"{seconds * 1000:.1f} ms"
     return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
 
